@@ -1,0 +1,168 @@
+"""Target tables and the task's state tables: SQL built without I/O, plus a thin `ensure_*` runner.
+
+An upsert target gets the plan's primary key. An SCD2 target gets the three
+validity columns, a plain index on the key and a unique partial index that
+admits one current version per key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from trempy_nb.catalog import ColumnInfo
+from trempy_nb.errors import TerminalError
+
+STATE_SCHEMA = "trempy"
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """Where and how one table lands on the target."""
+
+    schema: str
+    table: str
+    columns: tuple[ColumnInfo, ...]
+    key: tuple[str, ...]
+    mode: str  # 'upsert' | 'scd2'
+    start_col: str = "scd_start_date"
+    end_col: str = "scd_end_date"
+    current_col: str = "scd_current"
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.table)
+
+    @property
+    def data_columns(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def scd2(self) -> bool:
+        return self.mode == "scd2"
+
+
+def _short(name: str, suffix: str) -> str:
+    """An index name within PostgreSQL's 63-byte limit."""
+    base = name.encode()[: 63 - len(suffix.encode()) - 1].decode(errors="ignore")
+    return f"{base}_{suffix}"
+
+
+def create_table_sql(spec: TargetSpec, types: dict[str, str]) -> list[sql.Composed]:
+    """CREATE SCHEMA/TABLE/INDEX statements for a new target table."""
+    cols = [sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(types[c.name])) for c in spec.columns]
+    stmts = [sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(spec.schema))]
+    if spec.scd2:
+        cols += [
+            sql.SQL("{} timestamptz NOT NULL DEFAULT now()").format(sql.Identifier(spec.start_col)),
+            sql.SQL("{} timestamptz").format(sql.Identifier(spec.end_col)),
+            sql.SQL("{} boolean NOT NULL DEFAULT true").format(sql.Identifier(spec.current_col)),
+        ]
+    elif spec.key:
+        cols.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, spec.key))))
+    stmts.append(sql.SQL("CREATE TABLE {} ({})").format(spec.ident, sql.SQL(", ").join(cols)))
+    if spec.scd2 and spec.key:
+        keys = sql.SQL(", ").join(map(sql.Identifier, spec.key))
+        stmts.append(
+            sql.SQL("CREATE UNIQUE INDEX {} ON {} ({}) WHERE {}").format(
+                sql.Identifier(_short(spec.table, "current_uq")), spec.ident, keys, sql.Identifier(spec.current_col)
+            )
+        )
+        stmts.append(
+            sql.SQL("CREATE INDEX {} ON {} ({}, {})").format(
+                sql.Identifier(_short(spec.table, "key_idx")), spec.ident, keys, sql.Identifier(spec.start_col)
+            )
+        )
+    return stmts
+
+
+def state_tables_sql() -> list[sql.Composed]:
+    """The task state kept on the target, next to the data it describes."""
+    s = sql.Identifier(STATE_SCHEMA)
+    return [
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}.checkpoints (task text PRIMARY KEY, lsn bigint NOT NULL,"
+            " slot_lsn bigint, updated_at timestamptz NOT NULL DEFAULT now())"
+        ).format(s),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}.load_state (task text, schema_name text, table_name text,"
+            " status text NOT NULL, rows bigint, snapshot_lsn bigint, updated_at timestamptz NOT NULL DEFAULT now(),"
+            " PRIMARY KEY (task, schema_name, table_name))"
+        ).format(s),
+    ]
+
+
+def existing_columns(conn: psycopg.Connection, schema: str, table: str) -> dict[str, str] | None:
+    """{column: format_type} of a target table, or None when it does not exist."""
+    rows = conn.execute(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
+        " JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped"
+        " AND c.relkind IN ('r','p') ORDER BY a.attnum",
+        (schema, table),
+    ).fetchall()
+    return {r[0]: r[1] for r in rows} if rows else None
+
+
+def resolve_types(conn: psycopg.Connection, columns: Sequence[ColumnInfo]) -> dict[str, str]:
+    """Source types that do not exist on the target (enums, domains) fall back to text."""
+    out: dict[str, str] = {}
+    for c in columns:
+        base = c.pg_type.removesuffix("[]")
+        ok = conn.execute("SELECT to_regtype(%s) IS NOT NULL", (base,)).fetchone()
+        out[c.name] = c.pg_type if ok and ok[0] else ("text[]" if c.is_array else "text")
+    return out
+
+
+def ensure_target(
+    conn: psycopg.Connection,
+    spec: TargetSpec,
+    *,
+    create: bool = True,
+    recreate: bool = False,
+) -> tuple[bool, dict[str, str]]:
+    """Create (or recreate) the target table per full_load_settings.
+
+    Returns (created, column types). An existing table must already hold every
+    column the plan writes (and the SCD2 columns in scd2 mode).
+    """
+    if recreate:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(spec.ident))
+    current = existing_columns(conn, spec.schema, spec.table)
+    if current is None:
+        if not create:
+            raise TerminalError(
+                f"target table {spec.schema}.{spec.table} does not exist and"
+                " full_load_settings.create_table_if_not_exists is false"
+            )
+        types = resolve_types(conn, spec.columns)
+        for stmt in create_table_sql(spec, types):
+            conn.execute(stmt)
+        return True, types
+    needed = spec.data_columns + ([spec.start_col, spec.end_col, spec.current_col] if spec.scd2 else [])
+    missing = [c for c in needed if c not in current]
+    if missing:
+        raise TerminalError(
+            f"target table {spec.schema}.{spec.table} exists but lacks column(s) {', '.join(missing)};"
+            " set full_load_settings.recreate_table_if_exists or add them"
+        )
+    return False, current
+
+
+def ensure_state_tables(conn: psycopg.Connection) -> None:
+    for stmt in state_tables_sql():
+        conn.execute(stmt)
+
+
+def add_column(conn: psycopg.Connection, spec: TargetSpec, column: ColumnInfo) -> None:
+    """A column that appeared on the source flows to the target from then on."""
+    types = resolve_types(conn, [column])
+    conn.execute(
+        sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+            spec.ident, sql.Identifier(column.name), sql.SQL(types[column.name])
+        )
+    )
