@@ -1,0 +1,125 @@
+"""Full-load throughput and memory against the raw COPY pipe, on the same data in one run.
+
+    python -m benchmarks.fullload [--rows 2000000]
+
+(a) psql COPY ... TO STDOUT (FORMAT binary) | psql COPY ... FROM STDIN (FORMAT binary)
+(b) trempy-nb run, no filter and no transformation (COPY pass-through)
+(c) trempy-nb run, one filter and five transformations (COPY text -> Polars -> COPY text)
+Prints seconds, rows/s, the ratio to (a), and the peak RSS of the trempy-nb process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from trempy_nb.db import connect
+from trempy_nb.embedded import find_bindir, start_cluster
+
+TABLE_SQL = """
+CREATE SCHEMA bench;
+CREATE TABLE bench.t (
+  id bigint PRIMARY KEY, name text, amount numeric(12,2), qty integer,
+  created timestamptz, day date, active boolean, note text
+);
+INSERT INTO bench.t
+SELECT i, 'name ' || i, (i % 100000) / 7.0, i % 1000,
+       TIMESTAMPTZ '2020-01-01 00:00+00' + i * INTERVAL '1 second', DATE '2000-01-01' + i % 9000,
+       i % 3 = 0, CASE WHEN i % 10 = 0 THEN NULL ELSE 'note with some text ' || md5(i::text) END
+FROM generate_series(1, {rows}) i;
+ANALYZE bench.t;
+"""
+
+CHILD = """
+import resource, sys
+from trempy_nb.cli import main
+code = main(sys.argv[1:])
+print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def settings(name: str, src: str, tgt: str, transformed: bool) -> dict:
+    doc: dict = {
+        "task": {"task_name": name, "source": src, "target": tgt, "replication_type": "full_load",
+                 "full_load_settings": {"recreate_table_if_exists": True}},
+        "tables": [{"schema_name": "bench", "table_name": "t"}],
+    }
+    if transformed:
+        t = {"schema_name": "bench", "table_name": "t"}
+        doc["filters"] = [{**t, "column_name": "qty", "filter_type": "greater_than_or_equal", "value": 0}]
+        doc["transformations"] = [
+            {**t, "priority": 0, "transformation_type": "modify_table_name", "contract": {"target_table_name": "t_x"}},
+            {**t, "priority": 1, "transformation_type": "modify_column_value",
+             "contract": {"operation": "uppercase", "column_name": "name"}},
+            {**t, "priority": 2, "transformation_type": "modify_column_value",
+             "contract": {"operation": "trim", "column_name": "note"}},
+            {**t, "priority": 2, "transformation_type": "create_column",
+             "contract": {"operation": "concat", "new_column_name": "label", "depends_on": ["name", "qty"], "separator": "-"}},
+            {**t, "priority": 3, "transformation_type": "create_column",
+             "contract": {"operation": "math_expression", "new_column_name": "total", "expression": "amount * qty + 1"}},
+        ]
+    return doc
+
+
+def timed_run(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    secs = time.perf_counter() - t0
+    if res.returncode != 0:
+        sys.exit(f"command failed: {' '.join(cmd[:4])}...\n{res.stderr[-2000:]}")
+    rss = 0
+    for line in res.stderr.splitlines():
+        if line.startswith("MAXRSS_KB"):
+            rss = int(line.split()[1])
+    return secs, rss
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=2_000_000)
+    args = ap.parse_args()
+    cluster = start_cluster(conf={"shared_buffers": "512MB"})
+    work = Path(tempfile.mkdtemp(prefix="trempy_bench_"))
+    try:
+        src = cluster.create_database("bench_src")
+        tgt = cluster.create_database("bench_tgt")
+        print(f"building bench.t with {args.rows:,} rows ...", flush=True)
+        with connect(src, autocommit=True) as c:
+            c.execute(TABLE_SQL.format(rows=int(args.rows)))
+        with connect(tgt, autocommit=True) as c:
+            c.execute("CREATE SCHEMA bench; CREATE TABLE bench.raw (id bigint PRIMARY KEY, name text, amount numeric(12,2),"
+                      " qty integer, created timestamptz, day date, active boolean, note text)")
+        env = {**os.environ, "PGPASSWORD": cluster.password, "TREMPY_HOME": str(work / "home")}
+        psql = str(find_bindir() / "psql") if (find_bindir() / "psql").exists() else shutil.which("psql") or "psql"
+        host = ["-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres", "-X", "-q"]
+        pipe = (f"{psql} {' '.join(host)} -d {src.rsplit('/', 1)[1]} -c 'COPY bench.t TO STDOUT (FORMAT binary)' | "
+                f"{psql} {' '.join(host)} -d {tgt.rsplit('/', 1)[1]} -c 'COPY bench.raw FROM STDIN (FORMAT binary)'")
+        t0 = time.perf_counter()
+        subprocess.run(pipe, shell=True, check=True, env=env)  # noqa: S602 - our own fixed command
+        raw = time.perf_counter() - t0
+        results = {"a_raw_copy_pipe": (raw, 0)}
+        for label, transformed in (("b_trempy_passthrough", False), ("c_trempy_1_filter_5_transforms", True)):
+            path = work / f"{label}.json"
+            path.write_text(json.dumps(settings(label[:1] + "_bench", src, tgt, transformed)))
+            results[label] = timed_run([sys.executable, "-c", CHILD, "run", str(path), "-q"], env)
+        print(f"\nfull load of {args.rows:,} rows x 8 columns (2 cores)")
+        print(f"{'case':36} {'seconds':>8} {'rows/s':>12} {'vs raw':>7} {'peak RSS':>9}")
+        for label, (secs, rss) in results.items():
+            ratio = raw / secs if secs else 0
+            rss_s = f"{rss / 1024:.0f} MB" if rss else "-"
+            print(f"{label:36} {secs:8.2f} {args.rows / secs:12,.0f} {ratio:6.2f}x {rss_s:>9}")
+    finally:
+        cluster.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,344 @@
+"""The change-stream side of a run: slot lifecycle, full-load handoff, and the apply loop.
+
+Order of acknowledgement (DESIGN.md): read a batch of whole transactions from
+the slot, run it through the same plan as the full load, apply it to the
+target in one transaction together with the checkpoint, commit, and only then
+advance the slot. A crash anywhere replays at most the last batch, which the
+checkpoint turns into a no-op.
+
+Invariant kept for `continue`: the slot's confirmed position never passes the
+target's checkpoint (idle advances write the checkpoint first). A slot that is
+missing, invalidated, or ahead of the checkpoint (recreated) is a SlotLost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+import psycopg
+from psycopg import sql
+
+from trempy_nb import changes as ch
+from trempy_nb.capture.reader import ChangeReader
+from trempy_nb.capture.slot import (
+    advance_slot,
+    create_slot,
+    drop_task_objects,
+    emit_heartbeat,
+    ensure_publication,
+    publication_name,
+    slot_name,
+    slot_status,
+)
+from trempy_nb.capture.snapshot import create_slot_with_snapshot
+from trempy_nb.catalog import describe_table
+from trempy_nb.connections import mask
+from trempy_nb.db import connect
+from trempy_nb.errors import SchemaChanged, SlotLost, TrempyError, is_transient
+from trempy_nb.fullload import target_spec
+from trempy_nb.pipeline.plan import TablePlan, compile_plan
+from trempy_nb.writer.apply import TableApply, apply_batch
+from trempy_nb.writer.checkpoint import read_checkpoint, reset_checkpoint, write_checkpoint
+from trempy_nb.writer.ddl import STATE_SCHEMA, add_column, ensure_state_tables
+
+HEARTBEAT_EVERY_S = 10.0
+STATS_EVERY_S = 2.0
+
+
+def crash_point(name: str) -> None:
+    """Fault injection: exit hard at a named step when TREMPY_CRASH_AT says so (tests only)."""
+    if os.environ.get("TREMPY_CRASH_AT") == name:
+        os._exit(97)
+
+
+@dataclass
+class Handoff:
+    needs_full_load: bool
+    snapshot: str | None = None
+    lsn: int | None = None
+
+
+class CdcSession:
+    """One task's change stream for one run."""
+
+    def __init__(self, task: Any, plans: dict[tuple[str, str], TablePlan], source: str, target: str, *,
+                 store: Any, run_id: str | None, counters: Any, stop: threading.Event) -> None:
+        self.task, self.plans = task, dict(plans)
+        self.settings = task.settings
+        self.source, self.target = source, target
+        self.store, self.run_id, self.counters, self.stop_event = store, run_id, counters, stop
+        self.slot = slot_name(task.name)
+        self.publication = publication_name(task.name)
+        self.catch_up_target: int | None = None
+        self.on_status: Any = None
+
+    # slot lifecycle ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def prepare(self) -> Iterator[Handoff]:
+        """Decide between a fresh start (full load in the slot's snapshot) and a resume."""
+        s = self.settings.task
+        tables = [t.key for t in self.settings.tables]
+        with connect(self.source, autocommit=True) as src, connect(self.target) as tgt:
+            ensure_state_tables(tgt)
+            if s.start_mode == "reload":
+                drop_task_objects(src, self.task.name)
+                reset_checkpoint(tgt, self.task.name)
+                tgt.execute(sql.SQL("DELETE FROM {}.load_state WHERE task = %s").format(sql.Identifier(STATE_SCHEMA)),
+                            (self.task.name,))
+            tgt.commit()
+            checkpoint = read_checkpoint(tgt, self.task.name)
+            tgt.commit()
+            status = slot_status(src, self.slot)
+            if checkpoint is not None:
+                self._check_slot(status, checkpoint)
+                ensure_publication(src, self.publication, tables)
+                yield Handoff(False)
+                return
+            if status is not None:  # a slot without a checkpoint: an interrupted start; redo it
+                drop_task_objects(src, self.task.name)
+            ensure_publication(src, self.publication, tables)
+            if s.replication_type == "full_load_and_cdc":
+                with create_slot_with_snapshot(self.source, self.slot) as (lsn, snapshot):
+                    yield Handoff(True, snapshot, lsn)
+                return
+            lsn = create_slot(src, self.slot)
+            write_checkpoint(tgt, self.task.name, lsn)
+            tgt.commit()
+            yield Handoff(False)
+
+    def _check_slot(self, status: Any, checkpoint: int) -> None:
+        where = ch.int_to_lsn(checkpoint)
+        if status is None:
+            raise SlotLost(
+                f"replication slot {self.slot} is missing but task {self.task.name} has a checkpoint at {where}:"
+                " changes since then are lost. Rerun with start_mode reload (full load again)."
+            )
+        if status.lost:
+            raise SlotLost(
+                f"replication slot {self.slot} was invalidated (wal_status lost, max_slot_wal_keep_size"
+                " exceeded): changes are lost. Rerun with start_mode reload."
+            )
+        if (status.confirmed_flush_lsn or 0) > checkpoint:
+            raise SlotLost(
+                f"replication slot {self.slot} starts at {ch.int_to_lsn(status.confirmed_flush_lsn or 0)},"
+                f" after the task's checkpoint {where}: it was dropped and recreated, changes in between"
+                " are lost. Rerun with start_mode reload."
+            )
+
+    def mark_loaded(self, lsn: int | None) -> None:
+        """After the full load committed: the stream starts at the slot's consistent point."""
+        with connect(self.target) as tgt:
+            write_checkpoint(tgt, self.task.name, int(lsn or 0))
+            tgt.commit()
+
+    # streaming -----------------------------------------------------------------------
+    def stream(self, until_caught_up: bool = False) -> int:
+        """Apply batches until stopped, or until every change committed before now is applied."""
+        if until_caught_up:
+            self.catch_up_target = self._current_lsn()
+        reader = ChangeReader(self.source, self.slot, self.publication, max_changes=self._batch_size())
+        applied = 0
+        last_beat = time.monotonic()
+        last_stats = 0.0
+        tgt: psycopg.Connection | None = None
+        failures = 0
+        try:
+            while True:
+                if self.stop_event.is_set() and self.catch_up_target is None:
+                    break
+                try:
+                    if tgt is None or tgt.closed:
+                        tgt = connect(self.target, application_name=f"trempy_nb:{self.task.name}:apply")
+                    batch = reader.read_batch(upto_lsn=self.catch_up_target)
+                    if batch is None:
+                        if self.catch_up_target is not None:
+                            break
+                        if time.monotonic() - last_beat > HEARTBEAT_EVERY_S:
+                            self._heartbeat(reader, tgt)
+                            last_beat = time.monotonic()
+                        self._set_status("streaming")
+                        self.stop_event.wait(self.settings.task.interval_seconds)
+                        continue
+                    applied += self._apply(batch, reader, tgt)
+                    failures = 0
+                    self._set_status("streaming")
+                except (psycopg.Error, TrempyError, OSError) as exc:
+                    if not is_transient(exc) or failures >= max(self.settings.error_handling.max_retries, 5):
+                        raise
+                    failures += 1
+                    self.store.log(self.task.name, self.run_id, "WARNING",
+                                   mask(f"transient error, retrying ({failures}): {exc}"))
+                    with contextlib.suppress(Exception):
+                        if tgt is not None:
+                            tgt.close()
+                    tgt = None
+                    reader.reset()
+                    time.sleep(min(0.2 * 2**failures, 5.0))
+                if time.monotonic() - last_stats > STATS_EVERY_S:
+                    self._refresh_lag()
+                    last_stats = time.monotonic()
+        finally:
+            with contextlib.suppress(Exception):
+                reader.close()
+            if tgt is not None:
+                with contextlib.suppress(Exception):
+                    tgt.close()
+        self._refresh_lag()
+        return applied
+
+    def _set_status(self, status: str) -> None:
+        if self.on_status:
+            self.on_status(status)
+
+    def _batch_size(self) -> int:
+        return int(os.environ.get("TREMPY_BATCH_CHANGES", "20000"))
+
+    def _current_lsn(self) -> int:
+        with connect(self.source, autocommit=True) as src:
+            row = src.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        return ch.lsn_to_int(row[0]) if row else 0
+
+    def _heartbeat(self, reader: ChangeReader, tgt: psycopg.Connection) -> None:
+        """Idle: write a heartbeat so the slot can move past other databases' WAL."""
+        with connect(self.source, autocommit=True) as src:
+            emit_heartbeat(src)
+        position = reader.idle_position() if hasattr(reader, "idle_position") else None
+        if position:
+            write_checkpoint(tgt, self.task.name, position)
+            tgt.commit()
+            reader.confirm(position)
+
+    def _apply(self, batch: ch.ChangeBatch, reader: ChangeReader, tgt: psycopg.Connection) -> int:
+        items: list[TableApply] = []
+        counts: dict[tuple[str, str], int] = {}
+        for tc in batch.tables:
+            plan = self._plan_for_shape(tc, reader, tgt)
+            frame = tc.frame
+            before = frame.get_column(ch.OP).value_counts() if frame.height else None
+            out = plan.apply_changes(frame) if frame.height else frame
+            name = f"{tc.schema}.{tc.table}"
+            if before is not None:
+                for op, n in before.iter_rows():
+                    self.counters.read[(name, _op_name(op))] += n
+                moved_out = frame.height and int(
+                    (frame.get_column(ch.OP) != "D").sum() - (out.get_column(ch.OP) != "D").sum()
+                )
+                if moved_out:
+                    self.counters.filtered[(name, "update/insert")] += moved_out
+            if tc.truncated_at:
+                self.counters.read[(name, "truncate")] += len(tc.truncated_at)
+            counts[tc.key] = out.height
+            items.append(TableApply(spec=target_spec(plan, self.settings), frame=out,
+                                    truncated_at=list(tc.truncated_at)))
+
+        def on_row_error(spec: Any, op: str, payload: dict, error: str) -> None:
+            self.counters.failed[(f"{spec.schema}.{spec.table}", op)] += 1
+            self.store.record_error(self.task.name, self.run_id, spec.schema, spec.table, op, error, payload)
+
+        result = apply_batch(tgt, self.task.name, items, batch.end_lsn,
+                             error_handling=self.settings.error_handling, on_row_error=on_row_error)
+        crash_point("after_commit_before_advance")
+        reader.confirm(batch.end_lsn)
+        crash_point("after_advance")
+        self._record(result, batch)
+        return batch.n_changes
+
+    def _record(self, result: Any, batch: ch.ChangeBatch) -> None:
+        c = self.counters
+        c.batches += 1
+        c.changes += batch.n_changes
+        c.last_lsn = batch.end_lsn
+        per_table = getattr(result, "tables", {}) or {}
+        for key, ops in per_table.items():
+            name = key if isinstance(key, str) else ".".join(key)
+            for op, n in (ops.items() if isinstance(ops, dict) else []):
+                c.applied[(name, op)] += int(n)
+        last_ts = None
+        for tc in batch.tables:
+            if tc.frame.height:
+                ts = tc.frame.get_column(ch.TS).max()
+                last_ts = ts if last_ts is None or (ts is not None and ts > last_ts) else last_ts
+        if last_ts is not None:
+            c.lag_seconds = max(0.0, time.time() - last_ts.timestamp())
+        c.history.append((time.time(), c.changes, c.lag_seconds))
+        del c.history[:-600]
+        for tc in batch.tables:
+            self.store.record_stats(self.run_id, self.task.name, tc.schema, tc.table, "cdc",
+                                    rows_read=tc.frame.height)
+
+    def _refresh_lag(self) -> None:
+        with contextlib.suppress(Exception), connect(self.source, autocommit=True) as src:
+            st = slot_status(src, self.slot)
+            row = src.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            if st is not None and row:
+                self.counters.retained_bytes = int(st.retained_bytes or 0)
+                self.counters.wal_status = st.wal_status or ""
+                self.counters.lag_bytes = max(0, ch.lsn_to_int(row[0]) - (st.confirmed_flush_lsn or 0))
+
+    def _plan_for_shape(self, tc: ch.TableChanges, reader: ChangeReader, tgt: psycopg.Connection) -> TablePlan:
+        """Follow a source schema change: a new column is added to the target; others stop the table."""
+        plan = self.plans[tc.key]
+        known = {c.name: c.pg_type for c in plan.source.columns}
+        cols = tc.data_columns
+        if all(c in known for c in cols) and len(cols) == len(known):
+            return plan
+        dropped = [c for c in known if c not in cols]
+        if dropped:
+            raise SchemaChanged(
+                f"column(s) {', '.join(dropped)} of {tc.schema}.{tc.table} were dropped or renamed on the source;"
+                " the table is stopped before any change of the new shape is applied. Reload the task."
+            )
+        with connect(self.source) as src:
+            info = describe_table(src, tc.schema, tc.table)
+        new_plan = compile_plan(self.settings, info)
+        for c in info.columns:
+            if c.name in known and known[c.name] != c.pg_type:
+                raise SchemaChanged(
+                    f"column {c.name} of {tc.schema}.{tc.table} changed type from {known[c.name]} to {c.pg_type};"
+                    " reload the task"
+                )
+        spec = target_spec(new_plan, self.settings)
+        added = [c for c in new_plan.target_columns if c.name not in {x.name for x in plan.target_columns}]
+        for col in added:
+            add_column(tgt, spec, col)
+        tgt.commit()
+        self.plans[tc.key] = new_plan
+        self.store.log(self.task.name, self.run_id, "INFO",
+                       f"{tc.schema}.{tc.table}: new source column(s) {', '.join(c.name for c in added)} added to the target")
+        return new_plan
+
+
+def _op_name(op: str) -> str:
+    return {"I": "insert", "U": "update", "D": "delete"}.get(op, op)
+
+
+def frame_of_pending(task: Any, limit: int = 50) -> pl.DataFrame:
+    """The next changes of a task's slot, transformed, without consuming them."""
+    plans = task.plans
+    reader = ChangeReader(task.source_uri, slot_name(task.name), publication_name(task.name), max_changes=limit)
+    try:
+        batch = reader.peek_changes(limit)
+    finally:
+        reader.close()
+    frames = []
+    if batch is None:
+        return pl.DataFrame()
+    for tc in batch.tables:
+        plan = plans.get(tc.key)
+        if plan is None or not tc.frame.height:
+            continue
+        out = plan.apply_changes(tc.frame)
+        out = out.with_columns(pl.lit(f"{plan.target_schema}.{plan.target_table}").alias("target"))
+        data_cols = [c for c in out.columns if c not in ch.META_SCHEMA and c != "target"]
+        frames.append(out.select(["target", ch.OP, ch.LSN, ch.TS, *data_cols]).rename(
+            {ch.OP: "op", ch.LSN: "lsn", ch.TS: "commit_time"}))
+    if not frames:
+        return pl.DataFrame()
+    return pl.concat(frames, how="diagonal_relaxed").head(limit)

@@ -1,0 +1,144 @@
+"""`trempy-nb`: headless runs, validation, schema, demo.
+
+Exit codes: 0 success, 2 invalid settings (message on stderr), 1 runtime
+failure. No traceback unless --debug; no password ever printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+from trempy_nb import __version__
+from trempy_nb.connections import mask
+from trempy_nb.errors import SettingsError, TrempyError
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from trempy_nb.settings import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from trempy_nb.task import Task
+
+    task = Task.from_settings(args.settings)
+    task.validate()
+    print(f"{task.name}: valid ({len(task.settings.tables)} table(s), {task.settings.task.replication_type},"
+          f" {task.settings.task.cdc_settings.mode})")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from trempy_nb.task import Task
+
+    task = Task.from_settings(args.settings)
+    if args.start_mode:
+        task.settings.task.start_mode = args.start_mode
+    if args.role:
+        from trempy_nb.runner import run_role
+
+        return run_role(task, args.role, until_caught_up=args.until_caught_up, progress=not args.quiet)
+    if task.settings.task.replication_type != "full_load" and not args.until_caught_up:
+        from trempy_nb.runner import run_forever
+
+        result = run_forever(task, progress=not args.quiet)
+    else:
+        result = task.run(until_caught_up=True, progress=not args.quiet)
+    print(result)
+    return 0
+
+
+def _cmd_drop(args: argparse.Namespace) -> int:
+    from trempy_nb.runner import drop_task_by_name
+
+    drop_task_by_name(args.task, source=args.source, target=args.target)
+    print(f"dropped task {args.task}: slot, publication, state")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from trempy_nb.demo import run_demo
+
+    return run_demo(rows=args.rows, keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trempy-nb", description="PostgreSQL full load and change data capture, upsert or SCD2.")
+    p.add_argument("--version", action="version", version=f"trempy-nb {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("schema", help="print the JSON Schema of the task settings")
+    s.set_defaults(func=_cmd_schema)
+
+    s = sub.add_parser("validate", help="validate a settings file against the live source")
+    s.add_argument("settings", help="settings file (.json or .yaml)")
+    s.set_defaults(func=_cmd_validate)
+
+    s = sub.add_parser("run", help="run a task (full load; CDC until SIGINT/SIGTERM or --until-caught-up)")
+    s.add_argument("settings", help="settings file (.json or .yaml)")
+    s.add_argument("--until-caught-up", action="store_true", help="apply every change committed before the start, then exit 0")
+    s.add_argument("--start-mode", choices=["reload", "continue"], help="override task.start_mode")
+    s.add_argument("--role", choices=["producer", "consumer"], help="rabbitmq transport: run one side only")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("drop", help="remove a task's slot, publication, broker objects and state")
+    s.add_argument("task", help="task name, or a settings file")
+    s.add_argument("--source", help="source connection (needed when TASK is a name)")
+    s.add_argument("--target", help="target connection")
+    s.set_defaults(func=_cmd_drop)
+
+    s = sub.add_parser("demo", help="replicate a sample HR database end to end on an embedded PostgreSQL")
+    s.add_argument("--rows", type=int, default=300_000, help="employees to generate")
+    s.add_argument("--keep", action="store_true", help="keep the embedded cluster running (prints its URI)")
+    s.set_defaults(func=_cmd_demo)
+
+    for name, module in (("ai", "trempy_nb.ai.cli"), ("notebook", "trempy_nb.notebook.cli"), ("connect", "trempy_nb.connections_cli")):
+        _plug(sub, name, module)
+    return p
+
+
+def _plug(sub: argparse._SubParsersAction, name: str, module: str) -> None:
+    """Subcommands that live with their feature (`add_parser(subparsers)` + `run(args)`)."""
+    try:
+        mod = __import__(module, fromlist=["add_parser", "run"])
+    except ImportError:
+        return
+    add: Callable[..., argparse.ArgumentParser] = mod.add_parser
+    parser = add(sub)
+    parser.set_defaults(func=mod.run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+        return 130
+    except TrempyError as exc:
+        if args.debug:
+            raise
+        msg = mask(str(exc))
+        kind = "invalid settings" if isinstance(exc, SettingsError) else "error"
+        print(f"trempy-nb: {kind}: {msg}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # a last resort: one line, masked
+        if args.debug:
+            raise
+        print(f"trempy-nb: error: {type(exc).__name__}: {mask(str(exc)).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""Full load: one consistent snapshot of the source, streamed in batches into the target.
+
+Each table loads in one target transaction (a crash leaves the previous
+state, and a rerun redoes the table cleanly). A table with no filter and no
+value transformation streams COPY binary from source to target with no
+Python rows; the others go COPY text -> Polars plan -> COPY text. A batch the
+target refuses is split to isolate the bad rows, which stop the task or are
+recorded, per error_handling.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+import psycopg
+from psycopg import sql
+
+from trempy_nb.connections import mask
+from trempy_nb.db import connect
+from trempy_nb.errors import RowError, TrempyError, is_transient
+from trempy_nb.pipeline.plan import TablePlan
+from trempy_nb.settings import TaskSettings
+from trempy_nb.writer.copy import copy_frame, iter_frames, select_query, stream_copy
+from trempy_nb.writer.ddl import STATE_SCHEMA, TargetSpec, ensure_state_tables, ensure_target
+
+RowErrorHook = Callable[[str, str, str, str, dict[str, Any], str], None]  # schema, table, op, ..., payload, error
+
+
+@dataclass
+class TableLoadResult:
+    schema: str
+    table: str
+    target: str
+    path: str = "pipeline"  # 'passthrough' or 'pipeline'
+    rows_read: int = 0
+    rows_written: int = 0
+    rows_filtered: int = 0
+    rows_failed: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+def target_spec(plan: TablePlan, settings: TaskSettings) -> TargetSpec:
+    scd = settings.task.cdc_settings.scd2_settings
+    return TargetSpec(
+        schema=plan.target_schema,
+        table=plan.target_table,
+        columns=tuple(plan.target_columns),
+        key=tuple(plan.target_primary_key),
+        mode=settings.task.cdc_settings.mode,
+        start_col=scd.start_date,
+        end_col=scd.end_date,
+        current_col=scd.current,
+    )
+
+
+def _begin_snapshot(conn: psycopg.Connection, snapshot: str | None) -> None:
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    if snapshot:
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+
+
+def _prefetch(frames: Iterator[pl.DataFrame], depth: int = 2) -> Iterator[pl.DataFrame]:
+    """Read the next batches in a thread while this one is transformed and written."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    done = object()
+
+    def pump() -> None:
+        try:
+            for f in frames:
+                q.put(f)
+            q.put(done)
+        except BaseException as exc:  # handed to the consumer, never swallowed
+            q.put(exc)
+
+    t = threading.Thread(target=pump, daemon=True, name="trempy-snapshot-reader")
+    t.start()
+    while True:
+        item = q.get()
+        if item is done:
+            break
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+    t.join()
+
+
+class _Writer:
+    """Writes one batch into the target inside a savepoint; isolates bad rows on failure."""
+
+    def __init__(self, cur: psycopg.Cursor, spec: TargetSpec, direct: bool, settings: TaskSettings,
+                 on_row_error: RowErrorHook | None, result: TableLoadResult) -> None:
+        self.cur, self.spec, self.direct = cur, spec, direct
+        self.eh = settings.error_handling
+        self.on_row_error, self.result = on_row_error, result
+        self.op = "insert" if direct else settings.task.cdc_settings.mode
+        self.columns = spec.data_columns
+        if not direct:
+            cur.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS trempy_stage (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(spec.ident))
+
+    def _write(self, df: pl.DataFrame) -> None:
+        if self.direct:
+            copy_frame(self.cur, self.spec.ident, self.columns, df)
+            return
+        stage = sql.Identifier("trempy_stage")
+        self.cur.execute(sql.SQL("TRUNCATE {}").format(stage))
+        copy_frame(self.cur, stage, self.columns, df)
+        for stmt in merge_sql(self.spec):
+            self.cur.execute(stmt)
+
+    def write(self, df: pl.DataFrame) -> int:
+        """Write `df`; returns rows written. Bad rows are split out per error_handling."""
+        if df.height == 0:
+            return 0
+        attempts = 0
+        while True:
+            try:
+                with self.cur.connection.transaction():
+                    self._write(df)
+                return df.height
+            except psycopg.Error as exc:
+                if is_transient(exc) and attempts < self.eh.max_retries:
+                    attempts += 1
+                    time.sleep(min(0.1 * 2**attempts, 2.0))
+                    continue
+                if df.height == 1:
+                    self._bad_row(df, exc)
+                    return 0
+                mid = df.height // 2
+                return self.write(df.slice(0, mid)) + self.write(df.slice(mid))
+
+    def _bad_row(self, df: pl.DataFrame, exc: psycopg.Error) -> None:
+        error = mask(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        payload = df.row(0, named=True)
+        key = {k: payload.get(k) for k in self.spec.key}
+        if self.eh.stops_on(self.op):
+            raise RowError(
+                f"{self.op} into {self.spec.schema}.{self.spec.table} failed for key {key}: {error}"
+                f" (error_handling.stop_if_{self.op}_error is true)"
+            )
+        self.result.rows_failed += 1
+        self.result.errors.append(error)
+        if self.on_row_error:
+            self.on_row_error(self.spec.schema, self.spec.table, self.op, "full_load", payload, error)
+
+
+def merge_sql(spec: TargetSpec) -> list[sql.Composed]:
+    """Staging -> target when the target is not empty: upsert on the key, or SCD2 close + open."""
+    t, s = spec.ident, sql.Identifier("trempy_stage")
+    cols = [sql.Identifier(c) for c in spec.data_columns]
+    col_list = sql.SQL(", ").join(cols)
+    keys = [sql.Identifier(k) for k in spec.key]
+    on_key = sql.SQL(" AND ").join(sql.SQL("t.{k} = s.{k}").format(k=k) for k in keys)
+    if not spec.scd2:
+        non_key = [c for c in spec.data_columns if c not in spec.key]
+        if non_key:
+            action = sql.SQL("DO UPDATE SET {}").format(
+                sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in non_key)
+            )
+        else:
+            action = sql.SQL("DO NOTHING")
+        return [
+            sql.SQL("INSERT INTO {t} ({cols}) SELECT {cols} FROM {s} ON CONFLICT ({keys}) {action}").format(
+                t=t, s=s, cols=col_list, keys=sql.SQL(", ").join(keys), action=action
+            )
+        ]
+    cur_col = sql.Identifier(spec.current_col)
+    t_row = sql.SQL(", ").join(sql.SQL("t.{}").format(c) for c in cols)
+    s_row = sql.SQL(", ").join(sql.SQL("s.{}").format(c) for c in cols)
+    close = sql.SQL(
+        "UPDATE {t} AS t SET {end} = now(), {cur} = false FROM {s} AS s"
+        " WHERE {on_key} AND t.{cur} AND ROW({t_row}) IS DISTINCT FROM ROW({s_row})"
+    ).format(t=t, s=s, end=sql.Identifier(spec.end_col), cur=cur_col, on_key=on_key, t_row=t_row, s_row=s_row)
+    open_ = sql.SQL(
+        "INSERT INTO {t} ({cols}, {start}, {end}, {cur}) SELECT {s_cols}, now(), NULL, true FROM {s} AS s"
+        " WHERE NOT EXISTS (SELECT 1 FROM {t} AS t WHERE {on_key} AND t.{cur})"
+    ).format(
+        t=t, s=s, cols=col_list, s_cols=s_row, start=sql.Identifier(spec.start_col),
+        end=sql.Identifier(spec.end_col), cur=cur_col, on_key=on_key,
+    )
+    return [close, open_]
+
+
+def load_table(
+    settings: TaskSettings,
+    plan: TablePlan,
+    source_uri: str,
+    target_uri: str,
+    *,
+    snapshot: str | None = None,
+    snapshot_lsn: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    on_row_error: RowErrorHook | None = None,
+    chunk_bytes: int | None = None,
+) -> TableLoadResult:
+    """Load one table in one target transaction; returns its counters."""
+    t0 = time.perf_counter()
+    spec = target_spec(plan, settings)
+    fl = settings.task.full_load_settings
+    result = TableLoadResult(plan.source.schema, plan.source.name, f"{spec.schema}.{spec.table}")
+    with connect(target_uri) as tgt, connect(source_uri) as src:
+        tcur = tgt.cursor()
+        created, types = ensure_target(tgt, spec, create=fl.create_table_if_not_exists,
+                                       recreate=fl.recreate_table_if_exists)
+        if fl.truncate_before_insert and not created:
+            tcur.execute(sql.SQL("TRUNCATE {}").format(spec.ident))
+        empty = created or fl.truncate_before_insert
+        if spec.scd2 and not created:
+            tcur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT now(), ALTER COLUMN {} SET DEFAULT true").format(
+                spec.ident, sql.Identifier(spec.start_col), sql.Identifier(spec.current_col)))
+        _begin_snapshot(src, snapshot)
+        scur = src.cursor()
+        source_cols = list(plan.source_columns)
+        query = select_query(plan.source.schema, plan.source.name, source_cols)
+        if plan.passthrough and empty:
+            same_types = all(types.get(c.name) == c.pg_type for c in plan.target_columns)
+            rows = stream_copy(scur, tcur, query, spec.ident, spec.data_columns, binary=same_types)
+            result.path = "passthrough"
+            result.rows_read = result.rows_written = rows
+            if on_progress:
+                on_progress(result.rows_read)
+        else:
+            writer = _Writer(tcur, spec, empty, settings, on_row_error, result)
+            frames = iter_frames(scur, query, source_cols, chunk_bytes=chunk_bytes or 8 * 1024 * 1024)
+            for frame in _prefetch(frames):
+                out = plan.apply(frame)
+                result.rows_read += frame.height
+                result.rows_filtered += frame.height - out.height
+                result.rows_written += writer.write(out)
+                if on_progress:
+                    on_progress(frame.height)
+        src.rollback()
+        tcur.execute(
+            sql.SQL(
+                "INSERT INTO {}.load_state (task, schema_name, table_name, status, rows, snapshot_lsn, updated_at)"
+                " VALUES (%s, %s, %s, 'done', %s, %s, now()) ON CONFLICT (task, schema_name, table_name)"
+                " DO UPDATE SET status = 'done', rows = EXCLUDED.rows, snapshot_lsn = EXCLUDED.snapshot_lsn,"
+                " updated_at = now()"
+            ).format(sql.Identifier(STATE_SCHEMA)),
+            (settings.name, plan.source.schema, plan.source.name, result.rows_written, snapshot_lsn),
+        )
+        tgt.commit()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def run_full_load(
+    settings: TaskSettings,
+    plans: dict[tuple[str, str], TablePlan],
+    source_uri: str,
+    target_uri: str,
+    *,
+    snapshot: str | None = None,
+    snapshot_lsn: int | None = None,
+    progress: Callable[[tuple[str, str], int], None] | None = None,
+    on_row_error: RowErrorHook | None = None,
+    on_table_done: Callable[[TableLoadResult], None] | None = None,
+    max_workers: int = 2,
+) -> list[TableLoadResult]:
+    """Load every table, in parallel where the machine allows; the first failure stops the rest."""
+    with connect(target_uri) as tgt:
+        ensure_state_tables(tgt)
+        tgt.commit()
+    results: list[TableLoadResult] = []
+
+    def one(key: tuple[str, str]) -> TableLoadResult:
+        cb = (lambda n: progress(key, n)) if progress else None
+        r = load_table(settings, plans[key], source_uri, target_uri, snapshot=snapshot,
+                       snapshot_lsn=snapshot_lsn, on_progress=cb, on_row_error=on_row_error)
+        if on_table_done:
+            on_table_done(r)
+        return r
+
+    keys = [t.key for t in settings.tables if t.key in plans]
+    if len(keys) <= 1 or max_workers <= 1:
+        return [one(k) for k in keys]
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(keys)), thread_name_prefix="trempy-load") as pool:
+        futures = [pool.submit(one, k) for k in keys]
+        first_error: BaseException | None = None
+        for f in futures:
+            try:
+                results.append(f.result())
+            except TrempyError as exc:
+                first_error = first_error or exc
+            except psycopg.Error as exc:
+                first_error = first_error or TrempyError(mask(str(exc)))
+        if first_error:
+            raise first_error
+    return results

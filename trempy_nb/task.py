@@ -1,0 +1,177 @@
+"""The Python API every surface calls: `Task.from_settings(...)`, `validate`, `preview`, `run`.
+
+Magics, widgets, the CLI and the AI assistant only call these methods; the
+engine lives in fullload/runner/writer.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from trempy_nb.connections import mask, resolve
+from trempy_nb.db import connect
+from trempy_nb.errors import SettingsError, TrempyError
+from trempy_nb.pipeline.plan import TablePlan
+from trempy_nb.settings import TaskSettings, parse_settings
+from trempy_nb.validation import ValidatedTask, validate_live
+from trempy_nb.writer.copy import iter_frames, select_query
+
+
+@dataclass
+class RunResult:
+    """What a run did, per table; `stats` is the same as a Polars frame."""
+
+    task: str
+    run_id: str | None
+    status: str
+    tables: list[Any] = field(default_factory=list)
+    seconds: float = 0.0
+    changes_applied: int = 0
+
+    @property
+    def stats(self) -> pl.DataFrame:
+        rows = [
+            {
+                "table": f"{r.schema}.{r.table}",
+                "target": r.target,
+                "path": r.path,
+                "rows_read": r.rows_read,
+                "rows_written": r.rows_written,
+                "rows_filtered": r.rows_filtered,
+                "rows_failed": r.rows_failed,
+                "seconds": round(r.seconds, 3),
+            }
+            for r in self.tables
+        ]
+        return pl.DataFrame(rows) if rows else pl.DataFrame()
+
+    def __str__(self) -> str:
+        lines = [f"task {self.task}: {self.status} in {self.seconds:.1f}s"]
+        for r in self.tables:
+            rate = r.rows_read / r.seconds if r.seconds else 0
+            lines.append(
+                f"  {r.schema}.{r.table} -> {r.target}: read {r.rows_read:,}, written {r.rows_written:,},"
+                f" filtered {r.rows_filtered:,}, failed {r.rows_failed:,} ({rate:,.0f} rows/s, {r.path})"
+            )
+        if self.changes_applied:
+            lines.append(f"  changes applied: {self.changes_applied:,}")
+        return "\n".join(lines)
+
+
+class Task:
+    """A replication task: settings plus the source/target they name."""
+
+    def __init__(self, settings: TaskSettings) -> None:
+        self.settings = settings
+        self._validated: ValidatedTask | None = None
+
+    # construction -----------------------------------------------------------------
+    @classmethod
+    def from_settings(cls, doc: dict[str, Any] | str | Path | TaskSettings) -> Task:
+        """From a dict, JSON/YAML text or file path; raises SettingsError naming the field path."""
+        settings = doc if isinstance(doc, TaskSettings) else parse_settings(doc)
+        return cls(settings)
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def __repr__(self) -> str:
+        t = self.settings.task
+        return (
+            f"Task({t.task_name!r}, {t.replication_type}, mode={t.cdc_settings.mode},"
+            f" tables={len(self.settings.tables)}, source={mask(t.source)!r}, target={mask(t.target)!r})"
+        )
+
+    # connections ------------------------------------------------------------------
+    @property
+    def source_uri(self) -> str:
+        return resolve(self.settings.task.source)
+
+    @property
+    def target_uri(self) -> str:
+        return resolve(self.settings.task.target)
+
+    # validation -------------------------------------------------------------------
+    def validate(self) -> Task:
+        """Check against the live source; raises ValidationFailed listing every problem."""
+        self._validated = validate_live(self.settings, self.source_uri)
+        return self
+
+    @property
+    def plans(self) -> dict[tuple[str, str], TablePlan]:
+        if self._validated is None:
+            self.validate()
+        assert self._validated is not None
+        return self._validated.plans
+
+    def _plan_for(self, table: str | None) -> TablePlan:
+        plans = self.plans
+        if table is None:
+            return plans[self.settings.tables[0].key]
+        for key, plan in plans.items():
+            if table in (".".join(key), key[1], f"{plan.target_schema}.{plan.target_table}"):
+                return plan
+        known = ", ".join(".".join(k) for k in plans)
+        raise SettingsError(f"table {table!r} is not part of task {self.name} (tables: {known})")
+
+    # preview ----------------------------------------------------------------------
+    def preview(self, table: str | None = None, limit: int = 20) -> pl.DataFrame:
+        """The transformed rows that a run would write, as a typed Polars frame.
+
+        Filters are pushed into the source query with the limit, so a preview
+        of a huge table costs about as much as one of a small table.
+        """
+        plan = self._plan_for(table)
+        where = plan.filter_sql()
+        clause, params = where if where else (None, None)
+        query = select_query(plan.source.schema, plan.source.name, list(plan.source_columns), clause, limit)
+        with connect(self.source_uri) as conn:
+            frames = list(iter_frames(conn.cursor(), query, list(plan.source_columns), params))
+        raw = pl.concat(frames) if frames else pl.DataFrame({c: [] for c in plan.source_columns}, schema={c: pl.String for c in plan.source_columns})
+        return plan.display(plan.apply(raw))
+
+    def estimated_rows(self, table: str | None = None) -> int:
+        return self._plan_for(table).source.estimated_rows
+
+    # runs -------------------------------------------------------------------------
+    def run(self, until_caught_up: bool = True, progress: bool = True) -> RunResult:
+        """Run the task and block until it is done (CDC: until caught up with the source).
+
+        Raises on failure, so a scheduled notebook or job fails loudly.
+        """
+        from trempy_nb.runner import run_task
+
+        return run_task(self, until_caught_up=until_caught_up, progress=progress)
+
+    def start(self, progress: bool = False) -> Any:
+        """Start a background runner (thread); see `runner.Runner`."""
+        from trempy_nb.runner import Runner
+
+        return Runner(self, progress=progress).start()
+
+    def stats(self) -> pl.DataFrame:
+        from trempy_nb.metadata import MetadataStore
+
+        return MetadataStore().stats(task=self.name)
+
+    def errors(self) -> pl.DataFrame:
+        from trempy_nb.metadata import MetadataStore
+
+        return MetadataStore().errors(task=self.name)
+
+    def drop(self) -> None:
+        """Remove everything the task owns on the source (slot, publication) and its state."""
+        from trempy_nb.runner import drop_task
+
+        drop_task(self)
+
+
+
+
+__all__ = ["Task", "RunResult", "TrempyError"]
