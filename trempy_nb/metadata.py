@@ -35,7 +35,9 @@ from trempy_nb.errors import SettingsError
 
 __all__ = ["COUNTERS", "MetadataStore", "RunKind", "RunStatus"]
 
-RunKind = Literal["full_load", "cdc"]
+# a full_load_and_cdc task records one run spanning both phases (the runner passes
+# the task's replication_type), so that name is a run kind too
+RunKind = Literal["full_load", "cdc", "full_load_and_cdc"]
 RunStatus = Literal["running", "succeeded", "failed", "stopped"]
 COUNTERS = ("rows_read", "rows_written", "rows_filtered", "rows_failed", "duration_s")
 

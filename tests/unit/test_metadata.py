@@ -87,7 +87,7 @@ def test_task_with_literal_password_uses_saved_connection(
 def test_run_lifecycle(store: MetadataStore) -> None:
     r1 = store.start_run("emp", "full_load")
     r2 = store.start_run("emp", "cdc")
-    store.start_run("other", "cdc")
+    store.start_run("other", "full_load_and_cdc")
     store.end_run(r1, "succeeded")
     store.end_run(r2, "failed", RuntimeError(f"lost postgresql://u:{PW}@h/db"))
     df = store.runs("emp")
