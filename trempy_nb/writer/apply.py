@@ -1,0 +1,303 @@
+"""Apply one change batch to the target in one transaction: the writer's only I/O.
+
+Order inside the transaction: lock and read the task's checkpoint; skip a
+replayed batch; per table, stage the collapsed rows with COPY and run one
+statement per operation kind; write the new checkpoint; commit. The commit
+is the last thing that happens, so the caller may advance the slot (or ack
+the broker) as soon as this returns.
+
+A failing statement is rolled back to its savepoint: retried when the error
+is transient, otherwise bisected by key (each half in its own savepoint)
+down to single keys, which either stop the batch (`RowError`, everything
+rolled back) or are reported through `on_row_error` and skipped, per the
+task's `error_handling`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+import psycopg
+from psycopg import pq, sql
+
+from trempy_nb.changes import LSN, OP, SEQ, TS
+from trempy_nb.errors import RowError, TerminalError, is_transient
+from trempy_nb.settings import ErrorHandling
+from trempy_nb.writer import sql as wsql
+from trempy_nb.writer.checkpoint import read_checkpoint, state_tables_exist, write_checkpoint
+from trempy_nb.writer.collapse import Rows, Truncate, plan_table
+from trempy_nb.writer.copy import copy_frame
+from trempy_nb.writer.ddl import TargetSpec, ensure_state_tables
+
+RowErrorCallback = Callable[[TargetSpec, str, dict[str, Any], str], None]
+
+ANALYZE_MIN_ROWS = 1000  # below this the planner's default guess for a temp table is fine
+# SQLSTATE classes caused by the rows' data (bisect to find the rows); anything else is not a row problem.
+_ROW_LEVEL_CLASSES = ("22", "23", "P0")
+
+
+@dataclass
+class TableApply:
+    """One target table's share of a batch: frame with TARGET column names and the meta columns."""
+
+    spec: TargetSpec
+    frame: pl.DataFrame
+    truncated_at: list[tuple] = field(default_factory=list)  # (seq, lsn[, ts]) of TRUNCATEs
+
+
+@dataclass
+class TableCounts:
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    opened: int = 0  # SCD2 versions opened
+    closed: int = 0  # SCD2 versions closed
+    failed: int = 0  # rows reported through on_row_error and skipped
+    truncates: int = 0
+    replayed: int = 0  # rows already applied (LSN <= checkpoint), dropped
+    merged: int = 0  # rows folded into a later change of the same key
+
+    def add(self, other: dict[str, int]) -> None:
+        for name, value in other.items():
+            setattr(self, name, getattr(self, name) + value)
+
+
+@dataclass
+class ApplyResult:
+    task: str
+    end_lsn: int
+    checkpoint_before: int | None
+    skipped: bool = False  # the whole batch was at or below the checkpoint: nothing done
+    tables: dict[tuple[str, str], TableCounts] = field(default_factory=dict)
+
+    def totals(self) -> TableCounts:
+        total = TableCounts()
+        for counts in self.tables.values():
+            total.add(vars(counts))
+        return total
+
+
+@dataclass
+class _Ctx:
+    conn: psycopg.Connection
+    error_handling: ErrorHandling
+    on_row_error: RowErrorCallback | None
+    names: itertools.count = field(default_factory=itertools.count)
+
+    def staging(self) -> sql.Identifier:
+        return wsql.staging_ident(f"_trempy_stg_{next(self.names)}")
+
+
+def apply_batch(
+    conn: psycopg.Connection,
+    task: str,
+    tables: Sequence[TableApply],
+    end_lsn: int,
+    *,
+    error_handling: ErrorHandling,
+    on_row_error: RowErrorCallback | None = None,
+) -> ApplyResult:
+    """Apply a batch ending at commit `end_lsn` exactly once, checkpoint included, in one transaction.
+
+    The connection must be idle (no open transaction): this function owns the
+    transaction and commits it last.
+    """
+    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        raise TerminalError("apply_batch needs a connection with no open transaction")
+    ctx = _Ctx(conn, error_handling, on_row_error)
+    with conn.transaction():
+        if not state_tables_exist(conn):
+            ensure_state_tables(conn)
+        before = read_checkpoint(conn, task, for_update=True)
+        result = ApplyResult(task, end_lsn, before)
+        if before is not None and end_lsn <= before:
+            result.skipped = True
+            return result
+        for ta in tables:
+            counts = result.tables.setdefault((ta.spec.schema, ta.spec.table), TableCounts())
+            _apply_table(ctx, ta, before, counts)
+        write_checkpoint(conn, task, end_lsn)
+    return result
+
+
+def _apply_table(ctx: _Ctx, ta: TableApply, checkpoint: int | None, counts: TableCounts) -> None:
+    spec = ta.spec
+    name = f"{spec.schema}.{spec.table}"
+    if not spec.key:
+        raise TerminalError(f"target table {name} has no key: changes cannot be applied")
+    missing = [k for k in spec.key if k not in ta.frame.columns]
+    if missing:
+        raise TerminalError(f"changes for {name} lack key column(s) {', '.join(missing)}")
+    columns = [c for c in spec.data_columns if c in ta.frame.columns]
+    plan = plan_table(
+        ta.frame,
+        spec.key,
+        columns,
+        scd2=spec.scd2,
+        truncated_at=ta.truncated_at,
+        checkpoint=checkpoint,
+    )
+    counts.replayed += plan.replayed
+    counts.merged += plan.merged
+    for step in plan.steps:
+        if isinstance(step, Truncate):
+            _truncate(ctx, spec, step, counts)
+        elif spec.scd2:
+            _run_unit(ctx, spec, "scd2", step, columns, counts)
+        else:
+            deletes = step.frame.filter(pl.col(OP) == "D")
+            writes = step.frame.filter(pl.col(OP) != "D")
+            if deletes.height:
+                _run_unit(ctx, spec, "delete", Rows(deletes, []), list(spec.key), counts)
+            if writes.height:
+                _run_unit(ctx, spec, "upsert", Rows(writes, step.markers), columns, counts)
+
+
+# --- statements ------------------------------------------------------------------------------
+
+
+def _stage(ctx: _Ctx, spec: TargetSpec, rows: Rows, columns: list[str]) -> sql.Identifier:
+    """CREATE the TEMP staging table and COPY the rows in (COPY parses text with the target's types)."""
+    staging = ctx.staging()
+    meta = {wsql.S_OP: "text", wsql.S_TS: "timestamptz"}
+    if spec.scd2:
+        meta |= {wsql.S_END: "timestamptz", wsql.S_FIRST: "boolean"}
+    meta |= {marker: "boolean" for _, marker in rows.markers}
+    with ctx.conn.cursor() as cur:
+        cur.execute(wsql.create_staging_sql(staging, spec.ident, columns, meta))
+        copy_frame(cur, staging, [*columns, *meta], rows.frame)
+        if rows.frame.height >= ANALYZE_MIN_ROWS:
+            cur.execute(wsql.analyze_sql(staging))
+    return staging
+
+
+def _execute_unit(
+    ctx: _Ctx, spec: TargetSpec, op: str, rows: Rows, columns: list[str]
+) -> dict[str, int]:
+    """Stage `rows` and run the statements of one operation kind; returns counts."""
+    staging = _stage(ctx, spec, rows, columns)
+    target = spec.ident
+    with ctx.conn.cursor() as cur:
+        if rows.markers:
+            current = spec.current_col if spec.scd2 else None
+            cur.execute(wsql.fill_unchanged_sql(staging, target, spec.key, rows.markers, current))
+        if op == "delete":
+            cur.execute(wsql.upsert_delete_sql(target, staging, spec.key))
+            return {"deleted": max(cur.rowcount, 0)}
+        if op == "upsert":
+            cur.execute(wsql.upsert_sql(target, staging, columns, spec.key))
+            row = cur.fetchone()
+            return {"inserted": int(row[0]), "updated": int(row[1])} if row else {}
+        cur.execute(wsql.scd2_close_sql(target, staging, spec))
+        closed = max(cur.rowcount, 0)
+        cur.execute(wsql.scd2_open_sql(target, staging, columns, spec))
+        return {"closed": closed, "opened": max(cur.rowcount, 0)}
+
+
+def _attempt(
+    ctx: _Ctx, label: str, fn: Callable[[], dict[str, int]]
+) -> tuple[dict[str, int] | None, psycopg.Error | None]:
+    """Run `fn` in a savepoint, retrying transient errors; (counts, None) or (None, row-level error).
+
+    A transient error that outlives the retries is re-raised as is (the runner
+    retries the batch); an error not caused by the rows' data (missing column,
+    privilege) stops the task: bisecting would only repeat it for every key.
+    """
+    attempt = 0
+    while True:
+        try:
+            with ctx.conn.transaction():
+                return fn(), None
+        except psycopg.Error as exc:
+            if is_transient(exc) and attempt < ctx.error_handling.max_retries:
+                attempt += 1
+                time.sleep(min(0.05 * 2**attempt, 1.0))
+                continue
+            if is_transient(exc):
+                raise
+            if not (exc.sqlstate or "").startswith(_ROW_LEVEL_CLASSES):
+                raise TerminalError(f"{label} failed: {_error_text(exc)}") from exc
+            return None, exc
+
+
+def _run_unit(
+    ctx: _Ctx, spec: TargetSpec, op: str, rows: Rows, columns: list[str], counts: TableCounts
+) -> None:
+    """Apply one operation kind set-based; on a row-level error bisect by key to isolate the bad keys."""
+    label = f"{spec.schema}.{spec.table}: {op}"
+    done, exc = _attempt(ctx, label, lambda: _execute_unit(ctx, spec, op, rows, columns))
+    if exc is None:
+        counts.add(done or {})
+        return
+    keys = rows.frame.select(spec.key).unique(maintain_order=True)
+    if keys.height <= 1:
+        _bad_rows(ctx, spec, op, rows.frame, exc, counts)
+        return
+    half = keys.height // 2
+    for part in (keys.head(half), keys.tail(keys.height - half)):
+        sub = rows.frame.join(part, on=list(spec.key), how="semi").sort(SEQ)
+        _run_unit(ctx, spec, op, Rows(sub, rows.markers), columns, counts)
+
+
+def _error_text(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _bad_rows(
+    ctx: _Ctx,
+    spec: TargetSpec,
+    op: str,
+    frame: pl.DataFrame,
+    exc: psycopg.Error,
+    counts: TableCounts,
+) -> None:
+    """One key's rows fail: stop (RowError) or report each row and go on, per error_handling."""
+    if spec.scd2 and op == "scd2" and frame.get_column(OP).eq("D").all():
+        op = "delete"  # an SCD2 key whose events are all deletes only closes: the delete flag rules
+    first = frame.row(0, named=True)
+    key = {k: first[k] for k in spec.key}
+    error = _error_text(exc)
+    if ctx.error_handling.stops_on(op) or ctx.on_row_error is None:
+        raise RowError(
+            f"{spec.schema}.{spec.table}: {op} of key {key} failed: {error}"
+            f" (error_handling.stop_if_{op}_error)"
+        ) from exc
+    for row in frame.iter_rows(named=True):
+        payload = {
+            "key": {k: row[k] for k in spec.key},
+            "values": {c: row[c] for c in spec.data_columns if c in row},
+            "op": row.get(OP),
+            "lsn": row.get(LSN),
+            "ts": row.get(TS),
+        }
+        ctx.on_row_error(spec, op, payload, error)
+    counts.failed += frame.height
+
+
+def _truncate(ctx: _Ctx, spec: TargetSpec, trunc: Truncate, counts: TableCounts) -> None:
+    """Upsert: delete every row. SCD2: close every current version at the truncate's commit time."""
+
+    def run() -> dict[str, int]:
+        with ctx.conn.cursor() as cur:
+            if spec.scd2:
+                cur.execute(wsql.scd2_close_all_sql(spec.ident, spec), (trunc.ts,))
+                return {"closed": max(cur.rowcount, 0), "truncates": 1}
+            cur.execute(wsql.delete_all_sql(spec.ident))
+            return {"deleted": max(cur.rowcount, 0), "truncates": 1}
+
+    done, exc = _attempt(ctx, f"{spec.schema}.{spec.table}: truncate", run)
+    if exc is None:
+        counts.add(done or {})
+        return
+    error = _error_text(exc)
+    if ctx.error_handling.stops_on("delete") or ctx.on_row_error is None:
+        raise RowError(
+            f"{spec.schema}.{spec.table}: truncate failed: {error} (error_handling.stop_if_delete_error)"
+        ) from exc
+    ctx.on_row_error(spec, "delete", {"truncate": True, "lsn": trunc.lsn, "ts": trunc.ts}, error)
+    counts.failed += 1
