@@ -325,6 +325,38 @@ def test_check_violation_with_stop_flag_rolls_back_everything(conn: psycopg.Conn
     assert read_checkpoint(conn, "t") == 100
 
 
+def test_scd2_violation_with_stop_flag_keeps_versions(conn: psycopg.Connection) -> None:
+    spec = make_target(conn, "scd2", check=True)
+    first = changes([("I", 100, ts(1), (1, "a", 1, "x"))])
+    apply_batch(conn, "s", [TableApply(spec, first)], 100, error_handling=STOP)
+    before = versions(conn, spec)
+    bad = changes([("U", 200, ts(2), (1, "a2", -5, "x")), ("I", 200, ts(2), (2, "b", 1, "y"))])
+    with pytest.raises(RowError, match=r"scd2 of key \{'id': '1'\}"):
+        apply_batch(conn, "s", [TableApply(spec, bad)], 200, error_handling=STOP)
+    assert versions(conn, spec) == before
+    assert read_checkpoint(conn, "s") == 100
+
+
+def test_truncate_without_rows(conn: psycopg.Connection) -> None:
+    up, sc = make_target(conn, "upsert", "u"), make_target(conn, "scd2", "s")
+    rows = changes([("I", 100, ts(1), (i, "a", i, "x")) for i in (1, 2)])
+    apply_batch(conn, "t", [TableApply(up, rows), TableApply(sc, rows)], 100, error_handling=STOP)
+    empty = changes([])
+    r = apply_batch(
+        conn,
+        "t",
+        [TableApply(up, empty, [(0, 200, ts(2))]), TableApply(sc, empty, [(0, 200, ts(2))])],
+        200,
+        error_handling=STOP,
+    )
+    assert upsert_rows(conn, up) == []
+    assert [(v[0], v[5], v[6]) for v in versions(conn, sc)] == [
+        (1, ts(2), False),
+        (2, ts(2), False),
+    ]
+    assert r.tables[("dw", "s")].closed == 2 and r.tables[("dw", "u")].deleted == 2
+
+
 @pytest.mark.parametrize("mode", ["upsert", "scd2"])
 def test_bad_rows_reported_and_rest_lands(conn: psycopg.Connection, mode: str) -> None:
     spec = make_target(conn, mode, check=True)
@@ -443,6 +475,14 @@ def test_checkpoint_functions(conn: psycopg.Connection) -> None:
     assert read_checkpoint(conn, "x") == 9
     reset_checkpoint(conn, "x")
     assert read_checkpoint(conn, "x") is None
+
+
+def test_rows_past_the_end_lsn_are_refused(conn: psycopg.Connection) -> None:
+    spec = make_target(conn, "upsert")
+    frame = changes([("I", 50, ts(1), (1, "a", 1, "x"))])
+    with pytest.raises(TerminalError, match="end LSN"):
+        apply_batch(conn, "t", [TableApply(spec, frame)], 40, error_handling=STOP)
+    assert upsert_rows(conn, spec) == [] and read_checkpoint(conn, "t") is None
 
 
 def test_needs_idle_connection(target_uri: str) -> None:

@@ -120,14 +120,22 @@ def apply_batch(
             return result
         for ta in tables:
             counts = result.tables.setdefault((ta.spec.schema, ta.spec.table), TableCounts())
-            _apply_table(ctx, ta, before, counts)
+            _apply_table(ctx, ta, before, end_lsn, counts)
         write_checkpoint(conn, task, end_lsn)
     return result
 
 
-def _apply_table(ctx: _Ctx, ta: TableApply, checkpoint: int | None, counts: TableCounts) -> None:
+def _apply_table(
+    ctx: _Ctx, ta: TableApply, checkpoint: int | None, end_lsn: int, counts: TableCounts
+) -> None:
     spec = ta.spec
     name = f"{spec.schema}.{spec.table}"
+    newest = [int(t[1]) for t in ta.truncated_at]
+    if ta.frame.height:
+        newest.append(int(ta.frame.get_column(LSN).max()))  # type: ignore[arg-type]
+    if newest and max(newest) > end_lsn:
+        # The checkpoint would fall behind the data: a later replay would apply those rows twice.
+        raise TerminalError(f"changes for {name} go past the batch end LSN {end_lsn}")
     if not spec.key:
         raise TerminalError(f"target table {name} has no key: changes cannot be applied")
     missing = [k for k in spec.key if k not in ta.frame.columns]
