@@ -21,6 +21,7 @@ from importlib import resources
 from typing import Any
 
 from trempy_nb import settings as settings_model
+from trempy_nb.connections import mask, resolve
 from trempy_nb.errors import SettingsError, TrempyError
 from trempy_nb.settings import TaskSettings, json_schema, parse_settings
 
@@ -45,29 +46,7 @@ class AssistantError(TrempyError):
         self.transient = transient
 
 
-# Fallbacks while connections.py / validation.py are being written -----------------
-
-try:
-    from trempy_nb.connections import mask
-except ImportError:  # pragma: no cover - connections.mask exists since the skeleton
-
-    def mask(text: str) -> str:
-        return re.sub(r"(postgres(?:ql)?://[^:/@\s]+:)([^@\s]+)(@)", r"\1***\3", text)
-
-
-try:
-    from trempy_nb.connections import resolve
-except ImportError:  # TEMPORARY: until trempy_nb/connections.py provides resolve()
-
-    def resolve(ref: str) -> str:
-        """Fallback: expand ${VAR}; accept only URIs (saved names need connections.py)."""
-        uri = re.sub(r"\$\{(\w+)\}", lambda m: os.environ.get(m.group(1), ""), ref)
-        if "://" not in uri:
-            raise SettingsError(
-                f"unknown connection {ref!r} (saved connections are not available yet)"
-            )
-        return uri
-
+# Temporary fallback while trempy_nb.validation cannot be imported ----------------
 
 try:
     from trempy_nb.validation import validate_settings
