@@ -505,3 +505,18 @@ def test_parse_answer_variants() -> None:
     assert parse_answer('text\n```\n{"a": 2}\n```') == {"a": 2}
     with pytest.raises(AssistantError, match="not JSON"):
         parse_answer("{broken")
+
+
+def test_saved_connection_names_are_resolved_and_kept(
+    chat: ChatServer, hr: str, target_uri: str, trempy_home: Path
+) -> None:
+    from trempy_nb.connections import save_connection
+
+    save_connection("hr", hr)
+    save_connection("dw", target_uri)
+    chat.script(UPSERT["settings"])
+    result = create_task(UPSERT["prompt"], "hr", "dw", UPSERT["task_name"])
+    assert result.ok, result.errors
+    assert result.settings == UPSERT["settings"]  # the names, not the URIs, stay in the settings
+    assert "Source: hr. Target: dw." in chat.requests[0].messages[1]["content"]
+    assert password_of(hr) not in json.dumps(chat.requests[0].body)
