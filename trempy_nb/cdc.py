@@ -63,6 +63,7 @@ class Handoff:
     needs_full_load: bool
     snapshot: str | None = None
     lsn: int | None = None
+    ts: Any = None  # a source time at or before the snapshot: when full-load versions open
 
 
 class CdcSession:
@@ -105,8 +106,9 @@ class CdcSession:
                 drop_task_objects(src, self.task.name)
             ensure_publication(src, self.publication, tables)
             if s.replication_type == "full_load_and_cdc":
+                row = src.execute("SELECT clock_timestamp()").fetchone()
                 with create_slot_with_snapshot(self.source, self.slot) as (lsn, snapshot):
-                    yield Handoff(True, snapshot, lsn)
+                    yield Handoff(True, snapshot, lsn, row[0] if row else None)
                 return
             lsn = create_slot(src, self.slot)
             write_checkpoint(tgt, self.task.name, lsn)

@@ -27,6 +27,7 @@ from trempy_nb.db import connect
 from trempy_nb.errors import RowError, TrempyError, is_transient
 from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.settings import TaskSettings
+from trempy_nb.pipeline.textcodec import write_copy_text
 from trempy_nb.writer.copy import copy_frame, iter_frames, select_query, stream_copy
 from trempy_nb.writer.ddl import STATE_SCHEMA, TargetSpec, ensure_state_tables, ensure_target
 
@@ -96,26 +97,27 @@ class _Writer:
     """Writes one batch into the target inside a savepoint; isolates bad rows on failure."""
 
     def __init__(self, cur: psycopg.Cursor, spec: TargetSpec, direct: bool, settings: TaskSettings,
-                 on_row_error: RowErrorHook | None, result: TableLoadResult) -> None:
+                 on_row_error: RowErrorHook | None, result: TableLoadResult, load_ts: Any = None) -> None:
         self.cur, self.spec, self.direct = cur, spec, direct
         self.eh = settings.error_handling
         self.on_row_error, self.result = on_row_error, result
         self.op = "insert" if direct else settings.task.cdc_settings.mode
         self.columns = spec.data_columns
+        self.at = sql.Literal(load_ts) if load_ts is not None else None
         if not direct:
             cur.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS trempy_stage (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(spec.ident))
 
-    def _write(self, df: pl.DataFrame) -> None:
+    def _write(self, df: pl.DataFrame, payload: bytes | None) -> None:
         if self.direct:
-            copy_frame(self.cur, self.spec.ident, self.columns, df)
+            copy_frame(self.cur, self.spec.ident, self.columns, df, payload)
             return
         stage = sql.Identifier("trempy_stage")
         self.cur.execute(sql.SQL("TRUNCATE {}").format(stage))
-        copy_frame(self.cur, stage, self.columns, df)
-        for stmt in merge_sql(self.spec):
+        copy_frame(self.cur, stage, self.columns, df, payload)
+        for stmt in merge_sql(self.spec, self.at):
             self.cur.execute(stmt)
 
-    def write(self, df: pl.DataFrame) -> int:
+    def write(self, df: pl.DataFrame, payload: bytes | None = None) -> int:
         """Write `df`; returns rows written. Bad rows are split out per error_handling."""
         if df.height == 0:
             return 0
@@ -123,7 +125,7 @@ class _Writer:
         while True:
             try:
                 with self.cur.connection.transaction():
-                    self._write(df)
+                    self._write(df, payload)
                 return df.height
             except psycopg.Error as exc:
                 if is_transient(exc) and attempts < self.eh.max_retries:
@@ -151,9 +153,10 @@ class _Writer:
             self.on_row_error(self.spec.schema, self.spec.table, self.op, "full_load", payload, error)
 
 
-def merge_sql(spec: TargetSpec) -> list[sql.Composed]:
+def merge_sql(spec: TargetSpec, at: sql.Composable | None = None) -> list[sql.Composed]:
     """Staging -> target when the target is not empty: upsert on the key, or SCD2 close + open."""
     t, s = spec.ident, sql.Identifier("trempy_stage")
+    at = at if at is not None else sql.SQL("now()")
     cols = [sql.Identifier(c) for c in spec.data_columns]
     col_list = sql.SQL(", ").join(cols)
     keys = [sql.Identifier(k) for k in spec.key]
@@ -175,17 +178,40 @@ def merge_sql(spec: TargetSpec) -> list[sql.Composed]:
     t_row = sql.SQL(", ").join(sql.SQL("t.{}").format(c) for c in cols)
     s_row = sql.SQL(", ").join(sql.SQL("s.{}").format(c) for c in cols)
     close = sql.SQL(
-        "UPDATE {t} AS t SET {end} = now(), {cur} = false FROM {s} AS s"
+        "UPDATE {t} AS t SET {end} = {at}, {cur} = false FROM {s} AS s"
         " WHERE {on_key} AND t.{cur} AND ROW({t_row}) IS DISTINCT FROM ROW({s_row})"
-    ).format(t=t, s=s, end=sql.Identifier(spec.end_col), cur=cur_col, on_key=on_key, t_row=t_row, s_row=s_row)
+    ).format(t=t, s=s, end=sql.Identifier(spec.end_col), cur=cur_col, on_key=on_key, t_row=t_row, s_row=s_row, at=at)
     open_ = sql.SQL(
-        "INSERT INTO {t} ({cols}, {start}, {end}, {cur}) SELECT {s_cols}, now(), NULL, true FROM {s} AS s"
+        "INSERT INTO {t} ({cols}, {start}, {end}, {cur}) SELECT {s_cols}, {at}, NULL, true FROM {s} AS s"
         " WHERE NOT EXISTS (SELECT 1 FROM {t} AS t WHERE {on_key} AND t.{cur})"
     ).format(
         t=t, s=s, cols=col_list, s_cols=s_row, start=sql.Identifier(spec.start_col),
-        end=sql.Identifier(spec.end_col), cur=cur_col, on_key=on_key,
+        end=sql.Identifier(spec.end_col), cur=cur_col, on_key=on_key, at=at,
     )
     return [close, open_]
+
+
+def _load_through_pipeline(plan: TablePlan, scur: psycopg.Cursor, tcur: psycopg.Cursor, spec: TargetSpec,
+                           direct: bool, settings: TaskSettings, on_row_error: RowErrorHook | None,
+                           on_progress: Callable[[int], None] | None, result: TableLoadResult,
+                           chunk_bytes: int, load_ts: Any = None) -> None:
+    """Three overlapping stages: COPY out (thread) -> plan + encode (thread) -> COPY in (here)."""
+    writer = _Writer(tcur, spec, direct, settings, on_row_error, result, load_ts)
+    source_cols = list(plan.source_columns)
+    query = select_query(plan.source.schema, plan.source.name, source_cols)
+    frames = iter_frames(scur, query, source_cols, chunk_bytes=chunk_bytes)
+
+    def transformed() -> Iterator[tuple[pl.DataFrame, bytes]]:
+        for frame in _prefetch(frames):
+            out = plan.apply(frame).select(writer.columns)
+            result.rows_read += frame.height
+            result.rows_filtered += frame.height - out.height
+            yield out, write_copy_text(out)
+            if on_progress:
+                on_progress(frame.height)
+
+    for out, payload in _prefetch(transformed(), depth=2):
+        result.rows_written += writer.write(out, payload)
 
 
 def load_table(
@@ -196,6 +222,7 @@ def load_table(
     *,
     snapshot: str | None = None,
     snapshot_lsn: int | None = None,
+    load_ts: Any = None,
     on_progress: Callable[[int], None] | None = None,
     on_row_error: RowErrorHook | None = None,
     chunk_bytes: int | None = None,
@@ -203,40 +230,59 @@ def load_table(
     """Load one table in one target transaction; returns its counters."""
     t0 = time.perf_counter()
     spec = target_spec(plan, settings)
-    fl = settings.task.full_load_settings
     result = TableLoadResult(plan.source.schema, plan.source.name, f"{spec.schema}.{spec.table}")
-    with connect(target_uri) as tgt, connect(source_uri) as src:
+    src = connect(source_uri)
+    try:
+        _load(settings, plan, spec, src, source_uri, target_uri, snapshot, snapshot_lsn, load_ts,
+              on_progress, on_row_error, chunk_bytes, result)
+    finally:
+        src.close()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _load(settings: TaskSettings, plan: TablePlan, spec: TargetSpec, src: psycopg.Connection,
+          source_uri: str, target_uri: str, snapshot: str | None, snapshot_lsn: int | None,
+          load_ts: Any, on_progress: Callable[[int], None] | None, on_row_error: RowErrorHook | None,
+          chunk_bytes: int | None, result: TableLoadResult) -> None:
+    fl = settings.task.full_load_settings
+    with connect(target_uri) as tgt:
         tcur = tgt.cursor()
         created, types = ensure_target(tgt, spec, create=fl.create_table_if_not_exists,
                                        recreate=fl.recreate_table_if_exists)
         if fl.truncate_before_insert and not created:
             tcur.execute(sql.SQL("TRUNCATE {}").format(spec.ident))
         empty = created or fl.truncate_before_insert
-        if spec.scd2 and not created:
-            tcur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT now(), ALTER COLUMN {} SET DEFAULT true").format(
-                spec.ident, sql.Identifier(spec.start_col), sql.Identifier(spec.current_col)))
+        if spec.scd2:
+            # First versions open at load time: the snapshot's time when CDC follows, so that
+            # a change committed during the load never closes a version before it starts.
+            start = sql.Literal(load_ts) if load_ts is not None else sql.SQL("now()")
+            tcur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT {}, ALTER COLUMN {} SET DEFAULT true").format(
+                spec.ident, sql.Identifier(spec.start_col), start, sql.Identifier(spec.current_col)))
         _begin_snapshot(src, snapshot)
         scur = src.cursor()
         source_cols = list(plan.source_columns)
         query = select_query(plan.source.schema, plan.source.name, source_cols)
+        passed = False
         if plan.passthrough and empty:
             same_types = all(types.get(c.name) == c.pg_type for c in plan.target_columns)
-            rows = stream_copy(scur, tcur, query, spec.ident, spec.data_columns, binary=same_types)
-            result.path = "passthrough"
-            result.rows_read = result.rows_written = rows
-            if on_progress:
-                on_progress(result.rows_read)
-        else:
-            writer = _Writer(tcur, spec, empty, settings, on_row_error, result)
-            frames = iter_frames(scur, query, source_cols, chunk_bytes=chunk_bytes or 8 * 1024 * 1024)
-            for frame in _prefetch(frames):
-                out = plan.apply(frame)
-                result.rows_read += frame.height
-                result.rows_filtered += frame.height - out.height
-                result.rows_written += writer.write(out)
+            try:
+                with tgt.transaction():
+                    rows = stream_copy(scur, tcur, query, spec.ident, spec.data_columns, binary=same_types)
+                passed = True
+                result.path = "passthrough"
+                result.rows_read = result.rows_written = rows
                 if on_progress:
-                    on_progress(frame.height)
-        src.rollback()
+                    on_progress(result.rows_read)
+            except psycopg.Error:
+                # The target refused something: redo the table batch by batch to isolate bad rows.
+                src.close()
+                src = connect(source_uri)
+                _begin_snapshot(src, snapshot)
+                scur = src.cursor()
+        if not passed:
+            _load_through_pipeline(plan, scur, tcur, spec, empty, settings, on_row_error,
+                                   on_progress, result, chunk_bytes or 8 * 1024 * 1024, load_ts)
         tcur.execute(
             sql.SQL(
                 "INSERT INTO {}.load_state (task, schema_name, table_name, status, rows, snapshot_lsn, updated_at)"
@@ -246,9 +292,10 @@ def load_table(
             ).format(sql.Identifier(STATE_SCHEMA)),
             (settings.name, plan.source.schema, plan.source.name, result.rows_written, snapshot_lsn),
         )
+        if spec.scd2 and load_ts is not None:
+            tcur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT now()").format(
+                spec.ident, sql.Identifier(spec.start_col)))
         tgt.commit()
-    result.seconds = time.perf_counter() - t0
-    return result
 
 
 def run_full_load(
@@ -259,6 +306,7 @@ def run_full_load(
     *,
     snapshot: str | None = None,
     snapshot_lsn: int | None = None,
+    load_ts: Any = None,
     progress: Callable[[tuple[str, str], int], None] | None = None,
     on_row_error: RowErrorHook | None = None,
     on_table_done: Callable[[TableLoadResult], None] | None = None,
@@ -273,7 +321,7 @@ def run_full_load(
     def one(key: tuple[str, str]) -> TableLoadResult:
         cb = (lambda n: progress(key, n)) if progress else None
         r = load_table(settings, plans[key], source_uri, target_uri, snapshot=snapshot,
-                       snapshot_lsn=snapshot_lsn, on_progress=cb, on_row_error=on_row_error)
+                       snapshot_lsn=snapshot_lsn, load_ts=load_ts, on_progress=cb, on_row_error=on_row_error)
         if on_table_done:
             on_table_done(r)
         return r

@@ -189,13 +189,14 @@ class Runner:
             with session.prepare() as handoff:
                 if handoff.needs_full_load:
                     self.status = "full_load"
-                    tables = self._full_load(store, plans, source, target, handoff.snapshot, handoff.lsn)
+                    tables = self._full_load(store, plans, source, target, handoff.snapshot, handoff.lsn,
+                                             handoff.ts)
                     session.mark_loaded(handoff.lsn)
             changes = session.stream(until_caught_up=self.until_caught_up)
             return tables, changes
 
     def _full_load(self, store: Any, plans: dict, source: str, target: str,
-                   snapshot: str | None, lsn: int | None) -> list[TableLoadResult]:
+                   snapshot: str | None, lsn: int | None, load_ts: Any = None) -> list[TableLoadResult]:
         bars = _Progress(self.task, plans, enabled=self.progress, counters=self.counters)
 
         def on_row_error(schema: str, table: str, op: str, phase: str, payload: dict, error: str) -> None:
@@ -210,7 +211,7 @@ class Runner:
 
         try:
             return run_full_load(self.task.settings, plans, source, target, snapshot=snapshot,
-                                 snapshot_lsn=lsn, progress=bars.update, on_row_error=on_row_error,
+                                 snapshot_lsn=lsn, load_ts=load_ts, progress=bars.update, on_row_error=on_row_error,
                                  on_table_done=on_done)
         finally:
             bars.close()

@@ -8,11 +8,12 @@ COPY binary from source to target.
 
 from __future__ import annotations
 
+import select
 from collections.abc import Iterator, Sequence
 
 import polars as pl
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 
 from trempy_nb.pipeline.textcodec import read_copy_text, write_copy_text
 
@@ -43,27 +44,40 @@ def iter_text_chunks(
     cur: psycopg.Cursor, query: sql.Composable, params: Sequence[object] | None = None,
     chunk_bytes: int = CHUNK_BYTES,
 ) -> Iterator[bytes]:
-    """COPY (query) TO STDOUT in text format, re-cut into chunks of whole lines."""
-    copy_sql = sql.SQL("COPY ({}) TO STDOUT").format(query)
-    if params:
-        # COPY cannot take bind parameters: inline them as literals, safely quoted by psycopg.
-        copy_sql = sql.SQL("COPY ({}) TO STDOUT").format(_bind(cur, query, params))
+    """COPY (query) TO STDOUT in text format, as chunks of whole lines (one line = one row).
+
+    Reads through libpq directly in non-blocking mode: psycopg's row-by-row
+    COPY iterator costs more than the server takes to produce the rows.
+    """
+    body = _bind(cur, query, params) if params else query
+    copy_sql = sql.SQL("COPY ({}) TO STDOUT").format(body).as_bytes(cur)
+    conn = cur.connection
+    conn.execute("SELECT 1")  # let psycopg open the transaction it expects to own
+    pg = conn.pgconn
+    pg.send_query(copy_sql)
+    _expect(pg, pq.ExecStatus.COPY_OUT)
+    pg.nonblocking = 1
     pending: list[bytes] = []
     size = 0
-    with cur.copy(copy_sql) as copy:
-        for data in copy:
-            pending.append(bytes(data))
-            size += len(data)
-            if size >= chunk_bytes:
-                blob = b"".join(pending)
-                cut = blob.rfind(b"\n") + 1
-                yield blob[:cut]
-                rest = blob[cut:]
-                pending, size = ([rest], len(rest)) if rest else ([], 0)
+    try:
+        while True:
+            nb, data = pg.get_copy_data(1)
+            if nb > 0:
+                pending.append(bytes(data))
+                size += nb
+                if size >= chunk_bytes:
+                    yield b"".join(pending)
+                    pending, size = [], 0
+            elif nb == 0:
+                select.select([pg.socket], [], [])
+                pg.consume_input()
+            else:
+                break
+    finally:
+        pg.nonblocking = 0
+    _drain(pg)
     if pending:
-        blob = b"".join(pending)
-        if blob:
-            yield blob
+        yield b"".join(pending)
 
 
 def _bind(cur: psycopg.Cursor, query: sql.Composable, params: Sequence[object]) -> sql.Composable:
@@ -88,11 +102,16 @@ def iter_frames(
         yield read_copy_text(chunk, list(columns))
 
 
-def copy_frame(cur: psycopg.Cursor, target: sql.Composable, columns: Sequence[str], df: pl.DataFrame) -> int:
-    """COPY a String frame (PostgreSQL text values) into `target` (a table identifier)."""
+def copy_frame(cur: psycopg.Cursor, target: sql.Composable, columns: Sequence[str], df: pl.DataFrame,
+               payload: bytes | None = None) -> int:
+    """COPY a String frame (PostgreSQL text values) into `target` (a table identifier).
+
+    `payload` is the frame already encoded (write_copy_text), when a caller did it in another thread.
+    """
     if df.height == 0:
         return 0
-    payload = write_copy_text(df.select(list(columns)))
+    if payload is None:
+        payload = write_copy_text(df.select(list(columns)))
     stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(target, column_list(columns))
     with cur.copy(stmt) as copy:
         copy.write(payload)
@@ -107,11 +126,92 @@ def stream_copy(
     target_columns: Sequence[str],
     binary: bool = True,
 ) -> int:
-    """COPY source query straight into the target table, no Python rows. Returns rows copied."""
+    """COPY a source query straight into a target table, no Python rows. Returns rows copied.
+
+    Both COPYs run at once in one thread: libpq in non-blocking mode, a select()
+    loop moving whole buffers from one socket to the other (the GIL is released
+    while waiting), which keeps pace with `psql | psql`.
+    """
     fmt = sql.SQL(" (FORMAT binary)") if binary else sql.SQL("")
-    out_sql = sql.SQL("COPY ({}) TO STDOUT{}").format(query, fmt)
-    in_sql = sql.SQL("COPY {} ({}) FROM STDIN{}").format(target, column_list(target_columns), fmt)
-    with src_cur.copy(out_sql) as out, tgt_cur.copy(in_sql) as inp:
-        for data in out:
-            inp.write(data)
-    return max(tgt_cur.rowcount, 0)
+    out_sql = sql.SQL("COPY ({}) TO STDOUT{}").format(query, fmt).as_bytes(src_cur)
+    in_sql = sql.SQL("COPY {} ({}) FROM STDIN{}").format(target, column_list(target_columns), fmt).as_bytes(tgt_cur)
+    src, tgt = src_cur.connection, tgt_cur.connection
+    for conn in (src, tgt):  # open the transactions psycopg expects to own
+        conn.execute("SELECT 1")
+    return pump(src.pgconn, tgt.pgconn, out_sql, in_sql)
+
+
+def pump(sp: pq.abc.PGconn, tp: pq.abc.PGconn, out_sql: bytes, in_sql: bytes, flush_bytes: int = 1 << 18) -> int:
+    """Move COPY data from `sp` (COPY TO) into `tp` (COPY FROM); returns the target's row count."""
+    sp.send_query(out_sql)
+    _expect(sp, pq.ExecStatus.COPY_OUT)
+    tp.send_query(in_sql)
+    _expect(tp, pq.ExecStatus.COPY_IN)
+    sp.nonblocking = 1
+    tp.nonblocking = 1
+    try:
+        buf: list[bytes] = []
+        size = 0
+        done = pending = False
+        sfd, tfd = sp.socket, tp.socket
+        while True:
+            nb = 0
+            while True:
+                nb, data = sp.get_copy_data(1)
+                if nb > 0:
+                    buf.append(bytes(data))
+                    size += nb
+                    if size >= flush_bytes:
+                        break
+                elif nb == 0:
+                    break
+                else:
+                    done = True
+                    break
+            if buf and (size >= flush_bytes or done):
+                if tp.put_copy_data(b"".join(buf)) != 1:
+                    raise psycopg.OperationalError(tp.get_error_message())
+                buf, size = [], 0
+                pending = tp.flush() == 1
+            if done and not buf:
+                break
+            rl = [sfd] if nb == 0 and not done else []
+            wl = [tfd] if pending else []
+            if rl or wl:
+                readable, writable, _ = select.select(rl, wl, [])
+                if readable:
+                    sp.consume_input()
+                if writable:
+                    pending = tp.flush() == 1
+        while tp.flush() == 1:
+            select.select([], [tfd], [])
+        _drain(sp)
+        tp.put_copy_end()
+        while tp.flush() == 1:
+            select.select([], [tfd], [])
+    finally:
+        sp.nonblocking = 0
+        tp.nonblocking = 0
+    return _drain(tp)
+
+
+def _expect(conn: pq.abc.PGconn, status: pq.ExecStatus) -> None:
+    res = conn.get_result()
+    if res is None or res.status != status:
+        msg = conn.get_error_message() if res is None else res.get_error_message()
+        _drain(conn)
+        raise psycopg.DataError(msg.decode(errors="replace").strip() if isinstance(msg, bytes) else str(msg))
+
+
+def _drain(conn: pq.abc.PGconn) -> int:
+    """Collect the remaining results; raise the first error; return the COPY row count."""
+    rows = 0
+    error: str | None = None
+    while (res := conn.get_result()) is not None:
+        if res.status == pq.ExecStatus.FATAL_ERROR and error is None:
+            error = res.get_error_message().decode(errors="replace").strip()
+        elif res.command_tuples is not None:
+            rows = res.command_tuples
+    if error:
+        raise psycopg.DataError(error)
+    return rows
