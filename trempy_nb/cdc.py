@@ -58,6 +58,28 @@ def crash_point(name: str) -> None:
         os._exit(97)
 
 
+_SLOT_LSN_SET = sql.SQL(
+    "UPDATE {}.checkpoints SET slot_lsn = GREATEST(COALESCE(slot_lsn, 0), %s) WHERE task = %s"
+).format(sql.Identifier(STATE_SCHEMA))
+_SLOT_LSN_GET = sql.SQL("SELECT slot_lsn FROM {}.checkpoints WHERE task = %s").format(sql.Identifier(STATE_SCHEMA))
+
+
+class _RecordingReader(ChangeReader):
+    """A reader that writes every slot position it is about to confirm to the target first.
+
+    So a legitimate slot never stands past what the target recorded, and a slot
+    found further ahead was recreated: its missing changes are a loud SlotLost.
+    """
+
+    def __init__(self, *args: Any, record: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._record = record
+
+    def _advance(self, lsn: int) -> None:
+        self._record(lsn)
+        super()._advance(lsn)
+
+
 @dataclass
 class Handoff:
     needs_full_load: bool
@@ -95,10 +117,11 @@ class CdcSession:
                             (self.task.name,))
             tgt.commit()
             checkpoint = read_checkpoint(tgt, self.task.name)
+            row = tgt.execute(_SLOT_LSN_GET, (self.task.name,)).fetchone() if checkpoint is not None else None
             tgt.commit()
             status = slot_status(src, self.slot)
             if checkpoint is not None:
-                self._check_slot(status, checkpoint)
+                self._check_slot(status, max(checkpoint, int(row[0] or 0) if row else 0))
                 ensure_publication(src, self.publication, tables)
                 yield Handoff(False)
                 return
@@ -112,11 +135,13 @@ class CdcSession:
                 return
             lsn = create_slot(src, self.slot)
             write_checkpoint(tgt, self.task.name, lsn)
+            tgt.execute(_SLOT_LSN_SET, (lsn, self.task.name))
             tgt.commit()
             yield Handoff(False)
 
-    def _check_slot(self, status: Any, checkpoint: int) -> None:
-        where = ch.int_to_lsn(checkpoint)
+    def _check_slot(self, status: Any, known: int) -> None:
+        """`known`: the furthest position the target recorded for this slot (checkpoint or advance)."""
+        where = ch.int_to_lsn(known)
         if status is None:
             raise SlotLost(
                 f"replication slot {self.slot} is missing but task {self.task.name} has a checkpoint at {where}:"
@@ -127,7 +152,7 @@ class CdcSession:
                 f"replication slot {self.slot} was invalidated (wal_status lost, max_slot_wal_keep_size"
                 " exceeded): changes are lost. Rerun with start_mode reload."
             )
-        if (status.confirmed_flush_lsn or 0) > checkpoint:
+        if (status.confirmed_flush_lsn or 0) > known:
             raise SlotLost(
                 f"replication slot {self.slot} starts at {ch.int_to_lsn(status.confirmed_flush_lsn or 0)},"
                 f" after the task's checkpoint {where}: it was dropped and recreated, changes in between"
@@ -138,6 +163,7 @@ class CdcSession:
         """After the full load committed: the stream starts at the slot's consistent point."""
         with connect(self.target) as tgt:
             write_checkpoint(tgt, self.task.name, int(lsn or 0))
+            tgt.execute(_SLOT_LSN_SET, (int(lsn or 0), self.task.name))
             tgt.commit()
 
     # streaming -----------------------------------------------------------------------
@@ -145,7 +171,7 @@ class CdcSession:
         """Apply batches until stopped, or until every change committed before now is applied."""
         if until_caught_up:
             self.catch_up_target = self._current_lsn()
-        reader = ChangeReader(self.source, self.slot, self.publication, max_changes=self._batch_size())
+        reader = self._new_reader()
         applied = 0
         last_beat = time.monotonic()
         last_stats = 0.0
@@ -160,7 +186,7 @@ class CdcSession:
                         tgt = connect(self.target, application_name=f"trempy_nb:{self.task.name}:apply")
                     batch = reader.read_batch(upto_lsn=self.catch_up_target)
                     if batch is None:
-                        if self.catch_up_target is not None:
+                        if self.catch_up_target is not None and self._flushed_past(self.catch_up_target):
                             break
                         if time.monotonic() - last_beat > HEARTBEAT_EVERY_S:
                             self._heartbeat(reader, tgt)
@@ -181,7 +207,9 @@ class CdcSession:
                         if tgt is not None:
                             tgt.close()
                     tgt = None
-                    reader.reset()
+                    with contextlib.suppress(Exception):
+                        reader.close()
+                    reader = self._new_reader()
                     time.sleep(min(0.2 * 2**failures, 5.0))
                 if time.monotonic() - last_stats > STATS_EVERY_S:
                     self._refresh_lag()
@@ -195,6 +223,14 @@ class CdcSession:
         self._refresh_lag()
         return applied
 
+    def _new_reader(self) -> ChangeReader:
+        return _RecordingReader(self.source, self.slot, self.publication, max_changes=self._batch_size(),
+                                application_name=f"trempy_nb:{self.task.name}:capture", record=self._record_slot)
+
+    def _record_slot(self, lsn: int) -> None:
+        with connect(self.target, autocommit=True) as tgt:
+            tgt.execute(_SLOT_LSN_SET, (int(lsn), self.task.name))
+
     def _set_status(self, status: str) -> None:
         if self.on_status:
             self.on_status(status)
@@ -202,20 +238,25 @@ class CdcSession:
     def _batch_size(self) -> int:
         return int(os.environ.get("TREMPY_BATCH_CHANGES", "20000"))
 
+    def _flushed_past(self, lsn: int) -> bool:
+        """Decoding sees only flushed WAL (asynchronous commits may lag): caught up only past it."""
+        with connect(self.source, autocommit=True) as src:
+            row = src.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
+        if row and ch.lsn_to_int(row[0]) >= lsn:
+            return True
+        time.sleep(0.05)
+        return False
+
     def _current_lsn(self) -> int:
         with connect(self.source, autocommit=True) as src:
             row = src.execute("SELECT pg_current_wal_lsn()::text").fetchone()
         return ch.lsn_to_int(row[0]) if row else 0
 
     def _heartbeat(self, reader: ChangeReader, tgt: psycopg.Connection) -> None:
-        """Idle: write a heartbeat so the slot can move past other databases' WAL."""
+        """Idle: write a heartbeat into the captured database's WAL; the reader's next read
+        moves the slot past it, so a busy neighbour database's WAL is not pinned."""
         with connect(self.source, autocommit=True) as src:
             emit_heartbeat(src)
-        position = reader.idle_position() if hasattr(reader, "idle_position") else None
-        if position:
-            write_checkpoint(tgt, self.task.name, position)
-            tgt.commit()
-            reader.confirm(position)
 
     def _apply(self, batch: ch.ChangeBatch, reader: ChangeReader, tgt: psycopg.Connection) -> int:
         items: list[TableApply] = []

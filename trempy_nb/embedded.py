@@ -162,7 +162,6 @@ def start_cluster(
         "max_wal_senders": "40",
         "max_connections": "200",
         "fsync": "off",
-        "synchronous_commit": "off",
         "full_page_writes": "off",
         "shared_buffers": "128MB",
         "max_wal_size": "2GB",

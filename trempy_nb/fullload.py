@@ -315,6 +315,8 @@ def run_full_load(
     """Load every table, in parallel where the machine allows; the first failure stops the rest."""
     with connect(target_uri) as tgt:
         ensure_state_tables(tgt)
+        for schema in sorted({p.target_schema for p in plans.values()}):  # not concurrently: races in the catalog
+            tgt.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         tgt.commit()
     results: list[TableLoadResult] = []
 
