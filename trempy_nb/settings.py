@@ -221,7 +221,8 @@ class TransformationSpec(_Strict):
             parsed = model.model_validate(self.contract)
         except ValidationError as exc:
             raise ValueError("contract: " + format_validation_error(exc, prefix="contract")) from None
-        self.contract = parsed.model_dump(exclude_none=True)
+        self.contract = parsed.model_dump(exclude_unset=True)
+        self.contract.update({k: v for k, v in parsed.model_dump().items() if k not in self.contract and v is not None})
         return self
 
     @property

@@ -6,7 +6,6 @@ engine lives in fullload/runner/writer.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

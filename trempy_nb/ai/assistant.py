@@ -24,6 +24,7 @@ from trempy_nb import settings as settings_model
 from trempy_nb.connections import mask, resolve
 from trempy_nb.errors import SettingsError, TrempyError
 from trempy_nb.settings import TaskSettings, json_schema, parse_settings
+from trempy_nb.validation import validate_settings
 
 DEFAULT_BASE_URL = "https://api.deepseek.com"
 DEFAULT_MODEL = "deepseek-chat"
@@ -44,49 +45,6 @@ class AssistantError(TrempyError):
     def __init__(self, message: str, *, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
-
-
-# Temporary fallback while trempy_nb.validation cannot be imported ----------------
-
-try:
-    from trempy_nb.validation import validate_settings
-except ImportError:  # TEMPORARY: until trempy_nb/validation.py lands
-
-    def validate_settings(settings: TaskSettings, source_uri: str) -> list[str]:
-        """Fallback: tables and columns exist, filter operators fit the column types."""
-        from trempy_nb.catalog import describe_table
-        from trempy_nb.db import connect
-        from trempy_nb.errors import ValidationFailed
-
-        problems: list[str] = []
-        infos = {}
-        with connect(source_uri, autocommit=True) as conn:
-            for i, t in enumerate(settings.tables):
-                try:
-                    infos[t.key] = describe_table(conn, t.schema_name, t.table_name)
-                except ValidationFailed as exc:
-                    problems.append(f"tables[{i}]: {exc}")
-        s = settings_model
-        for i, f in enumerate(settings.filters):
-            info = infos.get(f.table_key)
-            col = info.column(f.column_name) if info else None
-            if info and col is None:
-                problems.append(
-                    f"filters[{i}].column_name: column {f.column_name} does not exist in "
-                    f"{info.qualified} (columns: {', '.join(info.column_names)})"
-                )
-            elif col is not None:
-                typ = col.pg_type
-                is_text = typ in ("text", "name") or typ.startswith(("character", "varchar"))
-                is_date = typ.startswith(("date", "timestamp"))
-                if (f.filter_type in s.TEXT_FILTERS and not is_text) or (
-                    f.filter_type in s.DATE_FILTERS and not is_date
-                ):
-                    problems.append(
-                        f"filters[{i}].filter_type: {f.filter_type} does not fit column "
-                        f"{f.column_name} of type {typ}"
-                    )
-        return problems
 
 
 # Configuration ----------------------------------------------------------------
