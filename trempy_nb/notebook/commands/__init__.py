@@ -1,0 +1,57 @@
+"""Plain functions under every `%trempy` verb: scripts and tests call these without IPython.
+
+Each one calls the public Python API (Task, Runner, connections, catalog,
+metadata) and returns a Polars frame or a display object from `render`.
+"""
+
+from trempy_nb.notebook.commands.connections import columns, connect, connections, tables
+from trempy_nb.notebook.commands.runs import (
+    dead_letters,
+    errors,
+    logs,
+    run,
+    runs,
+    stats,
+    status,
+    stop,
+)
+from trempy_nb.notebook.commands.session import SESSION, Session, get_task, put_task
+from trempy_nb.notebook.commands.tasks import (
+    define_task,
+    drop,
+    history,
+    list_tasks,
+    load_task,
+    preview,
+    preview_changes,
+    show_task,
+    validate,
+)
+
+__all__ = [
+    "SESSION",
+    "Session",
+    "columns",
+    "connect",
+    "connections",
+    "dead_letters",
+    "define_task",
+    "drop",
+    "errors",
+    "get_task",
+    "history",
+    "list_tasks",
+    "load_task",
+    "logs",
+    "preview",
+    "preview_changes",
+    "put_task",
+    "run",
+    "runs",
+    "show_task",
+    "stats",
+    "status",
+    "stop",
+    "tables",
+    "validate",
+]

@@ -1,0 +1,316 @@
+"""The live dashboard of a runner: widgets refreshed from a thread, HTML/text everywhere else.
+
+The refresh thread only reads the runner's public state (`status`,
+`counters`, `error`) and the metadata store's frames, and only sets widget
+values: it never prints, so nothing depends on which cell is "current"
+(ipykernel 6 and 7 route thread output differently). Without a widgets
+front end, the same figures render as HTML and text.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from typing import Any
+
+import polars as pl
+
+from trempy_nb.connections import mask
+from trempy_nb.notebook.render import frame_html, frame_text, one_line, sparkline_svg
+
+_DONE = ("succeeded", "failed", "stopped")
+
+
+def widgets_available() -> bool:
+    """True in an IPython kernel with ipywidgets importable (a front end may render them)."""
+    try:
+        import ipywidgets  # noqa: F401
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    ip = get_ipython()
+    return ip is not None and getattr(ip, "kernel", None) is not None
+
+
+class Dashboard:
+    """Status, full-load progress, per table/operation counts, throughput, lag, errors, stop."""
+
+    def __init__(
+        self,
+        runner: Any,
+        interval: float = 0.5,
+        use_widgets: bool | None = None,
+        store_interval: float = 2.0,
+        max_points: int = 120,
+    ) -> None:
+        self.runner = runner
+        self.interval = max(0.1, float(interval))
+        self.store_interval = store_interval
+        self.max_points = max_points
+        self.points: list[tuple[float, float, float]] = []  # (time, rows+changes per s, lag s)
+        self._last: tuple[float, int] | None = None
+        self._errors = pl.DataFrame()
+        self._dead = pl.DataFrame()
+        self._store_at = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.stop_message = ""
+        self.ui: Any = None
+        self.w: dict[str, Any] = {}
+        if use_widgets is None:
+            use_widgets = widgets_available()
+        if use_widgets:
+            self._build()
+        self.refresh(force_store=True)
+
+    # ------------------------------------------------------------------ figures
+    @property
+    def name(self) -> str:
+        return str(self.runner.task.name)
+
+    def _sample(self) -> None:
+        c = self.runner.counters
+        now = time.time()
+        total = sum(c.full_load_rows.values()) + int(c.changes)
+        if self._last is not None and now > self._last[0]:
+            rate = (total - self._last[1]) / (now - self._last[0])
+            self.points.append((now, max(rate, 0.0), float(c.lag_seconds)))
+            del self.points[: -self.max_points]
+        self._last = (now, total)
+
+    def _load_store(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._store_at < self.store_interval:
+            return
+        self._store_at = now
+        run_id = getattr(self.runner, "run_id", None)
+        try:
+            errs = self.runner.task.errors()
+            if run_id and "run_id" in errs.columns:
+                errs = errs.filter(pl.col("run_id") == run_id)
+            self._errors = errs.drop([c for c in ("task", "run_id") if c in errs.columns])
+        except Exception as exc:  # the dashboard must not die with the store
+            self._errors = pl.DataFrame({"error": [one_line(exc)]})
+        try:
+            method = getattr(self.runner.task, "dead_letters", None)
+            if callable(method):
+                self._dead = method()
+            else:
+                from trempy_nb.metadata import MetadataStore
+
+                self._dead = MetadataStore().dead_letters(task=self.name)
+        except Exception as exc:
+            self._dead = pl.DataFrame({"error": [one_line(exc)]})
+
+    def status_line(self) -> str:
+        r = self.runner
+        elapsed = time.time() - r.started_at if getattr(r, "started_at", 0) else 0.0
+        text = f"task {self.name}: {r.status} ({elapsed:.1f} s)"
+        if r.error is not None:
+            text += f" - {one_line(r.error)}"
+        if self.stop_message:
+            text += f" - {self.stop_message}"
+        return mask(text)
+
+    def progress(self) -> list[tuple[str, int, int]]:
+        c = self.runner.counters
+        tables = list(c.full_load_total) + [
+            t for t in c.full_load_rows if t not in c.full_load_total
+        ]
+        return [
+            (t, int(c.full_load_rows.get(t, 0)), int(c.full_load_total.get(t, 0))) for t in tables
+        ]
+
+    def figures(self) -> list[tuple[str, str]]:
+        c = self.runner.counters
+        rate = self.points[-1][1] if self.points else 0.0
+        return [
+            ("throughput", f"{rate:,.0f} rows/s"),
+            ("changes applied", f"{int(c.changes):,} in {int(c.batches):,} batches"),
+            ("lag", f"{c.lag_seconds:,.2f} s ({int(c.lag_bytes):,} bytes)"),
+            ("slot", f"{c.wal_status or '-'}, {int(c.retained_bytes):,} bytes retained"),
+        ]
+
+    def counts(self) -> pl.DataFrame:
+        return self.runner.counters.frame()
+
+    # ------------------------------------------------------------------ renderings
+    def text(self) -> str:
+        lines = [self.status_line()]
+        for table, done, total in self.progress():
+            lines.append(f"  full load {table}: {done:,} / ~{max(total, done):,} rows")
+        lines += [f"  {k}: {v}" for k, v in self.figures()]
+        counts = self.counts()
+        if counts.height:
+            lines.append(frame_text(counts))
+        if self._errors.height:
+            lines.append(f"errors ({self._errors.height}):")
+            lines.append(frame_text(self._errors, 5))
+        if self._dead.height:
+            lines.append(f"dead letters ({self._dead.height}):")
+            lines.append(frame_text(self._dead, 5))
+        return mask("\n".join(lines))
+
+    def _progress_html(self) -> str:
+        rows = []
+        for table, done, total in self.progress():
+            top = max(total, done, 1)
+            rows.append(
+                f"<div>{html.escape(table)} <progress value='{done}' max='{top}'></progress>"
+                f" {done:,} / ~{top:,}</div>"
+            )
+        return "".join(rows)
+
+    def _figures_html(self) -> str:
+        cells = "".join(
+            f"<td style='padding-right:1.5em'><b>{html.escape(k)}</b><br>{html.escape(v)}</td>"
+            for k, v in self.figures()
+        )
+        return f"<table><tr>{cells}</tr></table>"
+
+    def _plot_html(self) -> str:
+        return sparkline_svg([[p[1] for p in self.points], [p[2] for p in self.points]])
+
+    def _errors_html(self) -> str:
+        out = ""
+        if self._errors.height:
+            out += f"<b>errors ({self._errors.height})</b>{frame_html(self._errors, 5)}"
+        else:
+            out += "<i>no errors</i>"
+        if self._dead.height:
+            out += f"<br><b>dead letters ({self._dead.height})</b>{frame_html(self._dead, 5)}"
+        else:
+            out += " · <i>no dead letters</i>"
+        return mask(out)
+
+    def html(self) -> str:
+        color = {"failed": "#cf222e", "succeeded": "#1a7f37"}.get(self.runner.status, "#1f6feb")
+        return mask(
+            f"<div class='trempy-dashboard'><div style='color:{color}'><b>"
+            f"{html.escape(self.status_line())}</b></div>{self._progress_html()}{self._figures_html()}"
+            f"{frame_html(self.counts())}{self._plot_html()}<div>{self._errors_html()}</div></div>"
+        )
+
+    def __repr__(self) -> str:
+        return self.text()
+
+    def _repr_html_(self) -> str:
+        return self.html()
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        bundle: dict[str, Any] = {"text/plain": self.text(), "text/html": self.html()}
+        if self.ui is not None:
+            view = self.ui._repr_mimebundle_(include=include, exclude=exclude) or {}
+            for key, value in view.items():
+                if key != "text/plain":
+                    bundle[key] = value
+        return bundle
+
+    # ------------------------------------------------------------------ widgets
+    def _build(self) -> None:
+        import ipywidgets as W
+
+        w = self.w
+        w["status"] = W.HTML()
+        w["progress"] = W.VBox()
+        w["bars"] = {}
+        w["figures"] = W.HTML()
+        w["counts"] = W.HTML()
+        w["plot"] = W.HTML()
+        w["errors"] = W.HTML()
+        w["stop"] = W.Button(
+            description="Stop",
+            button_style="danger",
+            icon="stop",
+            tooltip="stop after the current batch",
+        )
+        w["stop"].on_click(lambda _b: self.request_stop())
+        self.ui = W.VBox(
+            [
+                W.HBox([w["status"], w["stop"]]),
+                w["progress"],
+                w["figures"],
+                w["counts"],
+                w["plot"],
+                w["errors"],
+            ],
+            layout=W.Layout(border="1px solid #ddd", padding="6px"),
+        )
+        self.ui.add_class("trempy-dashboard")
+
+    def _update_widgets(self) -> None:
+        import ipywidgets as W
+
+        w = self.w
+        w["status"].value = f"<b>{html.escape(self.status_line())}</b>"
+        bars: dict[str, Any] = w["bars"]
+        for table, done, total in self.progress():
+            if table not in bars:
+                bars[table] = (
+                    W.IntProgress(min=0, max=1, layout=W.Layout(width="240px")),
+                    W.Label(),
+                )
+                w["progress"].children = [
+                    W.HBox([W.Label(t, layout=W.Layout(width="220px")), *bars[t]]) for t in bars
+                ]
+            bar, label = bars[table]
+            bar.max = max(total, done, 1)
+            bar.value = done
+            bar.bar_style = "success" if total and done >= total else ""
+            label.value = f"{done:,} / ~{max(total, done):,} rows"
+        w["figures"].value = self._figures_html()
+        w["counts"].value = frame_html(self.counts())
+        w["plot"].value = self._plot_html()
+        w["errors"].value = self._errors_html()
+        w["stop"].disabled = not self.runner.running
+
+    # ------------------------------------------------------------------ lifecycle
+    def refresh(self, force_store: bool = False) -> None:
+        with self._lock:
+            self._sample()
+            self._load_store(force_store or not self.runner.running)
+            if self.ui is not None:
+                self._update_widgets()
+
+    def start(self) -> Dashboard:
+        """Refresh from a background thread until the runner ends (then one last time)."""
+        if self.ui is None or self._thread is not None:
+            return self
+        self._thread = threading.Thread(
+            target=self._loop, name=f"trempy-dash-{self.name}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            running = self.runner.running or self.runner.status in ("created", "starting")
+            try:
+                self.refresh(force_store=not running)
+            except Exception:  # noqa: S110 - a refresh failing once must not end the dashboard
+                pass
+            if not running:
+                break
+            self._stop.wait(self.interval)
+
+    def request_stop(self) -> None:
+        """What the Stop button does: stop the runner in a thread (the kernel stays free)."""
+
+        def work() -> None:
+            try:
+                self.runner.stop()
+                self.stop_message = "stopped by user"
+            except Exception as exc:
+                self.stop_message = f"stop: {one_line(exc)}"
+            self.refresh(force_store=True)
+
+        if self.ui is not None:
+            self.w["stop"].disabled = True
+        threading.Thread(target=work, name=f"trempy-stop-{self.name}", daemon=True).start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2)

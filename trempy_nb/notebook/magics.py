@@ -1,0 +1,674 @@
+"""`%trempy` / `%%trempy`: a thin router from a verb to one small function each.
+
+The functions under the verbs live in `trempy_nb.notebook.commands` and call
+the public Python API only. Domain errors become one short, masked line at
+this edge, and are still raised so a failing cell fails papermill and nbmake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
+from IPython.display import display
+from traitlets import Bool, Float, Int, Unicode
+
+from trempy_nb.connections import has_literal_password, mask
+from trempy_nb.notebook import commands as cmd
+from trempy_nb.notebook.config import detect_headless, file_config
+from trempy_nb.notebook.render import KeyValues, Note, RunView, one_line
+
+
+class TrempyMagicError(Exception):
+    """A `%trempy` failure: one masked line, no traceback (IPython uses `_render_traceback_`)."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"\x1b[0;31mtrempy: {self}\x1b[0m"]
+
+
+class _HelpShown(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise TrempyMagicError(f"{self.prog}: {message} (usage: {self.format_usage().strip()[7:]})")
+
+    def exit(self, status: int = 0, message: str | None = None) -> Any:  # type: ignore[override]
+        if message:
+            print(message, file=sys.stderr)
+        raise _HelpShown()
+
+
+@dataclass(frozen=True)
+class Verb:
+    name: str
+    summary: str
+    args: Callable[[argparse.ArgumentParser], None]
+    cell: bool = False
+    example: str = ""
+
+
+def _no_args(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _name(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="task name")
+
+
+def _a_connect(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="connection name")
+    p.add_argument(
+        "uri",
+        help="postgresql:// URI; write the password as ${VAR} to read it from the environment",
+    )
+    p.add_argument("--no-test", action="store_true", help="save without connecting first")
+
+
+def _a_tables(p: argparse.ArgumentParser) -> None:
+    p.add_argument("connection")
+    p.add_argument("schema", nargs="?")
+
+
+def _a_columns(p: argparse.ArgumentParser) -> None:
+    p.add_argument("connection")
+    p.add_argument("table", help="schema.table (or a table name found in one schema)")
+
+
+def _a_task(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", help="task name (overrides task.task_name of the body)")
+    p.add_argument(
+        "--no-validate", action="store_true", help="skip the check against the live source"
+    )
+    p.add_argument("--no-save", action="store_true", help="keep it in this session only")
+
+
+def _a_load(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="settings file (.json, .yaml)")
+    p.add_argument("--name", help="task name (overrides task.task_name)")
+    p.add_argument("--no-validate", action="store_true")
+
+
+def _a_preview(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name")
+    p.add_argument(
+        "table", nargs="?", help="source schema.table, table name or target schema.table"
+    )
+    p.add_argument("--limit", "-n", type=int, help="rows (default: Trempy.preview_limit)")
+
+
+def _a_preview_changes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name")
+    p.add_argument("--limit", "-n", type=int)
+
+
+def _a_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name")
+    p.add_argument("--wait", action="store_true", help="block until done; raise if the run fails")
+    p.add_argument(
+        "--until-caught-up",
+        action="store_true",
+        help="apply the changes committed before now, then stop",
+    )
+    p.add_argument("--no-dashboard", action="store_true", help="no live dashboard")
+    p.add_argument(
+        "--timeout", type=float, help="with --wait: stop and fail after this many seconds"
+    )
+
+
+def _a_status(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?")
+
+
+def _a_logs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name")
+    p.add_argument("--limit", "-n", type=int, default=200)
+
+
+def _a_history(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name")
+    p.add_argument("table", help="source or target table of the task")
+    p.add_argument("key", nargs="+", metavar="COLUMN=VALUE")
+
+
+def _a_builder(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", help="edit this task (or start a new one with this name)")
+    p.add_argument("--source", help="source connection for a new task")
+    p.add_argument("--target", help="target connection for a new task")
+
+
+def _a_ai(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="task name")
+    p.add_argument("prompt", nargs="*", help="what to replicate, in a sentence (or the cell body)")
+    p.add_argument("--source", required=True, help="source connection")
+    p.add_argument("--target", required=True, help="target connection")
+    p.add_argument("--no-builder", action="store_true", help="show the settings, not the builder")
+
+
+VERBS: dict[str, Verb] = {
+    v.name: v
+    for v in [
+        Verb(
+            "connect",
+            "save a connection (password encrypted, never echoed)",
+            _a_connect,
+            example="%trempy connect hr postgresql://app:${HR_PASSWORD}@db:5432/hr",
+        ),
+        Verb("connections", "saved connections", _no_args),
+        Verb("tables", "tables of a connection", _a_tables, example="%trempy tables hr employees"),
+        Verb(
+            "columns",
+            "columns of a table, with types and key",
+            _a_columns,
+            example="%trempy columns hr employees.employee",
+        ),
+        Verb(
+            "task",
+            "define (cell body: YAML or JSON) or show a task",
+            _a_task,
+            cell=True,
+            example="%%trempy task hr_to_dw\\n{ ...settings... }",
+        ),
+        Verb("tasks", "tasks of this session and saved ones", _no_args),
+        Verb(
+            "load", "load a settings file as a task", _a_load, example="%trempy load settings.json"
+        ),
+        Verb("validate", "check a task against the live source", _name),
+        Verb(
+            "preview",
+            "the transformed rows a run would write",
+            _a_preview,
+            example="df = %trempy preview hr_to_dw employees.employee --limit 50",
+        ),
+        Verb(
+            "preview-changes", "pending CDC changes, transformed, not consumed", _a_preview_changes
+        ),
+        Verb(
+            "run",
+            "start the runner with a live dashboard (--wait blocks, raises on failure)",
+            _a_run,
+            example="%trempy run hr_to_dw --wait --until-caught-up",
+        ),
+        Verb("status", "runner status (all runners, or one)", _a_status),
+        Verb("stats", "per-table counters of a task's runs", _name),
+        Verb("stop", "stop a runner after its current batch", _name),
+        Verb("errors", "rows that failed and were recorded", _name),
+        Verb("dead-letters", "batches given up after max_retries", _name),
+        Verb("logs", "the task's log lines", _a_logs),
+        Verb("runs", "the task's runs", _name),
+        Verb(
+            "history",
+            "SCD2 versions of one key",
+            _a_history,
+            example="%trempy history hr_to_dw employees.employee id=42",
+        ),
+        Verb("drop", "stop, remove slot, publication and state", _name),
+        Verb("builder", "the widget task builder", _a_builder, example="%trempy builder hr_to_dw"),
+        Verb(
+            "ai",
+            "draft a task from a sentence, open it in the builder",
+            _a_ai,
+            cell=True,
+            example='%trempy ai hr_to_dw "employees with salary > 5000 into SCD2" --source hr --target dw',
+        ),
+        Verb("config", "current options and where they came from", _no_args),
+    ]
+}
+
+
+def verbs_text() -> str:
+    width = max(len(v) for v in VERBS)
+    return "\n".join(f"  {v.name.ljust(width)}  {v.summary}" for v in VERBS.values())
+
+
+HELP_HEAD = """%trempy VERB [ARGS]  /  %%trempy task [NAME] (cell body: YAML or JSON settings)
+
+PostgreSQL full load and change data capture into upsert or SCD2 targets.
+`%trempy VERB --help` describes one verb. `{var}` is replaced by a variable of
+the notebook (in arguments and cell bodies; `${VAR}` is left for the
+environment). Errors are one line and fail the cell
+(`%config Trempy.short_errors = False` shows tracebacks). A trailing `;`
+silences output; the result is also in `_`.
+
+Verbs:
+"""
+
+HELP_TAIL = """
+Examples:
+  %load_ext trempy_nb
+  %trempy connect hr postgresql://app:${HR_PASSWORD}@localhost/hr
+  %trempy tables hr employees
+  %%trempy task hr_to_dw
+  task: {task_name: hr_to_dw, source: hr, target: dw, replication_type: full_load_and_cdc,
+         cdc_settings: {mode: scd2}}
+  tables: [{schema_name: employees, table_name: employee}]
+  filters: [{schema_name: employees, table_name: employee, column_name: salary,
+             filter_type: greater_than, value: {min_salary}}]
+  df = %trempy preview hr_to_dw --limit 10
+  %trempy run hr_to_dw
+  %trempy history hr_to_dw employees.employee id=42
+  %trempy stop hr_to_dw
+Options (%config Trempy.<name> = value; also [tool.trempy_nb] in pyproject.toml
+or $TREMPY_HOME/config): preview_limit, short_errors, dashboard, dashboard_interval,
+progress_interval, headless, save_tasks, settings_dir, warn_inline_passwords.
+"""
+
+
+class Help:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(self.text)}</pre>"
+
+
+_NAME_RE = re.compile(r"(?<![$\\{])\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\}")
+_WARNED_INLINE = False
+
+
+def _warn_inline_password() -> None:
+    global _WARNED_INLINE
+    if _WARNED_INLINE:
+        return
+    _WARNED_INLINE = True
+    print(
+        "trempy: warning: a password is written in this cell; it is stored encrypted and never shown,"
+        " but the notebook file keeps it. Write it as ${VAR} (read from the environment),"
+        " pass it in a {variable}, or use a saved connection name.",
+        file=sys.stderr,
+    )
+
+
+@magics_class
+class Trempy(Magics):
+    """PostgreSQL change data capture from the notebook (see `%trempy --help`)."""
+
+    preview_limit = Int(20, help="rows shown by %trempy preview").tag(config=True)
+    short_errors = Bool(True, help="one-line errors (False: full tracebacks)").tag(config=True)
+    dashboard = Bool(True, help="show the live dashboard when a run starts").tag(config=True)
+    dashboard_interval = Float(0.5, help="seconds between dashboard refreshes").tag(config=True)
+    progress_interval = Float(10.0, help="headless --wait: seconds between progress lines").tag(
+        config=True
+    )
+    headless = Unicode(
+        "auto", help="auto, true or false: print text progress instead of widgets"
+    ).tag(config=True)
+    save_tasks = Bool(True, help="keep tasks in $TREMPY_HOME as well as in the session").tag(
+        config=True
+    )
+    settings_dir = Unicode(
+        "", help="where the builder's Save writes settings files (default: cwd)"
+    ).tag(config=True)
+    warn_inline_passwords = Bool(True, help="warn once when a cell holds a literal password").tag(
+        config=True
+    )
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        values, self.config_sources = file_config()
+        set_by_ipython = (
+            set(getattr(shell, "config", {}).get("Trempy", {})) if shell is not None else set()
+        )
+        for key, value in values.items():
+            if key in set_by_ipython:
+                continue
+            if not self.has_trait(key) or key in ("config", "parent", "shell"):
+                print(
+                    f"trempy: ignoring unknown option {key!r} in {', '.join(self.config_sources)}",
+                    file=sys.stderr,
+                )
+                continue
+            try:
+                setattr(self, key, value)
+            except Exception as exc:
+                print(f"trempy: ignoring option {key}={value!r}: {one_line(exc)}", file=sys.stderr)
+
+    # ------------------------------------------------------------------ entry point
+    @no_var_expand
+    @line_cell_magic
+    def trempy(self, line: str = "", cell: str | None = None) -> Any:
+        """Run `%trempy --help` for the verbs."""
+        try:
+            return self._dispatch(line, cell)
+        except _HelpShown:
+            return None
+        except TrempyMagicError:
+            raise
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            if not self.short_errors:
+                raise
+            raise TrempyMagicError(one_line(exc)) from None
+
+    def _dispatch(self, line: str, cell: str | None) -> Any:
+        line = line.strip()
+        quiet = line.endswith(";")
+        if quiet:
+            line = line[:-1].rstrip()
+        try:
+            raw_tokens = shlex.split(line)
+        except ValueError as exc:
+            raise TrempyMagicError(f"cannot read the arguments: {exc}") from None
+        if not raw_tokens:
+            if cell is not None:
+                raise TrempyMagicError("a %%trempy cell needs a verb: %%trempy task NAME")
+            return Help("%trempy VERB [ARGS]; verbs:\n" + verbs_text())
+        verb_name, raw_args = raw_tokens[0], raw_tokens[1:]
+        if verb_name in ("-h", "--help", "help"):
+            return Help(HELP_HEAD + verbs_text() + "\n" + HELP_TAIL)
+        verb = VERBS.get(verb_name)
+        if verb is None:
+            raise TrempyMagicError(
+                f"unknown verb {verb_name!r}; verbs: {', '.join(VERBS)} (%trempy --help)"
+            )
+        if cell is not None and not verb.cell:
+            raise TrempyMagicError(
+                f"%%trempy {verb_name} takes no cell body (cell verbs: task, ai)"
+            )
+        self._typed: dict[str, Any] = {}
+        args_tokens = [self._expand_token(t) for t in raw_args]
+        parser = _Parser(
+            prog=f"%trempy {verb.name}",
+            description=verb.summary,
+            epilog=f"example: {verb.example}" if verb.example else None,
+        )
+        verb.args(parser)
+        args = parser.parse_args(args_tokens)
+        handler = getattr(self, "_v_" + verb.name.replace("-", "_"))
+        result = handler(args, cell, raw_args, quiet)
+        if quiet:
+            if self.shell is not None and result is not None:
+                self.shell.user_ns["_"] = result
+            return None
+        return result
+
+    # ------------------------------------------------------------------ {var} expansion
+    def _lookup(self, dotted: str) -> tuple[bool, Any]:
+        ns = self.shell.user_ns if self.shell is not None else {}
+        head, *rest = dotted.split(".")
+        if head not in ns:
+            return False, None
+        value = ns[head]
+        for attr in rest:
+            if not hasattr(value, attr):
+                return False, None
+            value = getattr(value, attr)
+        return True, value
+
+    def _expand_token(self, token: str) -> str:
+        m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)=" + _NAME_RE.pattern, token)
+        if m:
+            found, value = self._lookup(m.group(2))
+            if found:
+                self._typed[m.group(1)] = value
+        return _NAME_RE.sub(lambda mm: self._sub_text(mm), token)
+
+    def _sub_text(self, m: re.Match[str]) -> str:
+        found, value = self._lookup(m.group(1))
+        return str(value) if found else m.group(0)
+
+    def expand_body(self, body: str) -> str:
+        """`{var}` in a YAML/JSON body: a typed JSON scalar where it stands alone, text inside strings."""
+        import json
+
+        def sub(m: re.Match[str]) -> str:
+            found, value = self._lookup(m.group(1))
+            if not found:
+                return m.group(0)
+            start, end = m.span()
+            before = body[start - 1] if start > 0 else ""
+            after = body[end] if end < len(body) else ""
+            quoted = before in "\"'" and after == before
+            inside = before.isalnum() or after.isalnum() or before in "_-/." or after in "_-/."
+            if inside and not quoted:
+                return json.dumps(str(value))[1:-1]
+            if quoted:  # "{var}" -> keep the quotes, insert the text
+                return (
+                    json.dumps(str(value))[1:-1] if before == '"' else str(value).replace("'", "''")
+                )
+            try:
+                return json.dumps(value)
+            except TypeError:
+                return json.dumps(str(value))
+
+        return _NAME_RE.sub(sub, body)
+
+    # ------------------------------------------------------------------ display helpers
+    def _show(self, obj: Any, quiet: bool) -> None:
+        if not quiet:
+            display(obj)
+
+    def _is_headless(self) -> bool:
+        value = str(self.headless).strip().lower()
+        if value in ("true", "1", "yes"):
+            return True
+        if value in ("false", "0", "no"):
+            return False
+        return detect_headless()
+
+    # ------------------------------------------------------------------ verbs
+    def _v_connect(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        raw_uri = raw[1] if len(raw) > 1 else ""
+        if self.warn_inline_passwords and has_literal_password(raw_uri):
+            _warn_inline_password()
+        return cmd.connect(a.name, a.uri, test=not a.no_test)
+
+    def _v_connections(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        return cmd.connections()
+
+    def _v_tables(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        return cmd.tables(a.connection, a.schema)
+
+    def _v_columns(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        return cmd.columns(a.connection, a.table)
+
+    def _v_task(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        if cell is None:
+            if not a.name:
+                return cmd.list_tasks()
+            return cmd.show_task(a.name)
+        if not cell.strip():
+            raise TrempyMagicError(
+                "the %%trempy task cell is empty: write the settings as YAML or JSON"
+            )
+        from trempy_nb.notebook.commands.tasks import literal_password_refs
+
+        task = cmd.define_task(
+            self.expand_body(cell),
+            a.name,
+            validate=not a.no_validate,
+            save=self.save_tasks and not a.no_save,
+        )
+        if self.warn_inline_passwords and literal_password_refs(task):
+            t = task.settings.task
+            if any(ref in cell for ref in (t.source, t.target) if has_literal_password(ref)):
+                _warn_inline_password()
+        checked = "validated against the source" if not a.no_validate else "not validated"
+        return Note(
+            f"task {task.name} ready ({checked}; {len(task.settings.tables)} table(s))", "ok"
+        )
+
+    def _v_tasks(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        return cmd.list_tasks()
+
+    def _v_load(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        task = cmd.load_task(a.path, a.name, validate=not a.no_validate)
+        return Note(f"task {task.name} loaded from {a.path}", "ok")
+
+    def _v_validate(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        return cmd.validate(a.name)
+
+    def _v_preview(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        from trempy_nb.notebook.commands.tasks import preview_caption
+
+        limit = a.limit if a.limit is not None else self.preview_limit
+        if limit <= 0:
+            raise TrempyMagicError("--limit must be a positive number")
+        frame = cmd.preview(a.name, a.table, limit)
+        self._show(Note(preview_caption(a.name, a.table, frame, limit)), quiet)
+        return frame
+
+    def _v_preview_changes(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        limit = a.limit if a.limit is not None else self.preview_limit
+        frame = cmd.preview_changes(a.name, limit)
+        self._show(Note(f"{frame.height} pending change(s) of task {a.name} (not consumed)"), quiet)
+        return frame
+
+    def _v_run(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        from trempy_nb.notebook.commands.runs import start, wait
+        from trempy_nb.notebook.dashboard import Dashboard
+
+        headless = self._is_headless()
+        runner = start(a.name, until_caught_up=a.until_caught_up)
+        dash = Dashboard(
+            runner, interval=self.dashboard_interval, use_widgets=None if not headless else False
+        )
+        old = cmd.SESSION.dashboards.pop(a.name, None)
+        if old is not None:
+            old.close()
+        cmd.SESSION.dashboards[a.name] = dash
+        show_live = self.dashboard and not a.no_dashboard and not headless
+        if show_live:
+            dash.start()
+        if not a.wait:
+            if show_live:
+                return dash
+            return Note(
+                f"task {a.name} started (%trempy status {a.name}; %trempy stop {a.name})", "ok"
+            )
+        if show_live and not quiet:
+            display(dash)
+        echo = (lambda s: print(s, flush=True)) if headless and not quiet else None
+        try:
+            result = wait(runner, self.progress_interval, echo, timeout=a.timeout)
+        except BaseException:
+            dash.refresh(force_store=True)
+            if headless and not quiet:
+                print(dash.text(), flush=True)
+            raise
+        dash.refresh(force_store=True)
+        if headless and not quiet:
+            print(dash.text(), flush=True)
+        return RunView(result) if result is not None else Note(f"task {a.name} stopped", "ok")
+
+    def _v_status(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        return cmd.status(a.name)
+
+    def _v_stats(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        return cmd.stats(a.name)
+
+    def _v_stop(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        return cmd.stop(a.name)
+
+    def _v_errors(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        return cmd.errors(a.name)
+
+    def _v_dead_letters(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        frame = cmd.dead_letters(a.name)
+        if frame.height == 0:
+            self._show(Note(f"no dead letters for task {a.name}"), quiet)
+        return frame
+
+    def _v_logs(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        return cmd.logs(a.name, a.limit)
+
+    def _v_runs(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        return cmd.runs(a.name)
+
+    def _v_history(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        key: dict[str, Any] = {}
+        for item in a.key:
+            column, sep, value = item.partition("=")
+            if not sep or not column:
+                raise TrempyMagicError(f"key {item!r} is not COLUMN=VALUE")
+            key[column] = self._typed.get(column, value)
+        return cmd.history(a.name, a.table, key)
+
+    def _v_drop(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        return cmd.drop(a.name)
+
+    def _v_builder(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        from trempy_nb.notebook.builder import TaskBuilder
+
+        doc = None
+        if a.name:
+            try:
+                doc = cmd.get_task(a.name).settings.to_dict()
+            except Exception:
+                doc = None
+        builder = TaskBuilder(doc, name=a.name, source=a.source, target=a.target, magics=self)
+        return builder
+
+    def _v_ai(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        prompt = " ".join(a.prompt).strip()
+        if cell is not None and cell.strip():
+            prompt = (prompt + "\n" + self.expand_body(cell)).strip()
+        if not prompt:
+            raise TrempyMagicError(
+                'describe the task: %trempy ai NAME "what to replicate" --source S --target T'
+            )
+        from trempy_nb.ai import create_task
+
+        result = create_task(prompt, a.source, a.target, a.name)
+        if not result.settings:
+            raise TrempyMagicError(
+                "the assistant returned no settings: " + "; ".join(result.errors)
+            )
+        if a.no_builder:
+            from trempy_nb.notebook.render import TaskView
+
+            if not result.ok:
+                self._show(Note("still invalid: " + "; ".join(result.errors), "warning"), quiet)
+            return TaskView(result.settings, "draft" if not result.ok else "valid")
+        from trempy_nb.notebook.builder import TaskBuilder
+
+        builder = TaskBuilder(result.settings, magics=self)
+        if not result.ok:
+            builder.show_messages(
+                ["assistant draft, still invalid:", *result.errors], level="warning"
+            )
+        return builder
+
+    def _v_config(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        names = sorted(n for n in self.trait_names() if self.trait_metadata(n, "config"))
+        rows = [(n, repr(getattr(self, n))) for n in names]
+        rows.append(("read from", ", ".join(self.config_sources) or "(defaults)"))
+        return KeyValues("%trempy options (%config Trempy.<name> = value)", rows)
+
+
+Trempy.trempy.__doc__ = HELP_HEAD + verbs_text() + "\n" + HELP_TAIL
+
+
+def load(shell: Any) -> Trempy:
+    magics = Trempy(shell=shell)
+    shell.register_magics(magics)
+    if magics not in shell.configurables:
+        shell.configurables.append(magics)
+    return magics
+
+
+def unload(shell: Any) -> None:
+    cmd.SESSION.clear()
+    magics = shell.magics_manager.registry.get("Trempy")
+    if magics is not None:
+        for kind in ("line", "cell"):
+            shell.magics_manager.magics[kind].pop("trempy", None)
+        shell.magics_manager.registry.pop("Trempy", None)
+        if magics in shell.configurables:
+            shell.configurables.remove(magics)
+
+
+__all__ = ["Trempy", "TrempyMagicError", "VERBS", "load", "unload", "mask"]
