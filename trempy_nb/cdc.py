@@ -28,7 +28,6 @@ from psycopg import sql
 from trempy_nb import changes as ch
 from trempy_nb.capture.reader import ChangeReader
 from trempy_nb.capture.slot import (
-    advance_slot,
     create_slot,
     drop_task_objects,
     emit_heartbeat,

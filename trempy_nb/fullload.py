@@ -26,8 +26,8 @@ from trempy_nb.connections import mask
 from trempy_nb.db import connect
 from trempy_nb.errors import RowError, TrempyError, is_transient
 from trempy_nb.pipeline.plan import TablePlan
-from trempy_nb.settings import TaskSettings
 from trempy_nb.pipeline.textcodec import write_copy_text
+from trempy_nb.settings import TaskSettings
 from trempy_nb.writer.copy import copy_frame, iter_frames, select_query, stream_copy
 from trempy_nb.writer.ddl import STATE_SCHEMA, TargetSpec, ensure_state_tables, ensure_target
 
