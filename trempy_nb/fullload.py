@@ -10,6 +10,7 @@ recorded, per error_handling.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -29,7 +30,11 @@ from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.pipeline.textcodec import write_copy_text
 from trempy_nb.settings import TaskSettings
 from trempy_nb.writer.copy import copy_frame, iter_frames, select_query, stream_copy
-from trempy_nb.writer.ddl import STATE_SCHEMA, TargetSpec, ensure_state_tables, ensure_target
+from trempy_nb.writer.ddl import STATE_SCHEMA, TargetSpec, ensure_state_tables, ensure_target, key_sql
+
+#: Bytes of COPY text per pipeline batch (TREMPY_CHUNK_MB): bigger batches amortise per-batch costs,
+#: smaller ones bound memory (about 6 batches are in flight across the three stages).
+CHUNK_BYTES = int(float(os.environ.get("TREMPY_CHUNK_MB", "4")) * 1024 * 1024)
 
 RowErrorHook = Callable[[str, str, str, str, dict[str, Any], str], None]  # schema, table, op, ..., payload, error
 
@@ -249,7 +254,7 @@ def _load(settings: TaskSettings, plan: TablePlan, spec: TargetSpec, src: psycop
     with connect(target_uri) as tgt:
         tcur = tgt.cursor()
         created, types = ensure_target(tgt, spec, create=fl.create_table_if_not_exists,
-                                       recreate=fl.recreate_table_if_exists)
+                                       recreate=fl.recreate_table_if_exists, defer_keys=True)
         if fl.truncate_before_insert and not created:
             tcur.execute(sql.SQL("TRUNCATE {}").format(spec.ident))
         empty = created or fl.truncate_before_insert
@@ -282,7 +287,7 @@ def _load(settings: TaskSettings, plan: TablePlan, spec: TargetSpec, src: psycop
                 scur = src.cursor()
         if not passed:
             _load_through_pipeline(plan, scur, tcur, spec, empty, settings, on_row_error,
-                                   on_progress, result, chunk_bytes or 8 * 1024 * 1024, load_ts)
+                                   on_progress, result, chunk_bytes or CHUNK_BYTES, load_ts)
         tcur.execute(
             sql.SQL(
                 "INSERT INTO {}.load_state (task, schema_name, table_name, status, rows, snapshot_lsn, updated_at)"
@@ -292,6 +297,9 @@ def _load(settings: TaskSettings, plan: TablePlan, spec: TargetSpec, src: psycop
             ).format(sql.Identifier(STATE_SCHEMA)),
             (settings.name, plan.source.schema, plan.source.name, result.rows_written, snapshot_lsn),
         )
+        if created:  # keys built once, after the rows are in (a duplicate key fails the load here)
+            for stmt in key_sql(spec):
+                tcur.execute(stmt)
         if spec.scd2 and load_ts is not None:
             tcur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT now()").format(
                 spec.ident, sql.Identifier(spec.start_col)))
