@@ -127,6 +127,15 @@ def _a_status(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", nargs="?")
 
 
+def _a_stop(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name")
+    p.add_argument(
+        "--when-caught-up",
+        action="store_true",
+        help="first apply every change committed at the source before now",
+    )
+
+
 def _a_logs(p: argparse.ArgumentParser) -> None:
     p.add_argument("name")
     p.add_argument("--limit", "-n", type=int, default=200)
@@ -198,7 +207,7 @@ VERBS: dict[str, Verb] = {
         ),
         Verb("status", "runner status (all runners, or one)", _a_status),
         Verb("stats", "per-table counters of a task's runs", _name),
-        Verb("stop", "stop a runner after its current batch", _name),
+        Verb("stop", "stop a runner after its current batch", _a_stop),
         Verb("errors", "rows that failed and were recorded", _name),
         Verb("dead-letters", "batches given up after max_retries", _name),
         Verb("logs", "the task's log lines", _a_logs),
@@ -379,7 +388,10 @@ class Trempy(Magics):
                 f"%%trempy {verb_name} takes no cell body (cell verbs: task, ai)"
             )
         self._typed: dict[str, Any] = {}
-        args_tokens = [self._expand_token(t) for t in raw_args]
+        # a token that is exactly {var} and expands to nothing is dropped (optional flags)
+        args_tokens = [
+            e for t in raw_args if (e := self._expand_token(t)) != "" or not _NAME_RE.fullmatch(t)
+        ]
         parser = _Parser(
             prog=f"%trempy {verb.name}",
             description=verb.summary,
@@ -544,11 +556,7 @@ class Trempy(Magics):
         if show_live:
             dash.start()
         if not a.wait:
-            if show_live:
-                return dash
-            return Note(
-                f"task {a.name} started (%trempy status {a.name}; %trempy stop {a.name})", "ok"
-            )
+            return dash
         if show_live and not quiet:
             display(dash)
         echo = (lambda s: print(s, flush=True)) if headless and not quiet else None
@@ -571,7 +579,7 @@ class Trempy(Magics):
         return cmd.stats(a.name)
 
     def _v_stop(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
-        return cmd.stop(a.name)
+        return cmd.stop(a.name, when_caught_up=a.when_caught_up)
 
     def _v_errors(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
         return cmd.errors(a.name)

@@ -132,10 +132,10 @@ def status(name: str | None = None) -> Any:
     return KeyValues(f"task {name}", rows)
 
 
-def stop(name: str) -> Any:
-    """Stop the runner after its current batch; re-raises its error if it failed."""
+def stop(name: str, when_caught_up: bool = False) -> Any:
+    """Stop the runner after its current batch (or once caught up); re-raises its error."""
     runner = _runner(name)
-    result = runner.stop()
+    result = runner.stop_when_caught_up() if when_caught_up else runner.stop()
     dash = SESSION.dashboards.get(name)
     if dash is not None:
         dash.refresh()
