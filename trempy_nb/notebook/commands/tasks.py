@@ -95,7 +95,12 @@ def _find_plan(task: Task, table: str | None) -> Any:
     if table is None:
         return plans[task.settings.tables[0].key]
     for key, plan in plans.items():
-        if table in (".".join(key), key[1], f"{plan.target_schema}.{plan.target_table}"):
+        if table in (
+            ".".join(key),
+            key[1],
+            f"{plan.target_schema}.{plan.target_table}",
+            plan.target_table,
+        ):
             return plan
     known = ", ".join(".".join(k) for k in plans)
     raise SettingsError(f"table {table!r} is not part of task {task.name} (tables: {known})")
