@@ -13,7 +13,7 @@ import yaml
 
 from tests.notebooks.conftest import hr_settings, scan_for
 from trempy_nb.db import connect
-from trempy_nb.notebook.magics import Help, TrempyMagicError, VERBS
+from trempy_nb.notebook.magics import VERBS, Help, TrempyMagicError
 
 
 def run(ip: Any, code: str) -> Any:
