@@ -41,8 +41,6 @@ from trempy_nb.settings import (
     parse_settings,
 )
 
-_WIDE = W.Layout(width="420px")
-_ROW_ITEM = W.Layout(width="170px")
 _NO_PW = "(choose)"
 
 
@@ -108,9 +106,9 @@ class FilterRow(_Row):
         self.table = W.Dropdown(description="table", layout=W.Layout(width="260px"))
         self.column = W.Dropdown(description="column", layout=W.Layout(width="240px"))
         self.op = W.Dropdown(description="operator", layout=W.Layout(width="260px"))
-        self.value = W.Text(description="value", layout=_ROW_ITEM)
-        self.lower = W.Text(description="lower", layout=_ROW_ITEM)
-        self.upper = W.Text(description="upper", layout=_ROW_ITEM)
+        self.value = W.Text(description="value", layout=W.Layout(width="170px"))
+        self.lower = W.Text(description="lower", layout=W.Layout(width="170px"))
+        self.upper = W.Text(description="upper", layout=W.Layout(width="170px"))
         self.values = W.Text(
             description="values", placeholder="a, b, c", layout=W.Layout(width="240px")
         )
@@ -436,8 +434,8 @@ class TaskBuilder:
     def _build(self) -> None:
         conns = list_connections()["name"].to_list()
         style = {"description_width": "140px"}
-        self.w_name = W.Text(description="task name", layout=_WIDE, style=style)
-        self.w_desc = W.Text(description="description", layout=_WIDE, style=style)
+        self.w_name = W.Text(description="task name", layout=W.Layout(width="420px"), style=style)
+        self.w_desc = W.Text(description="description", layout=W.Layout(width="420px"), style=style)
         self.w_source = W.Dropdown(description="source", options=[_NO_PW, *conns], style=style)
         self.w_target = W.Dropdown(description="target", options=[_NO_PW, *conns], style=style)
         self.w_schema = W.Dropdown(description="schema", options=["(all)"], style=style)
