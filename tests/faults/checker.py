@@ -46,8 +46,10 @@ class CheckResult:
         return not (self.lost or self.duplicated or self.unexpected or self.details)
 
     def __str__(self) -> str:
-        head = (f"{self.mode} {self.table}: rows={self.rows} lost={self.lost}"
-                f" duplicated={self.duplicated} unexpected={self.unexpected}")
+        head = (
+            f"{self.mode} {self.table}: rows={self.rows} lost={self.lost}"
+            f" duplicated={self.duplicated} unexpected={self.unexpected}"
+        )
         return head + "".join(f"\n  {d}" for d in self.details[:25])
 
 
@@ -59,7 +61,9 @@ def _where(t: WTable) -> sql.Composable:
     return sql.SQL("WHERE grp < 8") if t.filtered else sql.SQL("")
 
 
-def table_digest(uri: str, ident: sql.Identifier, where: sql.Composable = sql.SQL("")) -> tuple[int, str]:
+def table_digest(
+    uri: str, ident: sql.Identifier, where: sql.Composable = sql.SQL("")
+) -> tuple[int, str]:
     query = sql.SQL(
         "SELECT count(*), md5(coalesce(string_agg(ROW({c})::text, '|' ORDER BY id), '')) FROM {t} {w}"
     ).format(c=_cols(), t=ident, w=where)
@@ -67,10 +71,16 @@ def table_digest(uri: str, ident: sql.Identifier, where: sql.Composable = sql.SQ
     return int(row[0]), str(row[1])
 
 
-def _rows(uri: str, ident: sql.Identifier, extra: tuple[str, ...] = (), where: sql.Composable = sql.SQL(""),
-          order: str = "id") -> list[tuple[Any, ...]]:
+def _rows(
+    uri: str,
+    ident: sql.Identifier,
+    extra: tuple[str, ...] = (),
+    where: sql.Composable = sql.SQL(""),
+    order: str = "id",
+) -> list[tuple[Any, ...]]:
     query = sql.SQL("SELECT {c} FROM {t} {w} ORDER BY {o}").format(
-        c=_cols(COLS + extra), t=ident, w=where, o=sql.SQL(order))
+        c=_cols(COLS + extra), t=ident, w=where, o=sql.SQL(order)
+    )
     return q(uri, query.as_string(None))
 
 
@@ -82,12 +92,15 @@ def check_source(src: str, ledger: Ledger, t: WTable) -> None:
         missing = [k for k in model if k not in actual][:5]
         extra = [k for k in actual if k not in model][:5]
         differ = [k for k in model if k in actual and actual[k] != model[k]][:5]
-        raise AssertionError(f"ledger model differs from the source {t.name}: missing {missing},"
-                             f" extra {extra}, differ {differ}")
+        raise AssertionError(
+            f"ledger model differs from the source {t.name}: missing {missing},"
+            f" extra {extra}, differ {differ}"
+        )
 
 
-def check_upsert(src: str, tgt: str, ledger: Ledger, t: WTable,
-                 target: sql.Identifier | None = None) -> CheckResult:
+def check_upsert(
+    src: str, tgt: str, ledger: Ledger, t: WTable, target: sql.Identifier | None = None
+) -> CheckResult:
     check_source(src, ledger, t)
     ident = target or t.ident
     res = CheckResult(t.name, "upsert")
@@ -124,8 +137,11 @@ def fill_commit_ts(src: str, ledger: Ledger) -> None:
     todo = [t for t in ledger.txns if t.ts is None]
     for i in range(0, len(todo), 2000):
         chunk = todo[i : i + 2000]
-        rows = q(src, "SELECT x, pg_xact_commit_timestamp(x::xid) FROM unnest(%s::text[]) x",
-                 ([t.xid for t in chunk],))
+        rows = q(
+            src,
+            "SELECT x, pg_xact_commit_timestamp(x::xid) FROM unnest(%s::text[]) x",
+            ([t.xid for t in chunk],),
+        )
         ts = dict(rows)
         for t in chunk:
             t.ts = ts[t.xid]
@@ -152,7 +168,9 @@ def expected_chains(ledger: Ledger, t: WTable, cut: int) -> dict[int, list[Versi
                     snap.pop(k, None)
                 else:
                     snap[k] = after
-    chains: dict[int, list[Version]] = {k: [Version(r, None)] for k, r in snap.items() if t.visible(r)}
+    chains: dict[int, list[Version]] = {
+        k: [Version(r, None)] for k, r in snap.items() if t.visible(r)
+    }
     for txn in ledger.txns[cut:]:
         for (name, k), (_b, after) in txn.effects.items():
             if name != t.name:
@@ -169,8 +187,14 @@ def expected_chains(ledger: Ledger, t: WTable, cut: int) -> dict[int, list[Versi
     return {k: v for k, v in chains.items() if v}
 
 
-def check_scd2(src: str, tgt: str, ledger: Ledger, t: WTable, load_window: tuple[int, int] = (0, 0),
-               target: sql.Identifier | None = None) -> CheckResult:
+def check_scd2(
+    src: str,
+    tgt: str,
+    ledger: Ledger,
+    t: WTable,
+    load_window: tuple[int, int] = (0, 0),
+    target: sql.Identifier | None = None,
+) -> CheckResult:
     """`load_window`: ledger marks before the full load started and after it finished."""
     check_source(src, ledger, t)
     fill_commit_ts(src, ledger)
@@ -221,13 +245,21 @@ def check_scd2(src: str, tgt: str, ledger: Ledger, t: WTable, load_window: tuple
         extra = sum(max(0, n) for n in pool.values()) - dup
         if extra > 0:
             res.unexpected += extra
-            res.details.append(f"key {k}: {extra} unexpected version(s): {[a[:3] for a in act][:4]}")
+            res.details.append(
+                f"key {k}: {extra} unexpected version(s): {[a[:3] for a in act][:4]}"
+            )
         if not res.details and len(exp) == len(act):
             for v, a in zip(exp, act, strict=True):
-                if v.values != a[0] or (v.start is not None and v.start != a[1]) or v.end != a[2] \
-                        or v.current != a[3]:
-                    res.details.append(f"key {k}: chain differs: expected {[(x.values[1:3], x.start, x.end) for x in exp]}"
-                                       f" got {[(x[0][1:3], x[1], x[2]) for x in act]}")
+                if (
+                    v.values != a[0]
+                    or (v.start is not None and v.start != a[1])
+                    or v.end != a[2]
+                    or v.current != a[3]
+                ):
+                    res.details.append(
+                        f"key {k}: chain differs: expected {[(x.values[1:3], x.start, x.end) for x in exp]}"
+                        f" got {[(x[0][1:3], x[1], x[2]) for x in act]}"
+                    )
                     break
         # no overlap: each version ends where the next starts
         for a, b in zip(act, act[1:], strict=False):
@@ -237,8 +269,14 @@ def check_scd2(src: str, tgt: str, ledger: Ledger, t: WTable, load_window: tuple
     return res
 
 
-def check(src: str, tgt: str, ledger: Ledger, tables: list[WTable], mode: str,
-          load_window: tuple[int, int] = (0, 0)) -> list[CheckResult]:
+def check(
+    src: str,
+    tgt: str,
+    ledger: Ledger,
+    tables: list[WTable],
+    mode: str,
+    load_window: tuple[int, int] = (0, 0),
+) -> list[CheckResult]:
     """Check every table, record the figures in the report, assert nothing lost/duplicated/unexpected."""
     results = []
     for t in tables:

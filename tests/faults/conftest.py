@@ -20,8 +20,12 @@ _T0 = time.monotonic()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("faults")
-    group.addoption("--faults-long", action="store_true", default=False,
-                    help="fault suite: many more kill -9 rounds and larger workloads")
+    group.addoption(
+        "--faults-long",
+        action="store_true",
+        default=False,
+        help="fault suite: many more kill -9 rounds and larger workloads",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -124,8 +124,13 @@ def ensure_up(cluster: Cluster) -> None:
 class RunnerProc:
     """`python -m trempy_nb.cli run SETTINGS ...` as a separate process group (killable)."""
 
-    def __init__(self, env: FaultEnv, args: list[str], extra_env: dict[str, str] | None = None,
-                 label: str = "runner") -> None:
+    def __init__(
+        self,
+        env: FaultEnv,
+        args: list[str],
+        extra_env: dict[str, str] | None = None,
+        label: str = "runner",
+    ) -> None:
         self.env = env
         self.args = args
         self.log_path = env.dir / f"{label}_{uuid.uuid4().hex[:6]}.log"
@@ -135,7 +140,10 @@ class RunnerProc:
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "trempy_nb.cli", *args],
-            stdout=self._log, stderr=subprocess.STDOUT, env=penv, cwd=str(REPO),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=penv,
+            cwd=str(REPO),
             start_new_session=True,
         )
         self.peak_rss = 0
@@ -230,9 +238,17 @@ class FaultEnv:
         }
 
     # settings ---------------------------------------------------------------------------
-    def settings(self, *, tables: list[tuple[str, str]], mode: str = "upsert",
-                 rtype: str = "full_load_and_cdc", filters: list[dict[str, Any]] | None = None,
-                 interval: float = 0.2, transport: str = "local", **extra: Any) -> dict[str, Any]:
+    def settings(
+        self,
+        *,
+        tables: list[tuple[str, str]],
+        mode: str = "upsert",
+        rtype: str = "full_load_and_cdc",
+        filters: list[dict[str, Any]] | None = None,
+        interval: float = 0.2,
+        transport: str = "local",
+        **extra: Any,
+    ) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "task": {
                 "task_name": self.task,
@@ -260,8 +276,14 @@ class FaultEnv:
         self.settings_path.write_text(json.dumps(doc, indent=1))
 
     # runners ----------------------------------------------------------------------------
-    def start_runner(self, start_mode: str = "continue", *, until_caught_up: bool = False,
-                     extra_env: dict[str, str] | None = None, role: str | None = None) -> RunnerProc:
+    def start_runner(
+        self,
+        start_mode: str = "continue",
+        *,
+        until_caught_up: bool = False,
+        extra_env: dict[str, str] | None = None,
+        role: str | None = None,
+    ) -> RunnerProc:
         args = ["run", str(self.settings_path), "-q", "--start-mode", start_mode]
         if until_caught_up:
             args.append("--until-caught-up")
@@ -269,8 +291,12 @@ class FaultEnv:
             args += ["--role", role]
         return RunnerProc(self, args, extra_env, label=role or "runner")
 
-    def catch_up(self, timeout: float = 120, start_mode: str = "continue",
-                 extra_env: dict[str, str] | None = None) -> str:
+    def catch_up(
+        self,
+        timeout: float = 120,
+        start_mode: str = "continue",
+        extra_env: dict[str, str] | None = None,
+    ) -> str:
         """Run until every change committed before now is applied; asserts a clean exit."""
         r = self.start_runner(start_mode, until_caught_up=True, extra_env=extra_env)
         rc = r.wait(timeout)
@@ -284,9 +310,13 @@ class FaultEnv:
         return f"trempy_{self.task}"
 
     def slot_row(self) -> tuple[Any, ...] | None:
-        rows = q(self.src, "SELECT confirmed_flush_lsn::text, restart_lsn::text, active, wal_status,"
-                 " (pg_current_wal_lsn() - restart_lsn)::bigint, safe_wal_size"
-                 " FROM pg_replication_slots WHERE slot_name = %s", (self.slot,))
+        rows = q(
+            self.src,
+            "SELECT confirmed_flush_lsn::text, restart_lsn::text, active, wal_status,"
+            " (pg_current_wal_lsn() - restart_lsn)::bigint, safe_wal_size"
+            " FROM pg_replication_slots WHERE slot_name = %s",
+            (self.slot,),
+        )
         return rows[0] if rows else None
 
     def confirmed(self) -> int:
@@ -296,7 +326,11 @@ class FaultEnv:
     def checkpoint(self) -> tuple[int, int] | None:
         """(checkpoint lsn, slot_lsn) on the target, or None before the first one."""
         try:
-            rows = q(self.tgt, "SELECT lsn, slot_lsn FROM trempy.checkpoints WHERE task = %s", (self.task,))
+            rows = q(
+                self.tgt,
+                "SELECT lsn, slot_lsn FROM trempy.checkpoints WHERE task = %s",
+                (self.task,),
+            )
         except psycopg.errors.UndefinedTable:
             return None
         return (int(rows[0][0]), int(rows[0][1] or 0)) if rows else None
@@ -306,15 +340,23 @@ class FaultEnv:
 
     def wait_streaming(self, timeout: float = 60) -> None:
         """The full load is done (the task has a checkpoint)."""
-        wait_until(lambda: self.checkpoint() is not None, timeout, f"task {self.task} to finish its full load")
+        wait_until(
+            lambda: self.checkpoint() is not None,
+            timeout,
+            f"task {self.task} to finish its full load",
+        )
 
-    def wait_confirmed_past(self, lsn: int, timeout: float = 60, proc: RunnerProc | None = None) -> float:
+    def wait_confirmed_past(
+        self, lsn: int, timeout: float = 60, proc: RunnerProc | None = None
+    ) -> float:
         """Seconds until the slot's confirmed position passes `lsn` (work before it is applied)."""
         t0 = time.monotonic()
 
         def ok() -> bool:
             if proc is not None and not proc.alive():
-                raise AssertionError(f"runner exited rc={proc.proc.returncode}:\n{proc.log()[-3000:]}")
+                raise AssertionError(
+                    f"runner exited rc={proc.proc.returncode}:\n{proc.log()[-3000:]}"
+                )
             return self.confirmed() >= lsn
 
         wait_until(ok, timeout, f"slot {self.slot} to pass {lsn}", interval=0.05)
@@ -393,7 +435,9 @@ class Sampler:
         self.samples += 1
         lsn, slot_lsn = cp
         if confirmed > max(lsn, slot_lsn):
-            self.violations.append(f"slot confirmed {confirmed} > target checkpoint {lsn} / slot_lsn {slot_lsn}")
+            self.violations.append(
+                f"slot confirmed {confirmed} > target checkpoint {lsn} / slot_lsn {slot_lsn}"
+            )
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -102,8 +102,9 @@ class Results:
             self.duplicated += duplicated
             self.unexpected += unexpected
 
-    def ledger(self, committed_ops: int, indeterminate_ops: int, resolved_committed: int,
-               txns: int) -> None:
+    def ledger(
+        self, committed_ops: int, indeterminate_ops: int, resolved_committed: int, txns: int
+    ) -> None:
         with self._lock:
             self.ops_committed += committed_ops
             self.ops_indeterminate += indeterminate_ops
@@ -228,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     rc = 0
     if not args.from_results:
-        rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-m", "faults", str(HERE),
-                              *args.pytest_args])
+        rc = subprocess.call(
+            [sys.executable, "-m", "pytest", "-q", "-m", "faults", str(HERE), *args.pytest_args]
+        )
     if not RESULTS_JSON.exists():
         print("no results: run the suite first", file=sys.stderr)
         return rc or 1

@@ -14,7 +14,7 @@ import pytest
 from tests.faults.checker import check
 from tests.faults.harness import Sampler, fault_env
 from tests.faults.report import RESULTS
-from tests.faults.workload import WTable, Workload
+from tests.faults.workload import Workload, WTable
 
 TABLES = [WTable("wa", filtered=True), WTable("wb")]
 

@@ -36,8 +36,20 @@ FILTER_LT = 8  # the filter of filtered tables: grp < 8
 Row = tuple[Any, ...]
 TKey = tuple[str, int]  # (table name, id)
 
-_TEXT = ["plain", "it's", 'say "hi"', "back\\slash", "tab\there", "new\nline", "ünïcødé ✓",
-         "日本語", "", "semi;colon", "  spaced  ", "% percent _"]
+_TEXT = [
+    "plain",
+    "it's",
+    'say "hi"',
+    "back\\slash",
+    "tab\there",
+    "new\nline",
+    "ünïcødé ✓",
+    "日本語",
+    "",
+    "semi;colon",
+    "  spaced  ",
+    "% percent _",
+]
 _EPOCH = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 
@@ -60,8 +72,13 @@ class WTable:
         return row is not None and (not self.filtered or row[1] < FILTER_LT)
 
     def filter_doc(self) -> dict[str, Any]:
-        return {"schema_name": self.schema, "table_name": self.name, "column_name": "grp",
-                "filter_type": "less_than", "value": FILTER_LT}
+        return {
+            "schema_name": self.schema,
+            "table_name": self.name,
+            "column_name": "grp",
+            "filter_type": "less_than",
+            "value": FILTER_LT,
+        }
 
     def ddl(self) -> sql.Composed:
         return sql.SQL(
@@ -90,7 +107,9 @@ class Ledger:
     indeterminate: int = 0
     indeterminate_ops: int = 0
     indeterminate_committed: int = 0
-    initial: dict[str, dict[int, Row]] = field(default_factory=dict)  # rows present before the ledger
+    initial: dict[str, dict[int, Row]] = field(
+        default_factory=dict
+    )  # rows present before the ledger
 
     def __post_init__(self) -> None:
         for t in self.tables:
@@ -121,8 +140,12 @@ class Ledger:
         if getattr(self, "_reported", False):
             return
         self._reported = True
-        RESULTS.ledger(self.committed_ops, self.indeterminate_ops,
-                       sum(t.n_ops for t in self.txns if t.status != "committed"), len(self.txns))
+        RESULTS.ledger(
+            self.committed_ops,
+            self.indeterminate_ops,
+            sum(t.n_ops for t in self.txns if t.status != "committed"),
+            len(self.txns),
+        )
 
 
 class TxnBuilder:
@@ -159,8 +182,14 @@ class TxnBuilder:
     def insert(self, n: int = 1) -> None:
         rows = [self.wl.new_row(self.wl.next_id(self.table.name)) for _ in range(n)]
         values = sql.SQL(", ").join(sql.SQL("(%s, %s, %s, %s, %s, %s)") for _ in rows)
-        self.ops.append((sql.SQL("INSERT INTO {} (id, grp, v, s, n, d) VALUES {}").format(self.table.ident, values),
-                         tuple(x for r in rows for x in r)))
+        self.ops.append(
+            (
+                sql.SQL("INSERT INTO {} (id, grp, v, s, n, d) VALUES {}").format(
+                    self.table.ident, values
+                ),
+                tuple(x for r in rows for x in r),
+            )
+        )
         for r in rows:
             self._set(r[0], r)
         self.n_ops += n
@@ -170,8 +199,14 @@ class TxnBuilder:
         if k is None:
             return self.insert()
         r = self.wl.new_row(k)
-        self.ops.append((sql.SQL("UPDATE {} SET grp = %s, v = %s, s = %s, n = %s, d = %s WHERE id = %s")
-                         .format(self.table.ident), (*r[1:], k)))
+        self.ops.append(
+            (
+                sql.SQL(
+                    "UPDATE {} SET grp = %s, v = %s, s = %s, n = %s, d = %s WHERE id = %s"
+                ).format(self.table.ident),
+                (*r[1:], k),
+            )
+        )
         self._set(k, r)
         self.n_ops += 1
 
@@ -179,15 +214,24 @@ class TxnBuilder:
         k = self._pick()
         if k is None:
             return self.insert()
-        self.ops.append((sql.SQL("UPDATE {} SET v = v WHERE id = %s").format(self.table.ident), (k,)))
+        self.ops.append(
+            (sql.SQL("UPDATE {} SET v = v WHERE id = %s").format(self.table.ident), (k,))
+        )
         self._set(k, self._get(k))
         self.n_ops += 1
 
     def update_many(self) -> None:
-        keys = sorted({k for k in (self._pick() for _ in range(self.wl.rng.randint(2, 8))) if k is not None})
+        keys = sorted(
+            {k for k in (self._pick() for _ in range(self.wl.rng.randint(2, 8))) if k is not None}
+        )
         if not keys:
             return self.insert()
-        self.ops.append((sql.SQL("UPDATE {} SET v = v + 1 WHERE id = ANY(%s)").format(self.table.ident), (keys,)))
+        self.ops.append(
+            (
+                sql.SQL("UPDATE {} SET v = v + 1 WHERE id = ANY(%s)").format(self.table.ident),
+                (keys,),
+            )
+        )
         for k in keys:
             r = self._get(k)
             assert r is not None
@@ -201,7 +245,9 @@ class TxnBuilder:
         new = self.wl.next_id(self.table.name)
         r = self._get(k)
         assert r is not None
-        self.ops.append((sql.SQL("UPDATE {} SET id = %s WHERE id = %s").format(self.table.ident), (new, k)))
+        self.ops.append(
+            (sql.SQL("UPDATE {} SET id = %s WHERE id = %s").format(self.table.ident), (new, k))
+        )
         self._set(k, None)
         self._set(new, (new, *r[1:]))
         self.n_ops += 1
@@ -220,15 +266,29 @@ class TxnBuilder:
             return self.insert()
         r = self.wl.new_row(k)
         self.ops.append((sql.SQL("DELETE FROM {} WHERE id = %s").format(self.table.ident), (k,)))
-        self.ops.append((sql.SQL("INSERT INTO {} (id, grp, v, s, n, d) VALUES (%s, %s, %s, %s, %s, %s)")
-                         .format(self.table.ident), r))
+        self.ops.append(
+            (
+                sql.SQL(
+                    "INSERT INTO {} (id, grp, v, s, n, d) VALUES (%s, %s, %s, %s, %s, %s)"
+                ).format(self.table.ident),
+                r,
+            )
+        )
         self._set(k, r)
         self.n_ops += 2
 
     def random_ops(self, n: int) -> TxnBuilder:
         rng = self.wl.rng
-        choices = [self.insert, self.update, self.update, self.update_same, self.update_many,
-                   self.change_key, self.delete, self.delete_reinsert]
+        choices = [
+            self.insert,
+            self.update,
+            self.update,
+            self.update_same,
+            self.update_many,
+            self.change_key,
+            self.delete,
+            self.delete_reinsert,
+        ]
         weights = [5, 5, 4, 1, 1, 1, 3, 1]
         for _ in range(n):
             op = rng.choices(choices, weights)[0]
@@ -245,7 +305,9 @@ class TxnBuilder:
 class Workload:
     """Writes the source tables through one connection and keeps the ledger."""
 
-    def __init__(self, uri: str, tables: list[WTable], seed: int = 1, ledger: Ledger | None = None) -> None:
+    def __init__(
+        self, uri: str, tables: list[WTable], seed: int = 1, ledger: Ledger | None = None
+    ) -> None:
         self.uri = uri
         self.tables = tables
         self.rng = random.Random(seed)
@@ -273,7 +335,7 @@ class Workload:
         rng = self.rng
         v = None if rng.random() < 0.1 else rng.randint(-(10**12), 10**12)
         s = None if rng.random() < 0.1 else rng.choice(_TEXT) + str(rng.randint(0, 999))
-        n = None if rng.random() < 0.1 else Decimal(rng.randint(-10**9, 10**9)) / 100
+        n = None if rng.random() < 0.1 else Decimal(rng.randint(-(10**9), 10**9)) / 100
         d = None if rng.random() < 0.1 else _EPOCH + timedelta(microseconds=rng.randint(0, 10**14))
         return (key, rng.randint(0, 9), v, s, n, d)
 
@@ -292,7 +354,9 @@ class Workload:
     def create_tables(self) -> None:
         with psycopg.connect(self.uri, autocommit=True, options=OPTIONS) as c:
             for t in self.tables:
-                c.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(t.schema)))
+                c.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(t.schema))
+                )
                 c.execute(t.ddl())
 
     def seed(self, rows_per_table: int) -> None:
@@ -304,9 +368,36 @@ class Workload:
                 left -= 500
                 assert self.execute(b.ops, b.effects(), b.n_ops) is not None
 
+    def bulk_seed(self, t: WTable, n: int) -> None:
+        """Many rows fast (one INSERT ... SELECT), read back into the model as rows that existed
+        before the ledger started (a full load opens their SCD2 versions)."""
+        first = self._next[t.name] + 1
+        self._next[t.name] += n
+        with psycopg.connect(self.uri, autocommit=True, options=OPTIONS) as c:
+            c.execute(
+                sql.SQL(
+                    "INSERT INTO {} SELECT i, i %% 10, i * 7919, 'bulk ' || i, (i %% 1000) / 4.0,"
+                    " timestamptz '2024-01-01 00:00:00+00' + i * interval '1 second'"
+                    " FROM generate_series(%s::bigint, %s::bigint) i"
+                ).format(t.ident),
+                (first, first + n - 1),
+            )
+            rows = c.execute(
+                sql.SQL("SELECT id, grp, v, s, n, d FROM {} WHERE id >= %s").format(t.ident),
+                (first,),
+            ).fetchall()
+        for r in rows:
+            self.ledger.state[t.name][r[0]] = tuple(r)
+            self.ledger.initial.setdefault(t.name, {})[r[0]] = tuple(r)
+        self._keys_version = -1
+
     # execution ---------------------------------------------------------------------------
-    def execute(self, ops: list[tuple[sql.Composable, tuple[Any, ...]]],
-                effects: dict[TKey, tuple[Row | None, Row | None]], n_ops: int) -> Txn | None:
+    def execute(
+        self,
+        ops: list[tuple[sql.Composable, tuple[Any, ...]]],
+        effects: dict[TKey, tuple[Row | None, Row | None]],
+        n_ops: int,
+    ) -> Txn | None:
         """Run one transaction; ledger it as committed, aborted, or indeterminate (then resolved)."""
         try:
             conn = self._conn()
@@ -349,7 +440,9 @@ class Workload:
 
     def _resolve(self, xid: str) -> str:
         def status() -> str | None:
-            with psycopg.connect(self.uri, autocommit=True, options=OPTIONS, connect_timeout=3) as c:
+            with psycopg.connect(
+                self.uri, autocommit=True, options=OPTIONS, connect_timeout=3
+            ) as c:
                 row = c.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
             return row[0] if row and row[0] in ("committed", "aborted") else None
 
