@@ -40,7 +40,7 @@ from trempy_nb.capture.snapshot import create_slot_with_snapshot
 from trempy_nb.catalog import describe_table
 from trempy_nb.connections import mask
 from trempy_nb.db import connect
-from trempy_nb.errors import SchemaChanged, SlotLost, TrempyError, is_transient
+from trempy_nb.errors import ConnectionFailed, SchemaChanged, SlotLost, TrempyError, is_transient
 from trempy_nb.fullload import target_spec
 from trempy_nb.pipeline.plan import TablePlan, compile_plan
 from trempy_nb.writer.apply import TableApply, apply_batch
@@ -197,7 +197,9 @@ class CdcSession:
                     failures = 0
                     self._set_status("streaming")
                 except (psycopg.Error, TrempyError, OSError) as exc:
-                    if not is_transient(exc) or failures >= max(self.settings.error_handling.max_retries, 5):
+                    # a refused connection mid-stream is a restarting server: retried, bounded
+                    retry = is_transient(exc) or isinstance(exc, ConnectionFailed)
+                    if not retry or failures >= max(self.settings.error_handling.max_retries, 5):
                         raise
                     failures += 1
                     self.store.log(self.task.name, self.run_id, "WARNING",
