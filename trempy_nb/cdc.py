@@ -45,7 +45,7 @@ from trempy_nb.fullload import target_spec
 from trempy_nb.pipeline.plan import TablePlan, compile_plan
 from trempy_nb.writer.apply import TableApply, apply_batch
 from trempy_nb.writer.checkpoint import read_checkpoint, reset_checkpoint, write_checkpoint
-from trempy_nb.writer.ddl import STATE_SCHEMA, add_column, ensure_state_tables
+from trempy_nb.writer.ddl import STATE_SCHEMA, add_column, ensure_state_tables, ensure_target
 
 HEARTBEAT_EVERY_S = 10.0
 STATS_EVERY_S = 2.0
@@ -132,6 +132,9 @@ class CdcSession:
                 with create_slot_with_snapshot(self.source, self.slot) as (lsn, snapshot):
                     yield Handoff(True, snapshot, lsn, row[0] if row else None)
                 return
+            fl = self.settings.task.full_load_settings
+            for plan in self.plans.values():  # no full load creates the target tables: do it here
+                ensure_target(tgt, target_spec(plan, self.settings), create=fl.create_table_if_not_exists)
             lsn = create_slot(src, self.slot)
             write_checkpoint(tgt, self.task.name, lsn)
             tgt.execute(_SLOT_LSN_SET, (lsn, self.task.name))
@@ -168,6 +171,10 @@ class CdcSession:
     # streaming -----------------------------------------------------------------------
     def stream(self, until_caught_up: bool = False) -> int:
         """Apply batches until stopped, or until every change committed before now is applied."""
+        if self.settings.task.transport == "rabbitmq":
+            from trempy_nb.transport.rabbitmq import stream_session
+
+            return stream_session(self, until_caught_up=until_caught_up)
         if until_caught_up:
             self.catch_up_target = self._current_lsn()
         reader = self._new_reader()
@@ -260,9 +267,31 @@ class CdcSession:
             emit_heartbeat(src)
 
     def _apply(self, batch: ch.ChangeBatch, reader: ChangeReader, tgt: psycopg.Connection) -> int:
+        result = self._write(batch, reader, tgt, self.task.name)
+        crash_point("after_commit_before_advance")
+        reader.confirm(batch.end_lsn)
+        crash_point("after_advance")
+        self._record(result, batch)
+        return batch.n_changes
+
+    def apply_decoded(self, batch: ch.ChangeBatch, tgt: psycopg.Connection, *, checkpoint_task: str | None = None,
+                      on_table: Any = None) -> Any:
+        """Apply a batch that came through a transport (no reader, no slot advance): the same
+        pipeline and writer as `_apply`, one target transaction with the checkpoint of
+        `checkpoint_task` (default: the task's). `on_table(key)` is called before each source
+        table's pipeline and write, so the caller can pin a failure on its table."""
+        result = self._write(batch, None, tgt, checkpoint_task or self.task.name, on_table)
+        self._record(result, batch)
+        return result
+
+    def _write(self, batch: ch.ChangeBatch, reader: ChangeReader | None, tgt: psycopg.Connection,
+               checkpoint_task: str, on_table: Any = None) -> Any:
         items: list[TableApply] = []
+        keys: list[tuple[str, str]] = []
         counts: dict[tuple[str, str], int] = {}
         for tc in batch.tables:
+            if on_table is not None:
+                on_table(tc.key)
             plan = self._plan_for_shape(tc, reader, tgt)
             frame = tc.frame
             before = frame.get_column(ch.OP).value_counts() if frame.height else None
@@ -279,6 +308,7 @@ class CdcSession:
             if tc.truncated_at:
                 self.counters.read[(name, "truncate")] += len(tc.truncated_at)
             counts[tc.key] = out.height
+            keys.append(tc.key)
             items.append(TableApply(spec=target_spec(plan, self.settings), frame=out,
                                     truncated_at=list(tc.truncated_at)))
 
@@ -286,24 +316,21 @@ class CdcSession:
             self.counters.failed[(f"{spec.schema}.{spec.table}", op)] += 1
             self.store.record_error(self.task.name, self.run_id, spec.schema, spec.table, op, error, payload)
 
-        result = apply_batch(tgt, self.task.name, items, batch.end_lsn,
-                             error_handling=self.settings.error_handling, on_row_error=on_row_error)
-        crash_point("after_commit_before_advance")
-        reader.confirm(batch.end_lsn)
-        crash_point("after_advance")
-        self._record(result, batch)
-        return batch.n_changes
+        return apply_batch(tgt, checkpoint_task, _Announced(items, keys, on_table) if on_table else items,
+                           batch.end_lsn, error_handling=self.settings.error_handling, on_row_error=on_row_error)
 
     def _record(self, result: Any, batch: ch.ChangeBatch) -> None:
         c = self.counters
         c.batches += 1
         c.changes += batch.n_changes
         c.last_lsn = batch.end_lsn
-        per_table = getattr(result, "tables", {}) or {}
-        for key, ops in per_table.items():
-            name = key if isinstance(key, str) else ".".join(key)
-            for op, n in (ops.items() if isinstance(ops, dict) else []):
-                c.applied[(name, op)] += int(n)
+        names = {(p.target_schema, p.target_table): f"{k[0]}.{k[1]}" for k, p in self.plans.items()}
+        for key, counts in (getattr(result, "tables", {}) or {}).items():
+            name = names.get(tuple(key), ".".join(key))
+            for field, op in _APPLIED_OPS:
+                n = int(getattr(counts, field, 0) or 0)
+                if n:
+                    c.applied[(name, op)] += n
         last_ts = None
         for tc in batch.tables:
             if tc.frame.height:
@@ -326,7 +353,8 @@ class CdcSession:
                 self.counters.wal_status = st.wal_status or ""
                 self.counters.lag_bytes = max(0, ch.lsn_to_int(row[0]) - (st.confirmed_flush_lsn or 0))
 
-    def _plan_for_shape(self, tc: ch.TableChanges, reader: ChangeReader, tgt: psycopg.Connection) -> TablePlan:
+    def _plan_for_shape(self, tc: ch.TableChanges, reader: ChangeReader | None,
+                        tgt: psycopg.Connection) -> TablePlan:
         """Follow a source schema change: a new column is added to the target; others stop the table."""
         plan = self.plans[tc.key]
         known = {c.name: c.pg_type for c in plan.source.columns}
@@ -357,6 +385,24 @@ class CdcSession:
         self.store.log(self.task.name, self.run_id, "INFO",
                        f"{tc.schema}.{tc.table}: new source column(s) {', '.join(c.name for c in added)} added to the target")
         return new_plan
+
+
+class _Announced(list):
+    """The writer's table list, calling `on_table(key)` as each table is taken up (failure attribution)."""
+
+    def __init__(self, items: list[TableApply], keys: list[tuple[str, str]], on_table: Any) -> None:
+        super().__init__(items)
+        self._keys, self._on_table = keys, on_table
+
+    def __iter__(self) -> Iterator[TableApply]:
+        for key, item in zip(self._keys, list.__iter__(self), strict=True):
+            self._on_table(key)
+            yield item
+        self._on_table(None)  # past the tables: a failure now (checkpoint, commit) is the batch's
+
+
+_APPLIED_OPS = (("inserted", "insert"), ("updated", "update"), ("deleted", "delete"),
+                ("opened", "scd2 open"), ("closed", "scd2 close"), ("truncates", "truncate"))
 
 
 def _op_name(op: str) -> str:

@@ -148,11 +148,37 @@ class Task:
 
         return run_task(self, until_caught_up=until_caught_up, progress=progress)
 
-    def start(self, progress: bool = False) -> Any:
+    def start(self, until_caught_up: bool = False, progress: bool = False) -> Any:
         """Start a background runner (thread); see `runner.Runner`."""
         from trempy_nb.runner import Runner
 
-        return Runner(self, progress=progress).start()
+        return Runner(self, until_caught_up=until_caught_up, progress=progress).start()
+
+    def history(self, table: str | None, key: dict[str, Any]) -> pl.DataFrame:
+        """The SCD2 versions of one key on the target, oldest first (key: target column -> value)."""
+        from psycopg import sql
+
+        plan = self._plan_for(table)
+        scd = self.settings.task.cdc_settings.scd2_settings
+        cols = [c.name for c in plan.target_columns]
+        unknown = [k for k in key if k not in cols]
+        if unknown:
+            raise SettingsError(f"history: unknown column(s) {', '.join(unknown)} (columns: {', '.join(cols)})")
+        where = sql.SQL(" AND ").join(sql.SQL("{}::text = %s").format(sql.Identifier(k)) for k in key) if key else sql.SQL("true")
+        order = scd.start_date if self.settings.task.cdc_settings.mode == "scd2" else cols[0]
+        query = sql.SQL("SELECT * FROM {} WHERE {} ORDER BY {}").format(
+            sql.Identifier(plan.target_schema, plan.target_table), where, sql.Identifier(order))
+        with connect(self.target_uri) as conn:
+            cur = conn.execute(query, [str(v) for v in key.values()])
+            names = [d.name for d in cur.description or []]
+            rows = cur.fetchall()
+        return pl.DataFrame(rows, schema=names, orient="row", infer_schema_length=None)
+
+    def preview_changes(self, limit: int = 50) -> pl.DataFrame:
+        """The next pending changes of the task's slot, transformed, without consuming them."""
+        from trempy_nb.cdc import frame_of_pending
+
+        return frame_of_pending(self, limit)
 
     def stats(self) -> pl.DataFrame:
         from trempy_nb.metadata import MetadataStore
