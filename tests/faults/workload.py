@@ -391,6 +391,28 @@ class Workload:
             self.ledger.initial.setdefault(t.name, {})[r[0]] = tuple(r)
         self._keys_version = -1
 
+    def bulk_txn(self, t: WTable, n: int, ratio_filtered: bool = True) -> Txn:
+        """One ledgered transaction inserting `n` rows with INSERT ... SELECT (a large transaction)."""
+        first = self._next[t.name] + 1
+        self._next[t.name] += n
+        with psycopg.connect(self.uri, options=OPTIONS) as c:
+            xid = c.execute("SELECT pg_current_xact_id()::text").fetchone()[0]  # type: ignore[index]
+            c.execute(
+                sql.SQL(
+                    "INSERT INTO {} SELECT i, i %% 10, i * 31, 'big ' || i, (i %% 1000) / 4.0, NULL"
+                    " FROM generate_series(%s::bigint, %s::bigint) i"
+                ).format(t.ident),
+                (first, first + n - 1),
+            )
+            rows = c.execute(
+                sql.SQL("SELECT id, grp, v, s, n, d FROM {} WHERE id >= %s").format(t.ident),
+                (first,),
+            ).fetchall()
+            c.commit()
+        txn = Txn(-1, xid, n, {(t.name, r[0]): (None, tuple(r)) for r in rows})
+        self.ledger.commit(txn)
+        return txn
+
     # execution ---------------------------------------------------------------------------
     def execute(
         self,
