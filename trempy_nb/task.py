@@ -114,7 +114,7 @@ class Task:
         if table is None:
             return plans[self.settings.tables[0].key]
         for key, plan in plans.items():
-            if table in (".".join(key), key[1], f"{plan.target_schema}.{plan.target_table}"):
+            if table in (".".join(key), key[1], f"{plan.target_schema}.{plan.target_table}", plan.target_table):
                 return plan
         known = ", ".join(".".join(k) for k in plans)
         raise SettingsError(f"table {table!r} is not part of task {self.name} (tables: {known})")
@@ -154,25 +154,43 @@ class Task:
 
         return Runner(self, until_caught_up=until_caught_up, progress=progress).start()
 
-    def history(self, table: str | None, key: dict[str, Any]) -> pl.DataFrame:
-        """The SCD2 versions of one key on the target, oldest first (key: target column -> value)."""
+    def history(self, table: str | None, key: dict[str, Any], limit: int = 1000) -> pl.DataFrame:
+        """Every version of one key in an SCD2 target (or its row in an upsert target), oldest first."""
         from psycopg import sql
 
+        if not key:
+            raise SettingsError("give the key as COLUMN=VALUE (e.g. id=42)")
         plan = self._plan_for(table)
-        scd = self.settings.task.cdc_settings.scd2_settings
-        cols = [c.name for c in plan.target_columns]
+        cols = {c.name for c in plan.target_columns}
         unknown = [k for k in key if k not in cols]
         if unknown:
-            raise SettingsError(f"history: unknown column(s) {', '.join(unknown)} (columns: {', '.join(cols)})")
-        where = sql.SQL(" AND ").join(sql.SQL("{}::text = %s").format(sql.Identifier(k)) for k in key) if key else sql.SQL("true")
-        order = scd.start_date if self.settings.task.cdc_settings.mode == "scd2" else cols[0]
-        query = sql.SQL("SELECT * FROM {} WHERE {} ORDER BY {}").format(
-            sql.Identifier(plan.target_schema, plan.target_table), where, sql.Identifier(order))
+            raise SettingsError(
+                f"{', '.join(unknown)} not a column of {plan.target_schema}.{plan.target_table}"
+                f" (key: {', '.join(plan.target_primary_key)})"
+            )
+        cdc = self.settings.task.cdc_settings
+        where = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in key)
+        order = (
+            sql.SQL("ORDER BY {} NULLS LAST").format(sql.Identifier(cdc.scd2_settings.start_date))
+            if cdc.mode == "scd2"
+            else sql.SQL("")
+        )
+        query = sql.SQL("SELECT * FROM {} WHERE {} {} LIMIT {}").format(
+            sql.Identifier(plan.target_schema, plan.target_table), where, order, sql.Literal(int(limit))
+        )
+        params = [v if v is None or isinstance(v, (int, float, bool)) else str(v) for v in key.values()]
         with connect(self.target_uri) as conn:
-            cur = conn.execute(query, [str(v) for v in key.values()])
+            cur = conn.execute(query, params)
             names = [d.name for d in cur.description or []]
             rows = cur.fetchall()
-        return pl.DataFrame(rows, schema=names, orient="row", infer_schema_length=None)
+        try:
+            return pl.DataFrame(rows, schema=names, orient="row", infer_schema_length=None)
+        except Exception:  # exotic types: show their text
+            return pl.DataFrame(
+                [[None if v is None else str(v) for v in r] for r in rows],
+                schema={n: pl.String for n in names},
+                orient="row",
+            )
 
     def preview_changes(self, limit: int = 50) -> pl.DataFrame:
         """The next pending changes of the task's slot, transformed, without consuming them."""

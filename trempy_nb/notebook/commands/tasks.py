@@ -6,10 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from psycopg import sql
 
 from trempy_nb.connections import has_literal_password
-from trempy_nb.db import connect as db_connect
 from trempy_nb.errors import SettingsError
 from trempy_nb.notebook.commands.session import SESSION, _store, get_task, put_task
 from trempy_nb.notebook.render import Note, TaskView, Titled
@@ -136,46 +134,7 @@ def preview_changes(name: str, limit: int = 50) -> pl.DataFrame:
 
 def history(name: str, table: str, key: dict[str, Any], limit: int = 1000) -> pl.DataFrame:
     """Every version of one key in an SCD2 target (or its row in an upsert target), oldest first."""
-    task = get_task(name)
-    if not key:
-        raise SettingsError("give the key as COLUMN=VALUE (e.g. id=42)")
-    plan = _find_plan(task, table)
-    target_cols = set(plan.target_column_names)
-    unknown = [k for k in key if k not in target_cols]
-    if unknown:
-        raise SettingsError(
-            f"{', '.join(unknown)} not a column of {plan.target_schema}.{plan.target_table}"
-            f" (key: {', '.join(plan.target_primary_key)})"
-        )
-    cdc = task.settings.task.cdc_settings
-    where = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in key)
-    order = (
-        sql.SQL("ORDER BY {} NULLS LAST").format(sql.Identifier(cdc.scd2_settings.start_date))
-        if cdc.mode == "scd2"
-        else sql.SQL("")
-    )
-    query = sql.SQL("SELECT * FROM {}.{} WHERE {} {} LIMIT {}").format(
-        sql.Identifier(plan.target_schema),
-        sql.Identifier(plan.target_table),
-        where,
-        order,
-        sql.Literal(int(limit)),
-    )
-    with db_connect(task.target_uri) as conn:
-        cur = conn.execute(
-            query,
-            [v if v is None or isinstance(v, (int, float, bool)) else str(v) for v in key.values()],
-        )
-        names = [d.name for d in cur.description or []]
-        rows = cur.fetchall()
-    try:
-        return pl.DataFrame(rows, schema=names, orient="row", infer_schema_length=None)
-    except Exception:  # exotic types: show their text
-        return pl.DataFrame(
-            [[None if v is None else str(v) for v in r] for r in rows],
-            schema={n: pl.String for n in names},
-            orient="row",
-        )
+    return get_task(name).history(table, key, limit=limit)
 
 
 def drop(name: str) -> Note:
