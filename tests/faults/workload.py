@@ -413,6 +413,25 @@ class Workload:
         self.ledger.commit(txn)
         return txn
 
+    def copy_txn(self, t: WTable, n: int) -> Txn:
+        """One ledgered transaction loading `n` rows with COPY FROM STDIN."""
+        rows = [self.new_row(self.next_id(t.name)) for _ in range(n)]
+        with psycopg.connect(self.uri, options=OPTIONS) as c:
+            xid = c.execute("SELECT pg_current_xact_id()::text").fetchone()[0]  # type: ignore[index]
+            with c.cursor().copy(
+                sql.SQL("COPY {} (id, grp, v, s, n, d) FROM STDIN").format(t.ident)
+            ) as cp:
+                for r in rows:
+                    cp.write_row(r)
+            c.commit()
+        txn = Txn(-1, xid, n, {(t.name, r[0]): (None, r) for r in rows})
+        self.ledger.commit(txn)
+        return txn
+
+    def begin(self, t: WTable) -> OpenTxn:
+        """A transaction kept open across other work (interleaving); see OpenTxn."""
+        return OpenTxn(self, t)
+
     # execution ---------------------------------------------------------------------------
     def execute(
         self,
@@ -508,3 +527,37 @@ class Workload:
             self._thread = None
         crashed = [e for e in self.errors if e.startswith("workload crashed")]
         assert not crashed, crashed
+
+
+class OpenTxn:
+    """A transaction on its own connection: statements sent in steps, committed or rolled back later."""
+
+    def __init__(self, wl: Workload, t: WTable) -> None:
+        self.wl = wl
+        self.conn = psycopg.connect(wl.uri, options=OPTIONS)
+        row = self.conn.execute("SELECT pg_current_xact_id()::text").fetchone()
+        assert row is not None
+        self.xid = row[0]
+        self.b = TxnBuilder(wl, t)
+        self.sent = 0
+
+    def more(self, n: int) -> OpenTxn:
+        self.b.random_ops(n)
+        with self.conn.cursor() as cur:
+            for stmt, params in self.b.ops[self.sent :]:
+                cur.execute(stmt, params)
+        self.sent = len(self.b.ops)
+        return self
+
+    def commit(self) -> Txn:
+        self.conn.commit()
+        self.conn.close()
+        txn = Txn(-1, self.xid, self.b.n_ops, self.b.effects())
+        self.wl.ledger.commit(txn)
+        return txn
+
+    def rollback(self) -> None:
+        self.conn.rollback()
+        self.conn.close()
+        self.wl.ledger.aborted += 1
+        self.wl.ledger.aborted_ops += self.b.n_ops
