@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from tests.chat_server import ChatServer, Reply
+from tests.chat_server import KEY, ChatServer, Reply, chat  # noqa: F401 - chat is a fixture
 from trempy_nb import settings as settings_model
 from trempy_nb.ai import (
     AssistantError,
@@ -35,7 +34,6 @@ from trempy_nb.ai.assistant import parse_answer, validate_settings
 from trempy_nb.errors import SettingsError
 from trempy_nb.settings import parse_settings
 
-KEY = "sk-test-9f8e7d6c5b4a-SECRET"
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = {ex["task_name"]: ex for ex in load_examples()}
 UPSERT = EXAMPLES["fl_cdc_upsert_employees"]
@@ -69,18 +67,6 @@ def hr(source_uri: str) -> str:
     with psycopg.connect(source_uri, autocommit=True) as conn:
         conn.execute(HR_DDL)
     return source_uri
-
-
-@pytest.fixture
-def chat(monkeypatch: pytest.MonkeyPatch) -> Iterator[ChatServer]:
-    """A scripted chat server; the environment points the assistant at it."""
-    with ChatServer() as server:
-        monkeypatch.setenv("TREMPY_AI_BASE_URL", server.base_url)
-        monkeypatch.setenv("TREMPY_AI_MODEL", "test-model")
-        monkeypatch.setenv("TREMPY_AI_API_KEY", KEY)
-        monkeypatch.delenv("DEEPSEEK_API_KEY", raising=False)
-        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-        yield server
 
 
 def expected(example: dict[str, Any], source: str, target: str) -> dict[str, Any]:

@@ -10,24 +10,12 @@ from typing import Any
 
 import pytest
 
-from tests.chat_server import ChatServer
+from tests.chat_server import KEY, ChatServer, chat  # noqa: F401 - chat is a fixture
 from tests.notebooks.test_magics import run
 from trempy_nb.ai import load_examples
 from trempy_nb.db import connect
 from trempy_nb.notebook.magics import TrempyMagicError
 from trempy_nb.task import Task
-
-KEY = "sk-test-magic-0123456789"
-
-
-@pytest.fixture
-def chat(monkeypatch: pytest.MonkeyPatch) -> Iterator[ChatServer]:
-    with ChatServer() as server:
-        monkeypatch.setenv("TREMPY_AI_BASE_URL", server.base_url)
-        monkeypatch.setenv("TREMPY_AI_MODEL", "test-model")
-        monkeypatch.setenv("TREMPY_AI_API_KEY", KEY)
-        yield server
-
 
 def _example(mode: str) -> dict[str, Any]:
     for ex in load_examples():
