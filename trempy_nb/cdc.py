@@ -135,6 +135,7 @@ class CdcSession:
             fl = self.settings.task.full_load_settings
             for plan in self.plans.values():  # no full load creates the target tables: do it here
                 ensure_target(tgt, target_spec(plan, self.settings), create=fl.create_table_if_not_exists)
+            tgt.commit()  # slot creation waits for every open transaction of the cluster
             lsn = create_slot(src, self.slot)
             write_checkpoint(tgt, self.task.name, lsn)
             tgt.execute(_SLOT_LSN_SET, (lsn, self.task.name))
