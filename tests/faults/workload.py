@@ -549,6 +549,16 @@ class OpenTxn:
         self.sent = len(self.b.ops)
         return self
 
+    def savepoint(self) -> None:
+        self.conn.execute("SAVEPOINT sp")
+        self._sp = (dict(self.b.overlay), dict(self.b.before), self.b.n_ops)
+
+    def rollback_to_savepoint(self) -> None:
+        self.conn.execute("ROLLBACK TO SAVEPOINT sp")
+        overlay, before, n_ops = self._sp
+        self.wl.ledger.aborted_ops += self.b.n_ops - n_ops
+        self.b.overlay, self.b.before, self.b.n_ops = overlay, before, n_ops
+
     def commit(self) -> Txn:
         self.conn.commit()
         self.conn.close()
