@@ -373,7 +373,7 @@ def test_truncate(src: psycopg.Connection, capture: Setup) -> None:
     assert ta.frame["id"].to_list() == ["1", "2"] and ta.frame[SEQ].to_list() == [0, 3]
     lsn = ta.frame[LSN][0]
     assert len(ta.truncated_at) == 1 and ta.truncated_at[0][0] == 1 and ta.truncated_at[0][1] > lsn
-    assert tb.truncated_at == [(2, ta.truncated_at[0][1])]
+    assert tb.truncated_at == [(2, ta.truncated_at[0][1], ta.truncated_at[0][2])]  # (seq, lsn, commit time)
     assert tb.frame.height == 0 and tb.frame.columns[0] == "id"
     assert batch.n_changes == 4
 

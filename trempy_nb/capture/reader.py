@@ -158,7 +158,7 @@ class _Table:
         self.schema = schema
         self.name = name
         self.segments: list[_Segment] = []
-        self.truncated_at: list[tuple[int, int]] = []
+        self.truncated_at: list[tuple[int, int, datetime]] = []  # (seq, commit lsn, commit time)
 
     def changes(self) -> TableChanges:
         frames = [s.frame() for s in self.segments]
@@ -491,7 +491,7 @@ class ChangeReader:
                         if oid not in seg_of:
                             self._segment(oid, rels, tables, seg_of, batch_shapes, batch_relations)
                         rel = rels[oid]
-                        tables[(rel.namespace, rel.name)].truncated_at.append((seq, lsn))
+                        tables[(rel.namespace, rel.name)].truncated_at.append((seq, lsn, commit.commit_ts))
                         seq += 1
             new_changes += nrows
             source_bytes += sum(len(datas[k]) for k in range(i, j + 1))
