@@ -326,11 +326,11 @@ def test_framing_of_captured_stream(msgs: list[po.Message]) -> None:
     # REPLICA IDENTITY FULL without a primary key: every column is the key, so the update is D+I
     assert tf.frame[OP].to_list() == ["I", "I", "D", "I", "D", "I", "I"]
     assert tf.frame["v"].to_list() == ["a", None, "a", "b", None, "c", "from upstream"]
-    seqs = sorted(t[SEQ].to_list() + tf.frame[SEQ].to_list() + [s for s, _ in tf.truncated_at])
-    seqs += [s for s, _ in tables[("public", "t")].truncated_at]
+    seqs = sorted(t[SEQ].to_list() + tf.frame[SEQ].to_list() + [t[0] for t in tf.truncated_at])
+    seqs += [x[0] for x in tables[("public", "t")].truncated_at]
     assert sorted(seqs) == list(range(len(seqs)))
-    assert tables[("public", "t")].truncated_at == [(12, commits[6].commit_lsn)]
-    assert tf.truncated_at == [(13, commits[6].commit_lsn)]
+    assert tables[("public", "t")].truncated_at == [(12, commits[6].commit_lsn, commits[6].commit_ts)]
+    assert tf.truncated_at == [(13, commits[6].commit_lsn, commits[6].commit_ts)]
     assert reader.relations[("public", "t")].column_names[0] == "id"
     # nothing is new on the next peek; the heartbeat was consumed as a no-op
     assert reader.read_batch() is None
