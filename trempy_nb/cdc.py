@@ -40,7 +40,14 @@ from trempy_nb.capture.snapshot import create_slot_with_snapshot
 from trempy_nb.catalog import describe_table
 from trempy_nb.connections import mask
 from trempy_nb.db import connect
-from trempy_nb.errors import ConnectionFailed, SchemaChanged, SlotLost, TrempyError, is_transient
+from trempy_nb.errors import (
+    ConnectionFailed,
+    SchemaChanged,
+    SlotLost,
+    TrempyError,
+    ValidationFailed,
+    is_transient,
+)
 from trempy_nb.fullload import target_spec
 from trempy_nb.pipeline.plan import TablePlan, compile_plan
 from trempy_nb.writer.apply import TableApply, apply_batch
@@ -107,6 +114,7 @@ class CdcSession:
         """Decide between a fresh start (full load in the slot's snapshot) and a resume."""
         s = self.settings.task
         tables = [t.key for t in self.settings.tables]
+        _check_name_lengths(self.settings)
         with connect(self.source, autocommit=True) as src, connect(self.target) as tgt:
             ensure_state_tables(tgt)
             if s.start_mode == "reload":
@@ -404,6 +412,18 @@ class _Announced(list):
 
 _APPLIED_OPS = (("inserted", "insert"), ("updated", "update"), ("deleted", "delete"),
                 ("opened", "scd2 open"), ("closed", "scd2 close"), ("truncates", "truncate"))
+
+
+def _check_name_lengths(settings: Any) -> None:
+    """Changes arrive under the source's real names: a name over 63 bytes, which PostgreSQL
+    silently truncates in SQL (so a full load finds the table), would never match them."""
+    for i, t in enumerate(settings.tables):
+        for field, name in (("schema_name", t.schema_name), ("table_name", t.table_name)):
+            if len(name.encode()) > 63:
+                raise ValidationFailed(
+                    f"tables[{i}].{field}: {name!r} is {len(name.encode())} bytes; PostgreSQL names"
+                    " have at most 63 bytes (longer ones are truncated), name the table as the catalog does"
+                )
 
 
 def _op_name(op: str) -> str:
