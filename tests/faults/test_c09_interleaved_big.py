@@ -84,7 +84,10 @@ def test_c09_big_insert_and_copy_killed_mid_apply(pair):
                     wl.copy_txn(TABLES[0], 50_000)
                 mark = env.flush_lsn()
                 wait_until(
-                    lambda rr=r: _applying(env) or not rr.alive(), 60, "the apply on the target", 0.02
+                    lambda rr=r: _applying(env) or not rr.alive(),
+                    60,
+                    "the apply on the target",
+                    0.02,
                 )
                 r.kill9(f"kill -9 runner while applying a big {what}")
                 assert (env.checkpoint() or (0, 0))[0] < mark, (
