@@ -14,6 +14,7 @@ missing, invalidated, or ahead of the checkpoint (recreated) is a SlotLost.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 import time
@@ -371,13 +372,17 @@ class CdcSession:
         if all(c in known for c in cols) and len(cols) == len(known):
             return plan
         dropped = [c for c in known if c not in cols]
-        if dropped:
-            raise SchemaChanged(
-                f"column(s) {', '.join(dropped)} of {tc.schema}.{tc.table} were dropped or renamed on the source;"
-                " the table is stopped before any change of the new shape is applied. Reload the task."
-            )
         with connect(self.source) as src:
             info = describe_table(src, tc.schema, tc.table)
+        if dropped:
+            if any(c not in {x.name for x in info.columns} for c in dropped):
+                raise SchemaChanged(
+                    f"column(s) {', '.join(dropped)} of {tc.schema}.{tc.table} were dropped or renamed on the source;"
+                    " the table is stopped before any change of the new shape is applied. Reload the task."
+                )
+            # the plan was compiled from a catalog newer than the stream (a column added since
+            # these changes were committed): plan the stream's own shape; the column comes later
+            info = dataclasses.replace(info, columns=tuple(c for c in info.columns if c.name in cols))
         new_plan = compile_plan(self.settings, info)
         for c in info.columns:
             if c.name in known and known[c.name] != c.pg_type:
