@@ -143,7 +143,13 @@ def ensure_publication(
             else:
                 conn.execute(sql.SQL("CREATE PUBLICATION {} WITH ({})").format(pub, opts))
             return
-        conn.execute(sql.SQL("ALTER PUBLICATION {} SET ({})").format(pub, opts))
+        same = conn.execute(
+            "SELECT pubinsert AND pubupdate AND pubdelete AND pubtruncate AND pubviaroot"
+            " FROM pg_publication WHERE pubname = %s",
+            (name,),
+        ).fetchone()
+        if not (same and same[0]):  # only the owner may ALTER: do not when nothing changes
+            conn.execute(sql.SQL("ALTER PUBLICATION {} SET ({})").format(pub, opts))
         current = {
             (s, t)
             for s, t in conn.execute(
@@ -301,8 +307,15 @@ def drop_task_objects(conn: psycopg.Connection, task: str, *, timeout: float = 1
         if time.monotonic() > deadline:
             raise TerminalError(f"replication slot {name} stayed active; could not drop it")
         time.sleep(0.1)
-    conn.execute(
-        sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication_name(task)))
-    )
+    # A publication made for the task by the tables' owner (least privilege: the task's role
+    # cannot own it) is left alone; ensure_publication reuses it.
+    owned = conn.execute(
+        "SELECT pg_has_role(current_user, pubowner, 'USAGE') FROM pg_publication WHERE pubname = %s",
+        (publication_name(task),),
+    ).fetchone()
+    if owned is not None and owned[0]:
+        conn.execute(
+            sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication_name(task)))
+        )
     if not conn.autocommit:
         conn.commit()
