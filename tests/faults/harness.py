@@ -340,11 +340,17 @@ class FaultEnv:
 
     def wait_streaming(self, timeout: float = 60) -> None:
         """The full load is done (the task has a checkpoint)."""
-        wait_until(
-            lambda: self.checkpoint() is not None,
-            timeout,
-            f"task {self.task} to finish its full load",
-        )
+        proc = self.procs[-1] if self.procs else None
+
+        def done() -> bool:
+            if proc is not None and not proc.alive() and self.checkpoint() is None:
+                raise AssertionError(
+                    f"runner exited rc={proc.proc.returncode} before its full load"
+                    f" finished:\n{proc.log()[-3000:]}"
+                )
+            return self.checkpoint() is not None
+
+        wait_until(done, timeout, f"task {self.task} to finish its full load")
 
     def wait_confirmed_past(
         self, lsn: int, timeout: float = 60, proc: RunnerProc | None = None
