@@ -1,0 +1,256 @@
+"""Change-data-capture throughput, memory and latency, on a throwaway cluster of its own.
+
+    python -m benchmarks.cdc [--rows 500000] [--latency-seconds 20]
+
+Workloads, each applied by `trempy-nb run --until-caught-up` (a subprocess, so its peak RSS is
+its own) from a backlog committed before the run starts, for upsert and for SCD2:
+  A. 500k row updates in 5k transactions (100 rows each)
+  B. one transaction updating 500k rows
+Rate = changes / wall time of the run (process start, validation and catch-up included: the
+time from the last source commit to the last target commit is at most that). Next to it: the
+server-side decode rate, `pg_logical_slot_peek_binary_changes` alone on the same backlog.
+Then p50/p95 latency (source clock_timestamp() at update -> target trigger clock_timestamp()
+at apply) with a `trempy-nb run` streaming while ~1k single-row transactions/s commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from trempy_nb.db import connect
+from trempy_nb.embedded import start_cluster
+
+TABLE_SQL = """
+CREATE SCHEMA bench;
+CREATE TABLE bench.t (id bigint PRIMARY KEY, v integer, s text, amount numeric(12,2),
+                      ts timestamptz);
+INSERT INTO bench.t SELECT i, i % 1000, md5(i::text), i / 7.0, now() FROM generate_series(1, {rows}) i;
+ANALYZE bench.t;
+"""
+
+# A: 5k transactions of 100 row updates each (a procedure-style DO block commits in the loop)
+MANY_TXNS = """
+DO $$
+BEGIN
+  FOR k IN 0..{txns} - 1 LOOP
+    UPDATE bench.t SET v = v + 1, s = md5(s) WHERE id > k * {per} AND id <= (k + 1) * {per};
+    COMMIT;
+  END LOOP;
+END $$;
+"""
+ONE_TXN = "UPDATE bench.t SET v = v + 1, amount = amount + 1"
+
+CHILD = """
+import resource, sys
+from trempy_nb.cli import main
+code = main(sys.argv[1:])
+print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+sys.exit(code)
+"""
+
+TARGETS = {"upsert": 50_000, "scd2": 30_000}
+
+
+def settings(name: str, src: str, tgt: str, mode: str) -> dict:
+    return {
+        "task": {
+            "task_name": name,
+            "source": src,
+            "target": tgt,
+            "replication_type": "full_load_and_cdc",
+            "start_mode": "reload",
+            "interval_seconds": 0.05,
+            "full_load_settings": {"recreate_table_if_exists": True},
+            "cdc_settings": {"mode": mode},
+        },
+        "tables": [{"schema_name": "bench", "table_name": "t"}],
+    }
+
+
+def run_child(args: list[str], env: dict[str, str]) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    res = subprocess.run(
+        [sys.executable, "-c", CHILD, *args], env=env, capture_output=True, text=True
+    )
+    secs = time.perf_counter() - t0
+    if res.returncode != 0:
+        sys.exit(f"trempy-nb {' '.join(args[:2])} failed:\n{res.stderr[-3000:]}")
+    rss = 0
+    for line in res.stderr.splitlines():
+        if line.startswith("MAXRSS_KB"):
+            rss = int(line.split()[1])
+    return secs, rss
+
+
+def decode_rate(src: str, slot: str) -> tuple[int, float]:
+    with connect(src, autocommit=True) as c:
+        t0 = time.perf_counter()
+        row = c.execute(
+            "SELECT count(*) FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL,"
+            " 'proto_version', '1', 'publication_names', %s)",
+            (slot, slot),
+        ).fetchone()
+        secs = time.perf_counter() - t0
+    return int(row[0]) if row else 0, secs
+
+
+def pending_changes(src: str, slot: str) -> int:
+    """Row changes in the backlog (Insert/Update/Delete messages: first byte I/U/D)."""
+    with connect(src, autocommit=True) as c:
+        row = c.execute(
+            "SELECT count(*) FILTER (WHERE get_byte(data, 0) IN (73, 85, 68))"
+            " FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL,"
+            " 'proto_version', '1', 'publication_names', %s)",
+            (slot, slot),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def latency(
+    src: str, tgt: str, path: Path, env: dict[str, str], seconds: float, rows: int
+) -> tuple[float, float, float, int]:
+    """p50/p95 (s) and achieved txn/s with a streaming runner and ~1k single-row txns/s."""
+    with connect(tgt, autocommit=True) as c:
+        c.execute("ALTER TABLE bench.t ADD COLUMN IF NOT EXISTS applied_at timestamptz")
+        c.execute(
+            "CREATE OR REPLACE FUNCTION bench.stamp() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$BEGIN NEW.applied_at := clock_timestamp(); RETURN NEW; END$$"
+        )
+        c.execute(
+            "CREATE OR REPLACE TRIGGER stamp BEFORE INSERT OR UPDATE ON bench.t"
+            " FOR EACH ROW EXECUTE FUNCTION bench.stamp()"
+        )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, "run", str(path), "--start-mode", "continue", "-q"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3.0)  # let it start streaming
+    n = 0
+    with connect(src, autocommit=True) as c:
+        c.execute("SET synchronous_commit = on")
+        start = c.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+        t0 = time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < seconds:
+            c.execute(
+                "UPDATE bench.t SET ts = clock_timestamp(), v = v + 1 WHERE id = %s",
+                (1 + n % rows,),
+            )
+            n += 1
+            ahead = n / 1000.0 - elapsed
+            if ahead > 0:
+                time.sleep(ahead)
+        rate = n / (time.perf_counter() - t0)
+    time.sleep(3.0)  # drain
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    with connect(tgt, autocommit=True) as c:
+        row = c.execute(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM applied_at - ts)),"
+            " percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM applied_at - ts)), count(*)"
+            " FROM bench.t WHERE ts >= %s",
+            (start,),
+        ).fetchone()
+    assert row is not None
+    return float(row[0] or 0), float(row[1] or 0), rate, int(row[2])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=500_000)
+    ap.add_argument("--latency-seconds", type=float, default=20.0)
+    args = ap.parse_args()
+    rows = int(args.rows)
+    per = 100
+    txns = rows // per
+    cluster = start_cluster(conf={"shared_buffers": "512MB"})
+    work = Path(tempfile.mkdtemp(prefix="trempy_bench_cdc_"))
+    try:
+        src = cluster.create_database("bench_src")
+        env = {**os.environ, "TREMPY_HOME": str(work / "home")}
+        print(f"building bench.t with {rows:,} rows ...", flush=True)
+        with connect(src, autocommit=True) as c:
+            c.execute(TABLE_SQL.format(rows=rows))
+        paths: dict[str, Path] = {}
+        for mode in ("upsert", "scd2"):
+            tgt = cluster.create_database(f"bench_tgt_{mode}")
+            paths[mode] = work / f"{mode}.json"
+            paths[mode].write_text(json.dumps(settings(f"b_{mode}", src, tgt, mode)))
+            run_child(["run", str(paths[mode]), "--until-caught-up", "-q"], env)  # full load, slot
+        results: list[tuple[str, str, int, float, float, int]] = []
+        decode: dict[str, tuple[int, float]] = {}
+        for label, sql_text in (
+            (f"A: {rows:,} updates in {txns:,} txns", MANY_TXNS.format(txns=txns, per=per)),
+            (f"B: one {rows:,}-row txn", ONE_TXN),
+        ):
+            print(f"{label}: writing the backlog ...", flush=True)
+            with connect(src, autocommit=True) as c:
+                c.execute(sql_text)
+            changes = pending_changes(src, "trempy_b_upsert")
+            decode[label] = decode_rate(src, "trempy_b_upsert")
+            for mode in ("upsert", "scd2"):
+                print(f"{label}: {mode} ...", flush=True)
+                secs, rss = run_child(
+                    [
+                        "run",
+                        str(paths[mode]),
+                        "--until-caught-up",
+                        "--start-mode",
+                        "continue",
+                        "-q",
+                    ],
+                    env,
+                )
+                results.append((label, mode, changes, secs, decode[label][1], rss))
+        print(
+            f"{label.split(':')[0]} done; latency at ~1k txn/s for {args.latency_seconds:.0f} s ...",
+            flush=True,
+        )
+        p50, p95, rate, n = latency(
+            src,
+            str(json.loads(paths["upsert"].read_text())["task"]["target"]),
+            paths["upsert"],
+            env,
+            args.latency_seconds,
+            rows,
+        )
+
+        print(
+            f"\nCDC apply, {rows:,}-row table, 2 cores (rate = changes / wall time of `trempy-nb run --until-caught-up`)"
+        )
+        print(
+            f"{'workload':34} {'mode':7} {'changes':>9} {'seconds':>8} {'changes/s':>10} {'target':>7}"
+            f" {'decode/s':>10} {'vs decode':>9} {'peak RSS':>9}"
+        )
+        for label, mode, changes, secs, dsecs, rss in results:
+            r = changes / secs
+            d = changes / dsecs if dsecs else 0
+            print(
+                f"{label:34} {mode:7} {changes:9,} {secs:8.2f} {r:10,.0f} {r / TARGETS[mode]:6.2f}x"
+                f" {d:10,.0f} {r / d if d else 0:8.2f}x {rss / 1024:7.0f} MB"
+            )
+        print(
+            f"\nlatency (upsert, streaming): {rate:,.0f} txn/s offered, {n:,} applied,"
+            f" p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms"
+        )
+        print(
+            "targets: upsert >= 50,000 changes/s, SCD2 >= 30,000 changes/s, RSS < 400 MB, p50 < 1 s"
+        )
+    finally:
+        cluster.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
