@@ -55,7 +55,7 @@ from trempy_nb.writer.apply import TableApply, apply_batch
 from trempy_nb.writer.checkpoint import read_checkpoint, reset_checkpoint, write_checkpoint
 from trempy_nb.writer.ddl import STATE_SCHEMA, add_column, ensure_state_tables, ensure_target
 
-HEARTBEAT_EVERY_S = 10.0
+HEARTBEAT_EVERY_S = float(os.environ.get("TREMPY_HEARTBEAT_S", "10"))  # idle heartbeat period
 STATS_EVERY_S = 2.0
 
 
