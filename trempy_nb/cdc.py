@@ -362,6 +362,22 @@ class CdcSession:
                 self.counters.retained_bytes = int(st.retained_bytes or 0)
                 self.counters.wal_status = st.wal_status or ""
                 self.counters.lag_bytes = max(0, ch.lsn_to_int(row[0]) - (st.confirmed_flush_lsn or 0))
+                self._warn_wal(st)
+
+    def _warn_wal(self, st: Any) -> None:
+        """Warn (once per state) while max_slot_wal_keep_size is about to invalidate the slot:
+        it retains more WAL than may still be written before it is lost, or is unreserved."""
+        danger = st.wal_status == "unreserved" or (
+            st.safe_wal_size is not None and st.retained_bytes is not None and st.safe_wal_size < st.retained_bytes
+        )
+        state = (st.wal_status, danger)
+        if danger and getattr(self, "_wal_warned", None) != state:
+            self._wal_warned = state
+            self.store.log(self.task.name, self.run_id, "WARNING",
+                           f"replication slot {self.slot}: wal_status {st.wal_status}, only"
+                           f" {max(0, int(st.safe_wal_size or 0)):,} bytes of WAL left before"
+                           f" max_slot_wal_keep_size invalidates it (it retains {int(st.retained_bytes or 0):,});"
+                           " the task must catch up or the slot will be lost")
 
     def _plan_for_shape(self, tc: ch.TableChanges, reader: ChangeReader | None,
                         tgt: psycopg.Connection) -> TablePlan:
