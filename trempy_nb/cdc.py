@@ -187,6 +187,7 @@ class CdcSession:
             return stream_session(self, until_caught_up=until_caught_up)
         if until_caught_up:
             self.catch_up_target = self._current_lsn()
+        self._refresh_lag()  # slot health before reading: warns if the slot is close to being lost
         reader = self._new_reader()
         applied = 0
         last_beat = time.monotonic()
