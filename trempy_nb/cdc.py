@@ -45,6 +45,7 @@ from trempy_nb.errors import (
     ConnectionFailed,
     SchemaChanged,
     SlotLost,
+    TerminalError,
     TrempyError,
     ValidationFailed,
     is_transient,
@@ -130,6 +131,7 @@ class CdcSession:
             status = slot_status(src, self.slot)
             if checkpoint is not None:
                 self._check_slot(status, max(checkpoint, int(row[0] or 0) if row else 0))
+                self._check_added_tables(tgt)
                 ensure_publication(src, self.publication, tables)
                 yield Handoff(False)
                 return
@@ -150,6 +152,30 @@ class CdcSession:
             tgt.execute(_SLOT_LSN_SET, (lsn, self.task.name))
             tgt.commit()
             yield Handoff(False)
+
+    def _check_added_tables(self, tgt: psycopg.Connection) -> None:
+        """`continue` with a table the task did not have before: without a full load of it, its
+        existing rows would never reach the target; a cdc-only task just starts streaming it."""
+        if self.settings.task.replication_type != "full_load_and_cdc":
+            fl = self.settings.task.full_load_settings
+            for plan in self.plans.values():
+                ensure_target(tgt, target_spec(plan, self.settings), create=fl.create_table_if_not_exists)
+            tgt.commit()
+            return
+        loaded = {
+            (r[0], r[1])
+            for r in tgt.execute(
+                sql.SQL("SELECT schema_name, table_name FROM {}.load_state WHERE task = %s AND status = 'done'")
+                .format(sql.Identifier(STATE_SCHEMA)), (self.task.name,)).fetchall()
+        }
+        tgt.commit()
+        added = [".".join(t.key) for t in self.settings.tables if t.key not in loaded]
+        if added:
+            raise TerminalError(
+                f"table(s) {', '.join(added)} were added to task {self.task.name} after its full load: their"
+                " existing rows are not on the target. Rerun with start_mode reload, or replicate them"
+                " in a task of their own."
+            )
 
     def _check_slot(self, status: Any, known: int) -> None:
         """`known`: the furthest position the target recorded for this slot (checkpoint or advance)."""
