@@ -208,6 +208,27 @@ class Task:
 
         return MetadataStore().errors(task=self.name)
 
+    def dead_letters(self) -> pl.DataFrame:
+        """Batches given up after max_retries (task, table, LSN range, error, attempts, time).
+
+        With the rabbitmq transport: the task's dead-letter queue, read without consuming it;
+        otherwise the metadata store's record."""
+        if self.settings.task.transport == "rabbitmq":
+            from trempy_nb.transport.rabbitmq import dead_letters
+
+            return dead_letters(self.name)
+        from trempy_nb.metadata import MetadataStore
+
+        return MetadataStore().dead_letters(task=self.name)
+
+    def replay_dead_letters(self) -> int:
+        """Put the dead letters back on the queue, in order, after the cause is fixed; returns how many."""
+        if self.settings.task.transport != "rabbitmq":
+            raise TrempyError(f"task {self.name}: replaying dead letters needs the rabbitmq transport")
+        from trempy_nb.transport.rabbitmq import replay_dead_letters
+
+        return replay_dead_letters(self.name)
+
     def drop(self) -> None:
         """Remove everything the task owns on the source (slot, publication) and its state."""
         from trempy_nb.runner import drop_task
