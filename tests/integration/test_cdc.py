@@ -269,11 +269,6 @@ def test_truncate(
             assert_scd2_target(target_uri, "public.t", expected_scd2(led, loaded=True))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: an unchanged TOAST value of a key-changing update"
-    " (REPLICA IDENTITY DEFAULT) is looked up under the NEW key and lands as NULL",
-)
 @pytest.mark.parametrize("mode", MODES)
 def test_unchanged_toast_across_a_key_change(
     source_uri: str, target_uri: str, trempy_home: Path, task_name: str, mode: str
