@@ -222,9 +222,9 @@ def _fill_moved_toast(ctx: _Ctx, spec: TargetSpec, frame: pl.DataFrame) -> pl.Da
 def _stage(ctx: _Ctx, spec: TargetSpec, rows: Rows, columns: list[str]) -> sql.Identifier:
     """CREATE the TEMP staging table and COPY the rows in (COPY parses text with the target's types)."""
     staging = ctx.staging()
-    meta = {wsql.S_OP: "text", wsql.S_TS: "timestamptz"}
+    meta: dict[str, str] = {}  # upsert/delete statements need no meta: a 1,600-column table still fits
     if spec.scd2:
-        meta |= {wsql.S_END: "timestamptz", wsql.S_FIRST: "boolean"}
+        meta |= {wsql.S_OP: "text", wsql.S_TS: "timestamptz", wsql.S_END: "timestamptz", wsql.S_FIRST: "boolean"}
     meta |= {marker: "boolean" for _, marker in rows.markers}
     with ctx.conn.cursor() as cur:
         cur.execute(wsql.create_staging_sql(staging, spec.ident, columns, meta))
