@@ -769,6 +769,7 @@ def produce(
                 continue
             safe, _, outstanding = link.confirm_state(gen)
             if safe is not None and (slot_at is None or safe > slot_at):
+                _crash_point("rmq_after_confirm_before_advance")
                 reader.confirm(safe)  # the slot moves only over confirmed batches
                 slot_at = safe
             if outstanding >= MAX_INFLIGHT:
@@ -846,6 +847,7 @@ def produce(
                 if link.alive(gen):
                     link.kill()  # not handed over in time: start over on a fresh channel
                 continue  # the reset at the top re-reads it from the slot
+            _crash_point("rmq_after_publish_before_confirm")
             prev_end = batch.end_lsn
             published += batch.n_changes
             dirty = True
@@ -864,6 +866,12 @@ def produce(
                 reader.close()
         if own_link:
             link.stop()
+
+
+def _crash_point(name: str) -> None:
+    from trempy_nb.cdc import crash_point
+
+    crash_point(name)
 
 
 def _marker_headers(task: str, lsn: int) -> dict[str, Any]:
@@ -1140,6 +1148,7 @@ class Consumer:
                 )
             rest = []
         self._apply_with_retries(batch, rest, checkpoint_task=None)
+        _crash_point("rmq_after_commit_before_ack")
         self._ack(msg)
         self._retry_waiting()
 
