@@ -53,14 +53,14 @@ SELECT i,
        'user' || i || '@example.com',
        DATE '1960-01-01' + (i * 37 % 14000),
        TIMESTAMP '2005-01-01 09:00' + (i % 6000) * INTERVAL '1 day' + (i % 480) * INTERVAL '1 minute',
-       (2500 + (i * 7919 % 9500))::numeric(12,2),
+       (2500 + (i::bigint * 7919 % 9500))::numeric(12,2),
        1 + i % 40,
        i % 17 <> 0,
        md5(i::text)::uuid,
        jsonb_build_object('level', i % 5, 'skills', jsonb_build_array('sql', 'python'))
 FROM generate_series(1, %(rows)s) i;
 INSERT INTO employees.employee_salary
-SELECT i, 1 + i % %(rows)s, (2500 + (i * 104729 % 9500))::numeric(12,2), DATE '2015-01-01' + (i % 3000)
+SELECT i, 1 + i % %(rows)s, (2500 + (i::bigint * 104729 % 9500))::numeric(12,2), DATE '2015-01-01' + (i % 3000)
 FROM generate_series(1, %(rows)s) i;
 ANALYZE;
 """
@@ -170,11 +170,13 @@ def run_demo(rows: int = 300_000, keep: bool = False) -> int:
                 ).fetchall(),
                 schema=["id", "full_name", "salary", "scd_start_date", "scd_end_date", "scd_current"],
                 orient="row",
+            ).with_columns(
+                pl.col("scd_start_date", "scd_end_date").dt.strftime("%Y-%m-%d %H:%M:%S%.3f")
             )
             counts = conn.execute(
                 "SELECT count(*), count(*) FILTER (WHERE scd_current) FROM dw.dim_employee"
             ).fetchone()
-        with pl.Config(tbl_rows=20, tbl_cols=6, fmt_str_lengths=26):
+        with pl.Config(tbl_rows=20, tbl_cols=6, fmt_str_lengths=30, tbl_width_chars=120):
             _say(str(hist))
         _say(f"dw.dim_employee: {counts[0]:,} versions, {counts[1]:,} current")
         _say(f"done in {time.perf_counter() - t0:.1f}s")
