@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).parent
-RESULTS_JSON = HERE / "_results.json"
+RESULTS_JSON = HERE.parent / "_artifacts" / "fault_results.json"
 REPORT_MD = HERE / "REPORT.md"
 
 CASES = {
@@ -130,6 +130,7 @@ class Results:
         return r
 
     def save(self, path: Path = RESULTS_JSON) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_json(), indent=1, default=str))
 
 
