@@ -58,7 +58,7 @@ def test_c01_kill9_during_cdc_rabbitmq(pair, long_run):
                 r = env.start_runner()
                 t0 = time.monotonic()
                 wait_until(
-                    lambda rr=r: _applied_past(env, mark) or not rr.alive(),
+                    lambda rr=r, m=mark: _applied_past(env, m) or not rr.alive(),
                     90,
                     "the consumer to catch up",
                 )
