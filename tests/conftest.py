@@ -64,3 +64,10 @@ def trempy_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Options of the fault suite (tests/faults/conftest.py), so `pytest tests --faults-long` works."""
+    from tests.faults.conftest import add_options
+
+    add_options(parser)

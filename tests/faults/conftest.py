@@ -18,14 +18,22 @@ from tests.faults.report import RESULTS, RESULTS_JSON, render, write_report
 _T0 = time.monotonic()
 
 
+def add_options(parser: pytest.Parser) -> None:
+    """--faults-long. Also called from tests/conftest.py: pytest reads options only from the
+    conftests of the command-line paths, so `pytest tests --faults-long` needs it there too."""
+    try:
+        parser.getgroup("faults").addoption(
+            "--faults-long",
+            action="store_true",
+            default=False,
+            help="fault suite: many more kill -9 rounds and larger workloads",
+        )
+    except ValueError:  # already registered by the other conftest
+        pass
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("faults")
-    group.addoption(
-        "--faults-long",
-        action="store_true",
-        default=False,
-        help="fault suite: many more kill -9 rounds and larger workloads",
-    )
+    add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
