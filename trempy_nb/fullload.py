@@ -30,7 +30,13 @@ from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.pipeline.textcodec import write_copy_text
 from trempy_nb.settings import TaskSettings
 from trempy_nb.writer.copy import copy_frame, iter_frames, select_query, stream_copy
-from trempy_nb.writer.ddl import STATE_SCHEMA, TargetSpec, ensure_state_tables, ensure_target, key_sql
+from trempy_nb.writer.ddl import (
+    STATE_SCHEMA,
+    TargetSpec,
+    ensure_state_tables,
+    ensure_target,
+    key_sql,
+)
 
 #: Bytes of COPY text per pipeline batch (TREMPY_CHUNK_MB): bigger batches amortise per-batch costs,
 #: smaller ones bound memory (about 6 batches are in flight across the three stages).
