@@ -16,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -214,9 +216,13 @@ class CdcSession:
         if until_caught_up:
             self.catch_up_target = self._current_lsn()
         self._refresh_lag()  # slot health before reading: warns if the slot is close to being lost
-        reader = self._new_reader()
+        # Reading and decoding the next batch overlaps applying this one: a reader thread owns
+        # the ChangeReader (and its connection) and hands batches over a bounded queue; the
+        # end LSNs this thread committed go back to it and it advances the slot before its next
+        # peek (in order, only past committed batches), with a final drain on the way out.
+        committed: deque[int] = deque()
+        ahead = _ReadAhead(self, self._new_reader(), committed)
         applied = 0
-        last_beat = time.monotonic()
         last_stats = 0.0
         tgt: psycopg.Connection | None = None
         failures = 0
@@ -227,17 +233,13 @@ class CdcSession:
                 try:
                     if tgt is None or tgt.closed:
                         tgt = connect(self.target, application_name=f"trempy_nb:{self.task.name}:apply")
-                    batch = reader.read_batch(upto_lsn=self.catch_up_target)
-                    if batch is None:
-                        if self.catch_up_target is not None and self._flushed_past(self.catch_up_target):
-                            break
-                        if time.monotonic() - last_beat > HEARTBEAT_EVERY_S:
-                            self._heartbeat(reader, tgt)
-                            last_beat = time.monotonic()
+                    item = ahead.get(timeout=0.5)  # re-raises the reader thread's error
+                    if item is _CAUGHT_UP:
+                        break
+                    if item is None:  # idle (or nothing yet): the reader thread heartbeats
                         self._set_status("streaming")
-                        self.stop_event.wait(self.settings.task.interval_seconds)
                         continue
-                    applied += self._apply(batch, reader, tgt)
+                    applied += self._apply(item, ahead, tgt)
                     failures = 0
                     self._set_status("streaming")
                 except (psycopg.Error, TrempyError, OSError) as exc:
@@ -253,18 +255,21 @@ class CdcSession:
                             tgt.close()
                     tgt = None
                     with contextlib.suppress(Exception):
-                        reader.close()
-                    reader = self._new_reader()
+                        ahead.close(drain=True)  # confirms it could not make stay in `committed`
+                    ahead = _ReadAhead(self, self._new_reader(), committed)
                     time.sleep(min(0.2 * 2**failures, 5.0))
                 if time.monotonic() - last_stats > STATS_EVERY_S:
                     self._refresh_lag()
                     last_stats = time.monotonic()
-        finally:
+        except BaseException:
             with contextlib.suppress(Exception):
-                reader.close()
+                ahead.close(drain=True)
+            raise
+        finally:
             if tgt is not None:
                 with contextlib.suppress(Exception):
                     tgt.close()
+        ahead.close(drain=True, raise_errors=True)  # the last advances; their errors reach the caller
         self._refresh_lag()
         return applied
 
@@ -303,11 +308,10 @@ class CdcSession:
         with connect(self.source, autocommit=True) as src:
             emit_heartbeat(src)
 
-    def _apply(self, batch: ch.ChangeBatch, reader: ChangeReader, tgt: psycopg.Connection) -> int:
-        result = self._write(batch, reader, tgt, self.task.name)
+    def _apply(self, batch: ch.ChangeBatch, ahead: _ReadAhead, tgt: psycopg.Connection) -> int:
+        result = self._write(batch, None, tgt, self.task.name, before_lock=ahead.wait_advanced)
         crash_point("after_commit_before_advance")
-        reader.confirm(batch.end_lsn)
-        crash_point("after_advance")
+        ahead.confirm(batch.end_lsn)  # the reader thread advances the slot before its next peek
         self._record(result, batch)
         return batch.n_changes
 
@@ -322,7 +326,7 @@ class CdcSession:
         return result
 
     def _write(self, batch: ch.ChangeBatch, reader: ChangeReader | None, tgt: psycopg.Connection,
-               checkpoint_task: str, on_table: Any = None) -> Any:
+               checkpoint_task: str, on_table: Any = None, before_lock: Any = None) -> Any:
         items: list[TableApply] = []
         keys: list[tuple[str, str]] = []
         counts: dict[tuple[str, str], int] = {}
@@ -354,7 +358,8 @@ class CdcSession:
             self.store.record_error(self.task.name, self.run_id, spec.schema, spec.table, op, error, payload)
 
         return apply_batch(tgt, checkpoint_task, _Announced(items, keys, on_table) if on_table else items,
-                           batch.end_lsn, error_handling=self.settings.error_handling, on_row_error=on_row_error)
+                           batch.end_lsn, error_handling=self.settings.error_handling, on_row_error=on_row_error,
+                           before_lock=before_lock)
 
     def _record(self, result: Any, batch: ch.ChangeBatch) -> None:
         c = self.counters
@@ -442,6 +447,137 @@ class CdcSession:
         self.store.log(self.task.name, self.run_id, "INFO",
                        f"{tc.schema}.{tc.table}: new source column(s) {', '.join(c.name for c in added)} added to the target")
         return new_plan
+
+
+_CAUGHT_UP = object()  # read-ahead item: every change up to the catch-up target was handed out
+
+
+class _ReadAhead:
+    """The reader thread of the local stream.
+
+    It owns the ChangeReader and its source connection: it advances the slot over
+    the end LSNs the applying thread committed (`confirm`, in order) before each
+    peek, reads the next batch while the current one is applied, and hands it
+    over a bounded queue (one batch ahead). Idle, it heartbeats; caught up, it
+    hands over `_CAUGHT_UP`. Its error is handed over like an item, so `get`
+    raises it in the applying thread (never swallowed). `close` stops and joins
+    it, then makes the last advances from the calling thread.
+    """
+
+    DEPTH = 1  # batches decoded ahead of the one being applied (memory: about DEPTH + 2 batches)
+
+    def __init__(self, session: CdcSession, reader: ChangeReader, committed: deque[int]) -> None:
+        self.session = session
+        self.reader = reader
+        self.committed = committed  # shared with the next _ReadAhead after a reconnect
+        self._items: queue.Queue[Any] = queue.Queue(maxsize=self.DEPTH)
+        self._halt = threading.Event()
+        self._wake = threading.Event()
+        self._undelivered: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"trempy-read-{session.task.name}", daemon=True)
+        self._thread.start()
+
+    # applying thread ------------------------------------------------------------------
+    def get(self, timeout: float) -> Any:
+        """The next batch, `_CAUGHT_UP`, or None (nothing within `timeout`); raises the reader's error."""
+        try:
+            item = self._items.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        self._wake.set()  # room in the queue
+        if isinstance(item, _Failed):
+            raise item.error
+        return item
+
+    def confirm(self, lsn: int) -> None:
+        """The batch ending at commit `lsn` is committed on the target: advance the slot past it."""
+        self.committed.append(lsn)
+        self._wake.set()
+
+    def close(self, *, drain: bool = False, raise_errors: bool = False) -> None:
+        """Stop and join the thread, then (drain) advance the slot over what was committed."""
+        self._halt.set()
+        self._wake.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self._items.get_nowait()  # unblock a put
+            self._thread.join(timeout=0.1)
+        try:
+            if drain:
+                self._drain()
+            if raise_errors and self._undelivered is not None:
+                raise self._undelivered
+        except Exception:
+            if raise_errors:
+                raise
+        finally:
+            with contextlib.suppress(Exception):
+                self.reader.close()
+
+    # reader thread --------------------------------------------------------------------
+    def wait_advanced(self) -> None:
+        """Before the next batch takes the checkpoint lock: the slot has been advanced over every
+        batch committed so far, so the target is never more than one batch ahead of the slot (as
+        when reading and applying ran one after the other: a crash replays at most one batch).
+        Not later: recording the advance on the target needs the checkpoint row that lock holds.
+        The advance overlaps the batch's pipeline step."""
+        self._wake.set()
+        while self.committed and self._thread.is_alive():
+            time.sleep(0.001)
+
+    def _drain(self) -> None:
+        if not self.committed:
+            return
+        lsn = self.committed[-1]  # appended in commit order: the last is the furthest
+        self.reader.confirm(lsn)
+        crash_point("after_advance")
+        while self.committed and self.committed[0] <= lsn:
+            self.committed.popleft()
+
+    def _put(self, item: Any, drain: bool = True) -> bool:
+        """Hand `item` over once there is room; meanwhile advance the slot as batches commit."""
+        while not self._halt.is_set():
+            if drain:
+                self._drain()
+            try:
+                self._items.put_nowait(item)
+                return True
+            except queue.Full:
+                pass
+            self._wake.wait(0.02)
+            self._wake.clear()
+        return False
+
+    def _run(self) -> None:
+        s = self.session
+        last_beat = time.monotonic()
+        try:
+            while not self._halt.is_set():
+                self._drain()
+                if s.stop_event.is_set() and s.catch_up_target is None:
+                    return
+                batch = self.reader.read_batch(upto_lsn=s.catch_up_target)
+                if batch is not None:
+                    self._put(batch)
+                    continue
+                if s.catch_up_target is not None and s._flushed_past(s.catch_up_target):
+                    self._put(_CAUGHT_UP)
+                    return
+                if time.monotonic() - last_beat > HEARTBEAT_EVERY_S:
+                    s._heartbeat(self.reader, None)
+                    last_beat = time.monotonic()
+                self._wake.clear()
+                if self.committed:
+                    continue
+                self._wake.wait(s.settings.task.interval_seconds)
+        except BaseException as exc:  # handed to the applying thread, which raises it
+            if not self._put(_Failed(exc), drain=False):
+                self._undelivered = exc  # closing meanwhile: `close(raise_errors=True)` raises it
+
+
+@dataclass
+class _Failed:
+    error: BaseException
 
 
 class _Announced(list):
