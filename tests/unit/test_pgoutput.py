@@ -359,3 +359,22 @@ def test_peek_changes_leaves_state() -> None:
     assert first is not None and first.n_transactions == 1
     assert reader.read_batch() is not None
     assert reader.pending_confirm == 8
+
+
+def test_decode_many_skips_rows_of_transactions_before_skip_before(msgs: list[po.Message]) -> None:
+    commits = [m for m in msgs if isinstance(m, po.Commit)]
+    cut = commits[3].commit_lsn + 1  # the first four transactions were already returned
+    got = decode_many(RAW, skip_before=cut)
+    assert len(got) == len(msgs)
+    in_skipped = False
+    for full, fast in zip(msgs, got, strict=True):
+        if isinstance(full, po.Begin):
+            in_skipped = full.final_lsn < cut
+        if in_skipped and isinstance(full, (po.Insert, po.Update, po.Delete)):
+            assert fast is None
+        else:
+            assert fast == full  # Begin, Commit, Relation, messages and later rows are decoded
+        if isinstance(full, po.Commit):
+            in_skipped = False
+    assert any(x is None for x in got)
+    assert decode_many(RAW, skip_before=0) == msgs

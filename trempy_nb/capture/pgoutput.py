@@ -341,16 +341,37 @@ def decode(data: bytes) -> Message:
         raise DecodeError(f"malformed pgoutput {chr(data[0])!r} message: {exc}") from None
 
 
-def decode_many(datas: Iterable[bytes]) -> list[Message]:
-    """Decode a peek's worth of messages in one call (saves per-call lookups)."""
+def decode_many(datas: Iterable[bytes], skip_before: int | None = None) -> list[Message | None]:
+    """Decode a peek's worth of messages in one call (saves per-call lookups).
+
+    `skip_before`: the row changes (Insert/Update/Delete) of a transaction whose
+    commit LSN (Begin.final_lsn) is below it come back as None, undecoded; its
+    Begin, Commit and Relation messages are decoded. A reader re-peeking from the
+    slot's confirmed position uses it to pass over transactions it already
+    returned at the cost of one byte lookup per row instead of a full decode.
+    """
     if not isinstance(datas, (list, tuple)):
         datas = list(datas)
     dispatch = _DISPATCH
-    out: list[Message] = []
+    out: list[Message | None] = []
     append = out.append
     try:
+        if skip_before is None:
+            for data in datas:
+                append(dispatch[data[0]](data))
+            return out
+        skipping = False
         for data in datas:
-            append(dispatch[data[0]](data))
+            tag = data[0]
+            if skipping and (tag == 85 or tag == 73 or tag == 68):  # U, I, D
+                append(None)
+                continue
+            m = dispatch[tag](data)
+            if tag == 66:  # B
+                skipping = m.final_lsn < skip_before  # type: ignore[union-attr]
+            elif tag == 67:  # C
+                skipping = False
+            append(m)
     except (KeyError, IndexError, struct.error, ValueError, UnicodeDecodeError):
         # redo slowly to get the precise error message for the bad one
         for data in datas:

@@ -367,8 +367,9 @@ class ChangeReader:
 
     def _frame(self, datas: list[bytes], nchanges: int, budget: int) -> _Collected:
         """Decode peeked rows and frame the transactions not yet returned."""
-        msgs = decode_many(datas)
         through = self._through
+        # rows of transactions already returned (committed before `through`) are not decoded
+        msgs = decode_many(datas, skip_before=through)
 
         rels: dict[int, Relation] = {}
         for rel in self.relations.values():
@@ -412,6 +413,10 @@ class ChangeReader:
                 break  # incomplete transaction at the end of the peek (should not happen)
             commit = msgs[j]
             assert isinstance(commit, Commit)
+            if m.final_lsn != commit.commit_lsn:  # decode_many(skip_before=) relies on it
+                raise TerminalError(
+                    f"pgoutput Begin/Commit LSNs differ ({m.final_lsn} vs {commit.commit_lsn})"
+                )
             body = msgs[i + 1 : j]
             nrows = j - i + 1
             if commit.commit_lsn < through:  # already returned or skipped
@@ -491,7 +496,9 @@ class ChangeReader:
                         if oid not in seg_of:
                             self._segment(oid, rels, tables, seg_of, batch_shapes, batch_relations)
                         rel = rels[oid]
-                        tables[(rel.namespace, rel.name)].truncated_at.append((seq, lsn, commit.commit_ts))
+                        tables[(rel.namespace, rel.name)].truncated_at.append(
+                            (seq, lsn, commit.commit_ts)
+                        )
                         seq += 1
             new_changes += nrows
             source_bytes += sum(len(datas[k]) for k in range(i, j + 1))
