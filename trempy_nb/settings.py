@@ -372,6 +372,8 @@ def format_loc(loc: tuple[Any, ...], prefix: str = "") -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", str(part)):
+            out += f"[{json.dumps(str(part), ensure_ascii=False)}]"  # an odd key stays visible: task[""]
         else:
             out += f".{part}" if out else str(part)
     return out or "(document)"

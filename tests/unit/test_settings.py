@@ -167,7 +167,7 @@ def test_json_schema_names_every_field() -> None:
         assert value in text
 
 
-_PATH = re.compile(r"(^|; )(\(document\)|[a-z_]+(\[\d+\])?(\.[a-z_A-Z0-9\[\]]+)*)[: ]")
+_PATH = re.compile(r'(^|; )(\(document\)|\[".*?"\]|[a-z_]+(\[\d+\]|\[".*?"\]|\.[A-Za-z_0-9]+)*)[: ]')
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=False), st.text(max_size=12))
 docs = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=5)), max_leaves=25)
 
