@@ -21,6 +21,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -158,6 +159,24 @@ _FRAMES: dict[str, dict[str, Any]] = {
 }
 
 
+def _retry_locked(fn: Any, timeout: float) -> Any:
+    """Run `fn`, retrying while SQLite reports the database locked/busy (bounded by `timeout`).
+
+    Schema creation and the WAL switch can fail at once with "database is locked" when another
+    connection is doing the same (not every lock wait goes through the busy timeout)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            text = str(exc).lower()
+            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
 def _now() -> str:
     """UTC ISO-8601 with microseconds: sorts as text, parses as a Polars datetime."""
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
@@ -187,14 +206,18 @@ class MetadataStore:
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         conn = self._conn()
-        try:
-            conn.executescript(
-                f"BEGIN IMMEDIATE; {_DDL} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-            )
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+
+        def create() -> None:
+            try:
+                conn.executescript(
+                    f"BEGIN IMMEDIATE; {_DDL} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                )
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+        _retry_locked(create, self.timeout)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -206,7 +229,9 @@ class MetadataStore:
                 self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
             )
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            # switching to WAL takes an exclusive lock and does not wait on the busy handler: two
+            # stores opened at the same instant (two runner threads) would get "database is locked"
+            _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"), self.timeout)
             conn.execute("PRAGMA synchronous = NORMAL")
             self._local.conn = conn
             with self._all_lock:

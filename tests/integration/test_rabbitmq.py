@@ -491,8 +491,12 @@ def test_poison_batch_dead_letters_others_continue_then_replay(
     try:
         wait_for(lambda: runner.status == "streaming", what="streaming")
         sql(source_uri, "INSERT INTO a VALUES (1, 1)")
+        # applied on its own batch, so the poison batch below holds only the bad row of a
+        wait_for(lambda: rows(target_uri, "SELECT * FROM a") == [(1, 1)], what="a applied")
         sql(source_uri, "INSERT INTO a VALUES (2, 500)")  # poison: violates v_small on the target
         sql(source_uri, "INSERT INTO b VALUES (1, 10)")
+        # the poison batch is dead-lettered first (so the next change of a is a batch of its own)
+        wait_for(lambda: len(rmq.dead_letters(task_name)) == 1, what="the poison dead-lettered")
         sql(
             source_uri, "UPDATE a SET v = 7 WHERE id = 1", "INSERT INTO b VALUES (2, 20)"
         )  # a is held

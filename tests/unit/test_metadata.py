@@ -242,3 +242,32 @@ def test_log_hook_stores_masked_records(store: MetadataStore) -> None:
     assert df["run_id"].to_list() == ["r9", "r10"]
     log.info("after detach")
     assert store.logs("emp").height == 2
+
+
+def test_stores_created_at_the_same_instant_in_threads(tmp_path: Path) -> None:
+    """Two runners opening the store at once used to raise "database is locked" (WAL switch and
+    schema creation); both must open it, repeatedly, on a fresh file each round."""
+    for round_ in range(10):
+        path = tmp_path / f"race_{round_}.sqlite3"
+        barrier = threading.Barrier(6)
+        errors: list[BaseException] = []
+
+        def open_store(
+            path: Path = path,
+            barrier: threading.Barrier = barrier,
+            errors: list[BaseException] = errors,
+        ) -> None:
+            try:
+                barrier.wait(5)
+                s = MetadataStore(path)
+                s.log("emp", None, "INFO", "opened")
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_store) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert errors == []
+        assert MetadataStore(path).logs("emp").height == 6

@@ -74,6 +74,7 @@ DELIVERY_LIMIT = 20  # x-delivery-limit: a net for consumers that crash while ho
 DEFAULT_PREFETCH = 4
 MAX_INFLIGHT = 8  # published batches awaiting confirms before the producer waits
 MARKER_EVERY_S = 5.0
+STALE_AFTER_S = 5.0  # idle this long with batches still waiting for a predecessor: see _drop_stale
 HEARTBEAT_S = 30
 H = "x-trempy-"  # header prefix
 
@@ -336,14 +337,29 @@ class Link:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Close the connection cleanly (the broker returns unacked messages at once) and end the
+        I/O thread. The ioloop stops in `_on_closed`, never before the close handshake: a
+        connection left open with no loop behind it would keep holding prefetched messages until
+        the broker's heartbeat timeout."""
         self._stopping = True
-        self._threadsafe(lambda: self._conn.close() if self._conn and self._conn.is_open else None)
-        conn = self._conn
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.ioloop.add_callback_threadsafe(conn.ioloop.stop)
+
+        def close() -> None:
+            conn = self._conn
+            if conn is None:
+                return
+            if conn.is_open:
+                conn.close()
+            elif conn.is_closed:
+                conn.ioloop.stop()
+
+        self._threadsafe(close)
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():  # the close handshake hung: drop the socket
+                conn = self._conn
+                with contextlib.suppress(Exception):
+                    conn.ioloop.add_callback_threadsafe(conn.ioloop.stop)
+                self._thread.join(2.0)
 
     def kill(self) -> None:
         """Drop the connection now (as a broker restart would); the I/O thread reconnects."""
@@ -742,6 +758,9 @@ def produce(
         slot_at: int | None = None
         last_beat = last_marker = last_stats = time.monotonic()
         dirty = False  # published since the last marker
+        # a producer running alone for good tells consumers alone how far it has published
+        # (their --until-caught-up); a catch-up run ends with one final marker instead
+        idle_markers = shared is None and not until_caught_up
         marker_at: int | None = None  # flushed WAL position to announce if the next read is empty
         while True:
             if stopping():
@@ -789,7 +808,7 @@ def produce(
                         gen,
                         topo.exchange,
                         [b""],
-                        _marker_headers(session.task.name, target),
+                        _marker_headers(session.task.name, target, final=True),
                         None,
                         f"marker:{run}:{target}",
                     )
@@ -800,24 +819,24 @@ def produce(
                 if now - last_beat > HEARTBEAT_EVERY_S:
                     session._heartbeat(reader, None)
                     last_beat = now
-                if marker_at is not None:
-                    # idle: tell consumers how far the stream is published (for --until-caught-up)
-                    at = marker_at if target is None else min(marker_at, target)
+                if idle_markers and marker_at is not None:
+                    # idle: tell consumers alone how far the stream is published
                     link.publish(
                         gen,
                         topo.exchange,
                         [b""],
-                        _marker_headers(session.task.name, at),
+                        _marker_headers(session.task.name, marker_at),
                         None,
-                        f"marker:{run}:{at}",
+                        f"marker:{run}:{marker_at}",
                     )
                     dirty, last_marker, marker_at = False, now, None
                 elif (
-                    dirty or now - last_marker > MARKER_EVERY_S * 6
-                ) and now - last_marker > MARKER_EVERY_S / 5:
-                    marker_at = _flush_lsn(
-                        session
-                    )  # published once the next read finds nothing more
+                    idle_markers
+                    and (dirty or now - last_marker > MARKER_EVERY_S * 6)
+                    and now - last_marker > MARKER_EVERY_S / 5
+                ):
+                    # announced once the next read finds nothing more
+                    marker_at = _flush_lsn(session)
                     continue
                 session.on_status and session.on_status("streaming")
                 stop_event.wait(
@@ -874,8 +893,13 @@ def _crash_point(name: str) -> None:
     crash_point(name)
 
 
-def _marker_headers(task: str, lsn: int) -> dict[str, Any]:
-    return {H + "kind": "marker", H + "task": task, H + "lsn": int(lsn)}
+def _marker_headers(task: str, lsn: int, final: bool = False) -> dict[str, Any]:
+    """A marker: every change committed (and flushed) before `lsn` is in the queue ahead of it.
+    `final`: the end of a producer's --until-caught-up run (with the time it was published)."""
+    h: dict[str, Any] = {H + "kind": "marker", H + "task": task, H + "lsn": int(lsn)}
+    if final:
+        h |= {H + "final": 1, H + "at-ms": int(time.time() * 1000)}
+    return h
 
 
 def _flush_lsn(session: Any) -> int:
@@ -938,13 +962,16 @@ class Consumer:
         self.applied = 0
         self.link: Link | None = None
         self._tgt: psycopg.Connection | None = None
-        self._parts: dict[str, dict[int, Delivery]] = {}  # split batches being reassembled
+        self._parts: dict[
+            tuple[int, str], dict[int, Delivery]
+        ] = {}  # split batches being reassembled
         self._waiting: list[
             tuple[_Message, ch.ChangeBatch]
         ] = []  # batches whose predecessor is not in yet
         self._idle_since = time.monotonic()
         self._prefetch_now = self.prefetch
         self._last_marker: int | None = None
+        self._last_final: float | None = None  # publish time of the last final marker seen
         self.retry_sleep = float(os.environ.get("TREMPY_RABBITMQ_RETRY_SLEEP", "0.2"))
 
     # connections -------------------------------------------------------------------------------
@@ -976,18 +1003,16 @@ class Consumer:
                 self._tgt.close()
 
     # the loop -----------------------------------------------------------------------------------------
-    def run(
-        self,
-        *,
-        until_caught_up: bool = False,
-        shared: _Shared | None = None,
-        stop_when_idle: Callable[[], bool] | None = None,
-    ) -> int:
-        """Consume until stopped, or (catch-up) until a marker at or past the target LSN is applied."""
+    def run(self, *, until_caught_up: bool = False, shared: _Shared | None = None) -> int:
+        """Consume until stopped, or (catch-up) until caught up: a marker at or past the catch-up
+        target LSN, or the final marker of a producer's catch-up run published after this
+        consumer started, is handled with nothing left pending (markers queue behind every batch
+        published before them)."""
         session = self.session
         stop_event: threading.Event = session.stop_event
         if until_caught_up and session.catch_up_target is None:
             session.catch_up_target = session._current_lsn()
+        started = time.time()
 
         def stopping() -> bool:
             return stop_event.is_set() and session.catch_up_target is None
@@ -1002,27 +1027,21 @@ class Consumer:
                 if stopping():
                     break
                 target = session.catch_up_target
-                if (
-                    target is not None
-                    and self._last_marker is not None
-                    and self._last_marker >= target
-                    and not self._parts
-                    and not self._waiting
-                ):
-                    break
+                if target is not None and not self._parts and not self._waiting:
+                    if (self._last_marker is not None and self._last_marker >= target) or (
+                        self._last_final is not None and self._last_final >= started - 1.0
+                    ):
+                        break
                 try:
                     d = self.link.deliveries.get(timeout=0.1)
                 except queue.Empty:
-                    if self._waiting and time.monotonic() - self._idle_since > 2.0:
+                    if self._waiting and time.monotonic() - self._idle_since > STALE_AFTER_S:
                         self._drop_stale()
-                    if stop_when_idle is not None and stop_when_idle():
-                        break
                     continue
                 self._idle_since = time.monotonic()
                 if d.generation != self.link.generation:
-                    self._parts.clear()
-                    self._waiting.clear()
                     continue  # its channel is gone: the broker redelivers it
+                self._forget_older(d.generation)
                 msg = self._assemble(d)
                 if msg is not None:
                     self._handle(msg)
@@ -1030,18 +1049,11 @@ class Consumer:
         finally:
             self.close()
 
-    def drained(self) -> bool:
-        """A marker at or past the catch-up target was applied, nothing is pending here and
-        the main queue is empty."""
-        target = self.session.catch_up_target
-        if self._last_marker is None or self._parts or self._waiting:
-            return False
-        if target is not None and self._last_marker < target:
-            return False
-        time.sleep(0.2)
-        if not self.link.deliveries.empty():  # type: ignore[union-attr]
-            return False
-        return queue_depth(self.task, self.url)[0] == 0
+    def _forget_older(self, generation: int) -> None:
+        """Parts and waiting batches delivered on a channel that is gone: their tags mean
+        nothing on the new one and the broker delivers them again."""
+        self._parts = {k: v for k, v in self._parts.items() if k[0] == generation}
+        self._waiting = [w for w in self._waiting if w[0].first.generation == generation]
 
     def _assemble(self, d: Delivery) -> _Message | None:
         """Collect the parts of a split batch. Parts may come back in any order after a lost
@@ -1061,7 +1073,7 @@ class Consumer:
             self.link.prefetch = self._prefetch_now
             self.link.kill()
             return None
-        key = str(d.properties.message_id)
+        key = (d.generation, str(d.properties.message_id))
         got = self._parts.setdefault(key, {})
         got[part] = d
         if len(got) < parts:
@@ -1080,6 +1092,8 @@ class Consumer:
         if kind == "marker":
             with contextlib.suppress(TypeError, ValueError):
                 self._last_marker = max(self._last_marker or 0, int(h.get(H + "lsn", 0)))
+                if h.get(H + "final"):
+                    self._last_final = int(h.get(H + "at-ms", 0)) / 1000.0
             self._ack(msg)
             return
         if kind == "unblock":
@@ -1165,15 +1179,32 @@ class Consumer:
             self._apply_live(msg, batch)
 
     def _drop_stale(self) -> None:
-        """Idle with batches still waiting for a predecessor that never came: stale copies."""
+        """Idle with batches still waiting for their predecessor. When the slot has not been
+        confirmed up to that predecessor, its message never reached the broker (nacked or lost
+        with its channel): every batch from the slot position on is published again behind
+        these, so they are stale copies and are acked. Otherwise the predecessor is confirmed,
+        hence queued (e.g. held by a consumer whose connection the broker has not yet closed):
+        keep waiting for it."""
+        from trempy_nb.capture.slot import slot_status
+        from trempy_nb.db import connect
+
+        with connect(self.session.source, autocommit=True) as src:
+            st = slot_status(src, self.session.slot)
+        slot_at = int(st.confirmed_flush_lsn or 0) if st is not None else 0
+        keep = []
         for msg, batch in self._waiting:
+            prev = int(msg.headers.get(H + "prev-end", 0) or 0)
+            if prev <= slot_at:
+                keep.append((msg, batch))
+                continue
             _logger(self.session)(
                 "WARNING",
-                f"batch ending at {ch.int_to_lsn(batch.end_lsn)} follows a batch that was never"
-                " applied: a stale copy overtaken by a republish, dropped",
+                f"batch ending at {ch.int_to_lsn(batch.end_lsn)} follows a batch that never"
+                " reached the broker: a stale copy (it is published again from the slot), dropped",
             )
             self._ack(msg)
-        self._waiting.clear()
+        self._waiting = keep
+        self._idle_since = time.monotonic()
 
     def _apply_with_retries(
         self,
@@ -1484,13 +1515,7 @@ class ConsumerRunner:
                 tgt.commit()
             consumer = Consumer(self.session, url=self.url, prefetch=self.prefetch)
             self.ready.set()
-            # alone, "caught up" means: a producer marker at or past the WAL position of now is
-            # applied and the queue is empty
-            if self.until_caught_up:
-                self.session.catch_up_target = self.session._current_lsn()
-            self.applied = consumer.run(
-                stop_when_idle=consumer.drained if self.until_caught_up else None
-            )
+            self.applied = consumer.run(until_caught_up=self.until_caught_up)
             store.end_run(run_id, "succeeded" if self.until_caught_up else "stopped")
         except BaseException as exc:  # noqa: BLE001 - kept and re-raised by wait()
             self.error = (
