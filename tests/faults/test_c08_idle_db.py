@@ -20,7 +20,7 @@ T = WTable("idle_t")
 
 
 def test_c08_idle_db_next_to_busy(pair, long_run):
-    seconds = 40 if long_run else 14
+    seconds = 40 if long_run else 10
     with fault_env(pair, "idle") as env:
         wl = Workload(env.src, [T], seed=8)
         wl.create_tables()

@@ -484,7 +484,13 @@ class Workload:
             with psycopg.connect(
                 self.uri, autocommit=True, options=OPTIONS, connect_timeout=3
             ) as c:
-                row = c.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
+                try:
+                    row = c.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
+                except psycopg.errors.InvalidParameterValue as exc:
+                    # after crash recovery: no WAL record of the xid survived, so no commit did
+                    if "in the future" in str(exc):
+                        return "aborted"
+                    raise
             return row[0] if row and row[0] in ("committed", "aborted") else None
 
         return str(wait_until(status, 90, f"the outcome of transaction {xid}", interval=0.3))
