@@ -6,13 +6,14 @@ so the peak is about that much WAL; the figure at the end shows it does not accu
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
 
 import psycopg
 
-from tests.faults.harness import OPTIONS, Sampler, fault_env, q
+from tests.faults.harness import OPTIONS, Sampler, fault_env, q, wait_until
 from tests.faults.report import RESULTS
 from tests.faults.workload import Workload, WTable
 
@@ -52,14 +53,24 @@ def test_c08_idle_db_next_to_busy(pair, long_run):
             time.sleep(seconds)
             stop.set()
             th.join(30)
-            time.sleep(2.5)  # one more heartbeat after the churn
             generated = env.flush_lsn() - start_lsn
-            mine = q(
-                env.src,
-                "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint FROM pg_replication_slots"
-                " WHERE slot_name = %s",
-                (env.slot,),
-            )[0][0]
+            # restart_lsn moves at a running-xacts record (logged every ~15 s, and by checkpoints,
+            # which a real server runs every checkpoint_timeout): a checkpoint, then heartbeats
+            q(env.src, "CHECKPOINT")
+
+            def retained() -> int:
+                return int(
+                    q(
+                        env.src,
+                        "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint"
+                        " FROM pg_replication_slots WHERE slot_name = %s",
+                        (env.slot,),
+                    )[0][0]
+                )
+
+            with contextlib.suppress(AssertionError):
+                wait_until(lambda: retained() < generated * 0.5, 20, "the idle slot to move")
+            mine = retained()
             ctrl = q(
                 env.src,
                 "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint FROM pg_replication_slots"
