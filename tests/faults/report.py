@@ -192,7 +192,9 @@ def render(r: Results) -> str:
         "| --- | --- |",
     ]
     for kind, n in sorted(r.faults.items()):
-        lines.append(f"| {kind} | {n} |")
+        if n:
+            lines.append(f"| {kind} | {n} |")
+    lines.append(f"| **total** | **{sum(n for n in r.faults.values() if n > 0):,}** |")
     lines += ["", "## Cases", "", "| # | case | tests |", "| --- | --- | --- |"]
     for c, title in CASES.items():
         tests = by_case.get(c, [])
