@@ -22,6 +22,8 @@ from tests.faults.harness import Sampler, fault_env, q, wait_until
 from tests.faults.report import RESULTS
 from tests.faults.workload import Workload, WTable
 
+pytestmark = pytest.mark.rabbitmq
+
 TABLES = [WTable("qa", filtered=True), WTable("qb")]
 
 
