@@ -16,12 +16,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-
-import pytest
 
 
 @dataclass(frozen=True)
@@ -184,14 +181,3 @@ def _completion(request: Any, reply: Reply) -> dict[str, Any]:
 #: The API key the `chat` fixture puts in the environment; tests check it never leaks.
 KEY = "sk-test-9f8e7d6c5b4a-SECRET"
 
-
-@pytest.fixture
-def chat(monkeypatch: pytest.MonkeyPatch) -> Iterator[ChatServer]:
-    """A scripted chat server; the environment points the assistant at it."""
-    with ChatServer() as server:
-        monkeypatch.setenv("TREMPY_AI_BASE_URL", server.base_url)
-        monkeypatch.setenv("TREMPY_AI_MODEL", "test-model")
-        monkeypatch.setenv("TREMPY_AI_API_KEY", KEY)
-        monkeypatch.delenv("DEEPSEEK_API_KEY", raising=False)
-        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-        yield server

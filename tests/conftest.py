@@ -14,6 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.chat_server import KEY as CHAT_KEY
+from tests.chat_server import ChatServer
 from trempy_nb.embedded import Cluster, start_cluster
 
 ARTIFACTS = Path(__file__).parent / "_artifacts"
@@ -60,6 +62,18 @@ def trempy_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TREMPY_HOME", str(home))
     monkeypatch.delenv("TREMPY_SECRET_KEY", raising=False)
     return home
+
+
+@pytest.fixture
+def chat(monkeypatch: pytest.MonkeyPatch) -> Iterator[ChatServer]:
+    """A scripted chat-completions server on loopback; the environment points the assistant at it."""
+    with ChatServer() as server:
+        monkeypatch.setenv("TREMPY_AI_BASE_URL", server.base_url)
+        monkeypatch.setenv("TREMPY_AI_MODEL", "test-model")
+        monkeypatch.setenv("TREMPY_AI_API_KEY", CHAT_KEY)
+        monkeypatch.delenv("DEEPSEEK_API_KEY", raising=False)
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        yield server
 
 
 def in_ci() -> bool:

@@ -228,7 +228,7 @@ class MetadataStore:
             conn = sqlite3.connect(
                 self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
             )
-            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            conn.execute("PRAGMA busy_timeout = " + str(int(self.timeout * 1000)))  # an int; pragmas take no parameters
             # switching to WAL takes an exclusive lock and does not wait on the busy handler: two
             # stores opened at the same instant (two runner threads) would get "database is locked"
             _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"), self.timeout)

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from tests.chat_server import KEY, ChatServer, Reply, chat  # noqa: F401 - chat is a fixture
+from tests.chat_server import KEY, ChatServer, Reply
 from trempy_nb import settings as settings_model
 from trempy_nb.ai import (
     AssistantError,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.chat_server import KEY, ChatServer, chat  # noqa: F401 - chat is a fixture
+from tests.chat_server import KEY, ChatServer
 from tests.notebooks.test_magics import run
 from trempy_nb.ai import load_examples
 from trempy_nb.db import connect
