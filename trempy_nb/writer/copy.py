@@ -61,14 +61,11 @@ def iter_text_chunks(
     size = 0
     try:
         while True:
-            nb, data = pg.get_copy_data(1)
-            if nb > 0:
-                pending.append(bytes(data))
-                size += nb
-                if size >= chunk_bytes:
-                    yield b"".join(pending)
-                    pending, size = [], 0
-            elif nb == 0:
+            size, state = _take(pg, pending, size, chunk_bytes)
+            if state == "full":
+                yield b"".join(pending)
+                pending, size = [], 0
+            elif state == "wait":
                 select.select([pg.socket], [], [])
                 pg.consume_input()
             else:
@@ -152,30 +149,19 @@ def pump(sp: pq.abc.PGconn, tp: pq.abc.PGconn, out_sql: bytes, in_sql: bytes, fl
     try:
         buf: list[bytes] = []
         size = 0
-        done = pending = False
+        pending = False
         sfd, tfd = sp.socket, tp.socket
         while True:
-            nb = 0
-            while True:
-                nb, data = sp.get_copy_data(1)
-                if nb > 0:
-                    buf.append(bytes(data))
-                    size += nb
-                    if size >= flush_bytes:
-                        break
-                elif nb == 0:
-                    break
-                else:
-                    done = True
-                    break
-            if buf and (size >= flush_bytes or done):
+            size, state = _take(sp, buf, size, flush_bytes)
+            done = state == "done"
+            if buf and (state == "full" or done):
                 if tp.put_copy_data(b"".join(buf)) != 1:
                     raise psycopg.OperationalError(tp.get_error_message())
                 buf, size = [], 0
                 pending = tp.flush() == 1
             if done and not buf:
                 break
-            rl = [sfd] if nb == 0 and not done else []
+            rl = [sfd] if state == "wait" else []
             wl = [tfd] if pending else []
             if rl or wl:
                 readable, writable, _ = select.select(rl, wl, [])
@@ -193,6 +179,25 @@ def pump(sp: pq.abc.PGconn, tp: pq.abc.PGconn, out_sql: bytes, in_sql: bytes, fl
         sp.nonblocking = 0
         tp.nonblocking = 0
     return _drain(tp)
+
+
+def _take(pg: pq.abc.PGconn, buf: list[bytes], size: int, limit: int) -> tuple[int, str]:
+    """Move the COPY rows libpq already holds into `buf`, up to `limit` bytes.
+
+    Returns the new size and 'full' (limit reached), 'wait' (nothing more
+    arrived yet) or 'done' (the COPY ended).
+    """
+    while True:
+        nb, data = pg.get_copy_data(1)
+        if nb > 0:
+            buf.append(bytes(data))
+            size += nb
+            if size >= limit:
+                return size, "full"
+        elif nb == 0:
+            return size, "wait"
+        else:
+            return size, "done"
 
 
 def _expect(conn: pq.abc.PGconn, status: pq.ExecStatus) -> None:
