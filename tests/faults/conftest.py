@@ -90,12 +90,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
         RESULTS.cases[item.nodeid] = status
 
 
+def _whole_suite(session: pytest.Session) -> bool:
+    """Only a run of every fault case rewrites the committed REPORT.md (a single case would not)."""
+    opt = session.config.option
+    if getattr(opt, "keyword", "") or getattr(opt, "markexpr", "") or getattr(opt, "lf", False):
+        return False
+    return not any("::" in str(a) for a in session.config.args)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not RESULTS.cases:
         return
     RESULTS.wall_s = time.monotonic() - _T0
     RESULTS.save(RESULTS_JSON)
-    write_report(RESULTS)
+    if _whole_suite(session):
+        write_report(RESULTS)
     harness.cleanup_session_dir()
 
 

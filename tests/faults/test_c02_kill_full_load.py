@@ -8,7 +8,6 @@ redo the load cleanly in a new snapshot, and leave exactly one slot.
 
 from __future__ import annotations
 
-import random
 import time
 
 import pytest
@@ -30,10 +29,12 @@ CASES = [
 
 
 def _copy_running(env) -> bool:
+    """The load's COPY into the big filtered table runs on the target (not a CDC staging COPY)."""
     rows = q(
         env.tgt,
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-        " AND state = 'active' AND query ILIKE 'COPY%%'",
+        " AND state = 'active' AND query ILIKE 'COPY%%fa%%FROM STDIN%%'"
+        " AND query NOT ILIKE '%%stag%%'",
     )
     return bool(rows[0][0])
 
@@ -43,15 +44,17 @@ def test_c02_kill_during_full_load(pair, point, mode):
     with fault_env(pair, f"fl{mode}") as env:
         wl = Workload(env.src, TABLES, seed=len(point))
         wl.create_tables()
-        wl.bulk_seed(TABLES[0], 60_000 if point == "sigkill" else 3000)
+        # sigkill: big enough that the load's COPY runs for a good fraction of a second
+        wl.bulk_seed(TABLES[0], 250_000 if point == "sigkill" else 3000)
         wl.bulk_seed(TABLES[1], 2000)
         wl.seed(200)
         env.settings(tables=[t.key for t in TABLES], mode=mode, filters=[TABLES[0].filter_doc()])
         wl.start(rate=30)
         if point == "sigkill":
             r = env.start_runner("reload")
-            wait_until(lambda: _copy_running(env) or not r.alive(), 60, "the full load's COPY")
-            time.sleep(random.Random(1).uniform(0.0, 0.3))
+            wait_until(
+                lambda: _copy_running(env) or not r.alive(), 60, "the full load's COPY", 0.01
+            )
             assert r.alive(), r.log()
             r.kill9("kill -9 runner during full load")
         else:
