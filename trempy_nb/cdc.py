@@ -48,6 +48,7 @@ from trempy_nb.errors import (
     SchemaChanged,
     SlotLost,
     TerminalError,
+    TransientError,
     TrempyError,
     ValidationFailed,
     is_transient,
@@ -275,7 +276,8 @@ class CdcSession:
 
     def _new_reader(self) -> ChangeReader:
         return _RecordingReader(self.source, self.slot, self.publication, max_changes=self._batch_size(),
-                                application_name=f"trempy_nb:{self.task.name}:capture", record=self._record_slot)
+                                application_name=f"trempy_nb:{self.task.name}:capture", record=self._record_slot,
+                                stream=True)
 
     def _record_slot(self, lsn: int) -> None:
         with connect(self.target, autocommit=True) as tgt:
@@ -309,7 +311,7 @@ class CdcSession:
             emit_heartbeat(src)
 
     def _apply(self, batch: ch.ChangeBatch, ahead: _ReadAhead, tgt: psycopg.Connection) -> int:
-        result = self._write(batch, None, tgt, self.task.name, before_lock=ahead.wait_advanced)
+        result = self._write(batch, None, tgt, self.task.name)
         crash_point("after_commit_before_advance")
         ahead.confirm(batch.end_lsn)  # the reader thread advances the slot before its next peek
         self._record(result, batch)
@@ -326,7 +328,7 @@ class CdcSession:
         return result
 
     def _write(self, batch: ch.ChangeBatch, reader: ChangeReader | None, tgt: psycopg.Connection,
-               checkpoint_task: str, on_table: Any = None, before_lock: Any = None) -> Any:
+               checkpoint_task: str, on_table: Any = None) -> Any:
         items: list[TableApply] = []
         keys: list[tuple[str, str]] = []
         counts: dict[tuple[str, str], int] = {}
@@ -358,8 +360,7 @@ class CdcSession:
             self.store.record_error(self.task.name, self.run_id, spec.schema, spec.table, op, error, payload)
 
         return apply_batch(tgt, checkpoint_task, _Announced(items, keys, on_table) if on_table else items,
-                           batch.end_lsn, error_handling=self.settings.error_handling, on_row_error=on_row_error,
-                           before_lock=before_lock)
+                           batch.end_lsn, error_handling=self.settings.error_handling, on_row_error=on_row_error)
 
     def _record(self, result: Any, batch: ch.ChangeBatch) -> None:
         c = self.counters
@@ -457,8 +458,10 @@ class _ReadAhead:
 
     It owns the ChangeReader and its source connection: it advances the slot over
     the end LSNs the applying thread committed (`confirm`, in order) before each
-    peek, reads the next batch while the current one is applied, and hands it
-    over a bounded queue (one batch ahead). Idle, it heartbeats; caught up, it
+    peek (not after each batch: an advance, like a peek, decodes the WAL again
+    from the slot's restart_lsn, so both are paid once per peek window), reads
+    the next batch while the current one is applied, and hands it over a
+    bounded queue (one batch ahead). Idle, it heartbeats; caught up, it
     hands over `_CAUGHT_UP`. Its error is handed over like an item, so `get`
     raises it in the applying thread (never swallowed). `close` stops and joins
     it, then makes the last advances from the calling thread.
@@ -515,16 +518,6 @@ class _ReadAhead:
                 self.reader.close()
 
     # reader thread --------------------------------------------------------------------
-    def wait_advanced(self) -> None:
-        """Before the next batch takes the checkpoint lock: the slot has been advanced over every
-        batch committed so far, so the target is never more than one batch ahead of the slot (as
-        when reading and applying ran one after the other: a crash replays at most one batch).
-        Not later: recording the advance on the target needs the checkpoint row that lock holds.
-        The advance overlaps the batch's pipeline step."""
-        self._wake.set()
-        while self.committed and self._thread.is_alive():
-            time.sleep(0.001)
-
     def _drain(self) -> None:
         if not self.committed:
             return
@@ -535,7 +528,7 @@ class _ReadAhead:
             self.committed.popleft()
 
     def _put(self, item: Any, drain: bool = True) -> bool:
-        """Hand `item` over once there is room; meanwhile advance the slot as batches commit."""
+        """Hand `item` over once there is room; meanwhile (`drain`) advance the slot as batches commit."""
         while not self._halt.is_set():
             if drain:
                 self._drain()
@@ -544,7 +537,8 @@ class _ReadAhead:
                 return True
             except queue.Full:
                 pass
-            self._wake.wait(0.02)
+            if not self.reader.prefetch(0.02):  # stream mode: the next batch fills meanwhile
+                self._wake.wait(0.02)
             self._wake.clear()
         return False
 
@@ -553,12 +547,13 @@ class _ReadAhead:
         last_beat = time.monotonic()
         try:
             while not self._halt.is_set():
-                self._drain()
+                if not self.reader.has_buffered(s.catch_up_target):
+                    self._drain()  # the next read peeks: advance first, so it re-reads less
                 if s.stop_event.is_set() and s.catch_up_target is None:
                     return
                 batch = self.reader.read_batch(upto_lsn=s.catch_up_target)
                 if batch is not None:
-                    self._put(batch)
+                    self._put(batch, drain=not self.reader.has_buffered(s.catch_up_target))
                     continue
                 if s.catch_up_target is not None and s._flushed_past(s.catch_up_target):
                     self._put(_CAUGHT_UP)
@@ -620,6 +615,13 @@ def frame_of_pending(task: Any, limit: int = 50) -> pl.DataFrame:
     reader = ChangeReader(task.source_uri, slot_name(task.name), publication_name(task.name), max_changes=limit)
     try:
         batch = reader.peek_changes(limit)
+    except TransientError as exc:
+        if "busy" not in str(exc):
+            raise
+        raise TrempyError(
+            f"task {task.name} is running: its runner streams from the slot, so pending changes"
+            " are being applied (see the runner's stats); preview_changes looks at a stopped task"
+        ) from None
     finally:
         reader.close()
     frames = []

@@ -280,7 +280,7 @@ def test_every_op_and_confirm(src: psycopg.Connection, capture: Setup, task: str
     assert f["name"].to_list() == ["Ann", "Bö 🐘", "Ann", None]
     assert f["salary"].to_list() == ["5000.50", None, "6000.00", None]
     assert f["born"].to_list() == ["1980-02-03", None, "1980-02-03", None]
-    assert f[SEQ].to_list() == [0, 1, 2, 3]
+    assert f[SEQ].to_list() == sorted(f[SEQ].to_list()) and f[SEQ].n_unique() == 4  # commit order
     lsns = f[LSN].to_list()
     assert lsns[0] == lsns[1] < lsns[2] < lsns[3] == batch.end_lsn and batch.first_lsn == lsns[0]
     assert f[UNCHANGED].null_count() == 4
@@ -370,10 +370,11 @@ def test_truncate(src: psycopg.Connection, capture: Setup) -> None:
     (batch,) = read_all(reader)
     ta = next(t for t in batch.tables if t.table == "a")
     tb = next(t for t in batch.tables if t.table == "b")
-    assert ta.frame["id"].to_list() == ["1", "2"] and ta.frame[SEQ].to_list() == [0, 3]
+    assert ta.frame["id"].to_list() == ["1", "2"]
+    before, after = ta.frame[SEQ].to_list()
     lsn = ta.frame[LSN][0]
-    assert len(ta.truncated_at) == 1 and ta.truncated_at[0][0] == 1 and ta.truncated_at[0][1] > lsn
-    assert tb.truncated_at == [(2, ta.truncated_at[0][1], ta.truncated_at[0][2])]  # (seq, lsn, commit time)
+    assert len(ta.truncated_at) == 1 and before < ta.truncated_at[0][0] < after and ta.truncated_at[0][1] > lsn
+    assert tb.truncated_at == ta.truncated_at  # one TRUNCATE of both: (seq, lsn, commit time)
     assert tb.frame.height == 0 and tb.frame.columns[0] == "id"
     assert batch.n_changes == 4
 

@@ -19,6 +19,13 @@ of the first and last transaction in the batch. The bound (`max_changes`) is
 soft, like PostgreSQL's own `upto_nchanges`: a transaction is never split, so
 one 20k-row transaction is one 20k-row batch.
 
+Peeks are few and large: each one decodes the slot's WAL again from its
+`restart_lsn` (often far behind), so its fixed cost is paid per peek, not per
+change. One peek fetches a *window* of about `window_changes` rows, which is
+framed into batches of `max_changes` without asking the server again; the
+next peek comes when the window is used up. Framing is vectorised
+(`capture.tuples`): values are sliced out of the peek buffer as string views.
+
 For the writer: an update that changes the key arrives as 'D' (old key) then
 'I' (new row) with consecutive `_trempy_seq`. Under REPLICA IDENTITY DEFAULT an
 unchanged TOASTed column of such an 'I' is null and listed in
@@ -30,37 +37,46 @@ DEFAULT/INDEX tables ever carry `_trempy_unchanged`.
 from __future__ import annotations
 
 import gc
+import struct
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from itertools import chain, repeat
 from typing import Any
 
+import numpy as np
 import polars as pl
 import psycopg
 
+from trempy_nb.capture import tuples as tp
 from trempy_nb.capture.pgoutput import (
-    UNCHANGED_TOAST,
     Begin,
     Commit,
-    Delete,
-    Insert,
+    DecodeError,
     LogicalMessage,
     Relation,
     Truncate,
-    Update,
-    decode_many,
 )
 from trempy_nb.capture.slot import advance_slot, slot_status
+from trempy_nb.capture.stream import FEEDBACK_EVERY_S, WalStream
 from trempy_nb.catalog import describe_table
-from trempy_nb.changes import LSN, OP, SEQ, TS, UNCHANGED, ChangeBatch, TableChanges
+from trempy_nb.changes import LSN, META_SCHEMA, OP, SEQ, TS, UNCHANGED, ChangeBatch, TableChanges
 from trempy_nb.errors import SlotLost, TerminalError, TransientError, TrempyError
 
 __all__ = ["ChangeReader"]
 
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+_Q = struct.Struct("!Q")
+#: Stream mode: how long a read waits for a first message when nothing is pending
+STREAM_WAIT_S = 0.05
+#: Stream mode: a transaction whose commit has not come after this long is a broken stream
+STREAM_STALL_S = 300.0
+
+#: Aim for peek windows of about this many bytes (wide rows get fewer rows per window)
+WINDOW_BYTES = 64 << 20
 
 _PEEK_SQL = (
     "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, %s,"
@@ -101,69 +117,35 @@ class _Consumed:
     returned: bool  # handed out in a batch (needs confirm) vs a no-op (heartbeat, empty txn)
 
 
-class _Segment:
-    """Rows of one table under one shape, kept column-friendly: frames are built once, at the end.
+@dataclass
+class _Cached:
+    """The window of the last peek, served batch by batch until it is used up."""
 
-    Per row only the values and (op, seq) are appended; commit LSN/time are
-    stored once per transaction run and the rare UNCHANGED lists sparsely.
-    """
-
-    __slots__ = ("names", "rows", "meta", "runs", "run_lsn", "unchanged")
-
-    def __init__(self, names: tuple[str, ...]) -> None:
-        self.names = names
-        self.rows: list[tuple[Any, ...]] = []
-        self.meta: list[tuple[str, int]] = []  # (op, seq)
-        self.runs: list[tuple[int, int, int]] = []  # (first row, commit lsn, commit time us)
-        self.run_lsn = -1
-        self.unchanged: dict[int, list[str]] = {}
-
-    def put(self, row: tuple[Any, ...], op: str, seq: int, lsn: int, ts: int) -> None:
-        if self.run_lsn != lsn:
-            self.runs.append((len(self.rows), lsn, ts))
-            self.run_lsn = lsn
-        self.rows.append(row)
-        self.meta.append((op, seq))
-
-    def frame(self) -> pl.DataFrame:
-        n = len(self.rows)
-        cols = list(zip(*self.rows, strict=True)) if n else [()] * len(self.names)
-        ops, seqs = zip(*self.meta, strict=True) if n else ((), ())
-        bounds = [r[0] for r in self.runs] + [n]
-        counts = [bounds[k + 1] - bounds[k] for k in range(len(self.runs))]
-        lsns = list(
-            chain.from_iterable(repeat(r[1], c) for r, c in zip(self.runs, counts, strict=True))
-        )
-        stamps = list(
-            chain.from_iterable(repeat(r[2], c) for r, c in zip(self.runs, counts, strict=True))
-        )
-        unchanged: list[list[str] | None] = [None] * n
-        for k, v in self.unchanged.items():
-            unchanged[k] = v
-        data = [pl.Series(name, cols[i], dtype=pl.String) for i, name in enumerate(self.names)]
-        data += [
-            pl.Series(OP, ops, dtype=pl.String),
-            pl.Series(LSN, lsns, dtype=pl.Int64),
-            pl.Series(TS, stamps, dtype=pl.Int64).cast(pl.Datetime("us", "UTC")),
-            pl.Series(SEQ, seqs, dtype=pl.Int64),
-            pl.Series(UNCHANGED, unchanged, dtype=pl.List(pl.String)),
-        ]
-        return pl.DataFrame(data)
+    upto: int | None
+    win: tp.Window
+    nchanges: int  # upto_nchanges the peek asked for
+    resume: tuple[int, dict[int, Relation]] | None = None  # (structure index, relations there)
+    exhausted: bool = False
 
 
-class _Table:
-    __slots__ = ("schema", "name", "segments", "truncated_at")
+@dataclass
+class _Txn:
+    begin: int  # message index of its Begin
+    lsn: int
+    ts_us: int
+    ts: datetime
 
-    def __init__(self, schema: str, name: str) -> None:
-        self.schema = schema
-        self.name = name
-        self.segments: list[_Segment] = []
-        self.truncated_at: list[tuple[int, int, datetime]] = []  # (seq, commit lsn, commit time)
 
-    def changes(self) -> TableChanges:
-        frames = [s.frame() for s in self.segments]
-        frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal")
-        return TableChanges(self.schema, self.name, frame, list(self.truncated_at))
+@dataclass
+class _Scan:
+    """What the structural pass selected for a batch (message indices are window positions)."""
+
+    txns: list[_Txn] = field(default_factory=list)
+    lo: int = 0  # first message of the batch
+    hi: int = 0  # its last Commit
+    start_rels: dict[int, Relation] = field(default_factory=dict)
+    rel_events: dict[int, list[tuple[int, Relation]]] = field(default_factory=dict)
+    truncates: list[tuple[int, tuple[int, ...], _Txn]] = field(default_factory=list)
 
 
 @dataclass
@@ -174,6 +156,8 @@ class _Collected:
     rows_seen: int
     hit_limit: bool
     progressed: bool
+    reached_end: bool = True  # every complete unit of the window was taken or passed over
+    resume: tuple[int, dict[int, Relation]] | None = None
 
 
 class ChangeReader:
@@ -195,9 +179,23 @@ class ChangeReader:
         *,
         start_after_lsn: int | None = None,
         application_name: str | None = None,
+        window_changes: int | None = None,
+        stream: bool = False,
     ) -> None:
         if max_changes < 1:
             raise ValueError("max_changes must be >= 1")
+        #: peek rows fetched at once (bounded: a backlog is never decoded whole before a batch)
+        self.window_changes = max(window_changes or 5 * max_changes, max_changes)
+        self._win: _Cached | None = None
+        self._avg_row_bytes = 0.0  # of the last peek: sizes the next window
+        # stream mode: a walsender session instead of peeks (see capture/stream.py)
+        self.stream = stream
+        self._wal: WalStream | None = None
+        self._pending: list[bytes] = []  # received messages not yet handed to a window
+        self._units: list[tuple[int, int]] = []  # (end in _pending, lsn) of its complete units
+        self._in_txn = False
+        self._txn_lsn = 0
+        self._txn_since = 0.0
         self.uri = uri
         self.slot = slot
         self.publication = publication
@@ -225,6 +223,7 @@ class ChangeReader:
         return self._conn
 
     def close(self) -> None:
+        self._drop_stream()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -251,12 +250,17 @@ class ChangeReader:
 
     def read_batch(self, upto_lsn: int | None = None) -> ChangeBatch | None:
         """The next whole transactions not yet returned, or None if there are none."""
-        limit = self.max_changes
+        limit = self.window_changes
+        if self._avg_row_bytes:
+            limit = max(self.max_changes, min(limit, int(WINDOW_BYTES / self._avg_row_bytes)))
         while True:
             got = self._collect(upto_lsn, limit, self.max_changes)
             if got.progressed or not got.hit_limit:
                 break
             limit *= 2  # all rows were already-seen ones: look further
+        if self._win is not None:
+            self._win.resume = got.resume
+            self._win.exhausted = got.reached_end
         self._consumed.extend(got.consumed)
         if got.consumed:
             last = got.consumed[-1]
@@ -269,7 +273,12 @@ class ChangeReader:
 
     def peek_changes(self, limit: int = 100) -> ChangeBatch | None:
         """Up to about `limit` pending changes for a preview; changes no reader state."""
-        return self._collect(None, limit, limit).batch
+        return self._collect(None, limit, limit, cache=False).batch
+
+    def has_buffered(self, upto_lsn: int | None = None) -> bool:
+        """Whether the next `read_batch(upto_lsn)` is served from the last peek (no server call)."""
+        c = self._win
+        return c is not None and c.upto == upto_lsn and not c.exhausted
 
     def confirm(self, lsn: int) -> None:
         """The batch whose last commit LSN is `lsn` is durable on the target: advance the slot."""
@@ -284,6 +293,27 @@ class ChangeReader:
             target = self._consumed.popleft().advance_to
         self._through = max(self._through, target)
         self._advance(target)
+
+    def prefetch(self, timeout: float) -> bool:
+        """Stream mode, while the consumer is busy: receive what arrives within `timeout`
+        (up to a window's worth), so the next batch is one big batch, not many small ones.
+        Also keeps the walsender from timing out. False if nothing was received."""
+        if self._wal is None:
+            return False
+        got = False
+        try:
+            deadline = time.monotonic() + timeout
+            while len(self._pending) < self.window_changes:
+                msg = self._wal.read(max(0.0, deadline - time.monotonic()))
+                if msg is None:
+                    break
+                self._receive(msg)
+                got = True
+            if time.monotonic() - self._wal.last_status > FEEDBACK_EVERY_S:
+                self._wal.status()
+        except psycopg.Error:
+            self._drop_stream()  # the next read reconnects (or reports why it cannot)
+        return got
 
     @property
     def pending_confirm(self) -> int:
@@ -301,9 +331,94 @@ class ChangeReader:
 
     def _advance(self, lsn: int) -> None:
         try:
-            advance_slot(self.conn, self.slot, lsn)
+            if self.stream:
+                self._wal_stream().status(lsn)  # a status update: no decoding on the server
+            else:
+                advance_slot(self.conn, self.slot, lsn)
         except psycopg.Error as exc:
+            if self.stream:
+                self._drop_stream()
             raise self._translate(exc) from None
+
+    # -- stream mode ---------------------------------------------------------------------------
+
+    def _wal_stream(self) -> WalStream:
+        if self._wal is None:
+            if not self._checked:
+                self._check_slot()
+            self._wal = WalStream(
+                self.uri, self.slot, self.publication, application_name=self.application_name
+            )
+        return self._wal
+
+    def _drop_stream(self) -> None:
+        """Close the stream; what it delivered but no window took is simply received again."""
+        wal, self._wal = self._wal, None
+        self._pending, self._units, self._in_txn = [], [], False
+        if wal is not None:
+            wal.close()
+
+    def _receive(self, msg: bytes) -> None:
+        """Append a streamed message; note where whole units (transactions, messages) end."""
+        self._pending.append(msg)
+        tag = msg[0]
+        if tag == 66:  # 'B'
+            self._in_txn = True
+            self._txn_lsn = _Q.unpack_from(msg, 1)[0]
+            self._txn_since = time.monotonic()
+        elif tag == 67:  # 'C'
+            self._in_txn = False
+            self._units.append((len(self._pending), _Q.unpack_from(msg, 2)[0]))
+        elif tag == 77 and not self._in_txn and not msg[1] & 1:  # non-transactional 'M'
+            self._units.append((len(self._pending), _Q.unpack_from(msg, 2)[0]))
+
+    def _stream_rows(self, upto_lsn: int | None, nchanges: int) -> list[bytes]:
+        """Whole units from the stream: at least `nchanges` rows if they come without waiting,
+        only units before `upto_lsn`; what is left stays for the next call."""
+        try:
+            wal = self._wal_stream()
+            ok_end, blocked, seen, pinged = 0, False, 0, 0.0
+            while True:
+                for end, lsn in self._units[seen:]:
+                    if upto_lsn is not None and lsn >= upto_lsn:
+                        blocked = True
+                        break
+                    ok_end = end
+                seen = len(self._units)
+                if blocked or (ok_end and ok_end >= nchanges):
+                    break
+                if self._units:
+                    timeout = 0.0  # something whole is here: take what comes without waiting
+                elif self._in_txn:
+                    timeout = 1.0  # a transaction is arriving: wait for its commit
+                else:
+                    timeout = STREAM_WAIT_S
+                msg = wal.read(timeout)
+                if msg is not None:
+                    self._receive(msg)
+                    continue
+                if self._in_txn and not self._units:
+                    if time.monotonic() - self._txn_since > STREAM_STALL_S:
+                        raise TransientError("the replication stream stalled inside a transaction")
+                    continue
+                if upto_lsn is not None and not self._units and wal.server_end < upto_lsn:
+                    # quiet is not "caught up": the walsender may still be decoding towards
+                    # upto_lsn. Ask where it is; its answer comes after all it sent before.
+                    if time.monotonic() - pinged > 1.0:
+                        wal.status(reply=True)
+                        pinged = time.monotonic()
+                    continue
+                break
+        except psycopg.Error as exc:
+            self._drop_stream()
+            err = self._translate(exc)
+            if isinstance(err, TrempyError):
+                raise err from None
+            raise
+        rows = self._pending[:ok_end]
+        del self._pending[:ok_end]
+        self._units = [(end - ok_end, lsn) for end, lsn in self._units if end > ok_end]
+        return rows
 
     def _translate(self, exc: psycopg.Error) -> Exception:
         """Turn a failed slot call into SlotLost when the slot is gone or invalidated."""
@@ -357,235 +472,386 @@ class ChangeReader:
         self._keys[rel.oid] = (sig, idx)
         return idx
 
-    def _collect(self, upto_lsn: int | None, window: int, budget: int) -> _Collected:
-        """Peek and frame; pure with respect to reader state except caches."""
-        skip_rows = sum(c.rows for c in self._consumed)
-        nchanges = skip_rows + window
-        datas = self._peek(upto_lsn, nchanges)
+    def _collect(
+        self, upto_lsn: int | None, window: int, budget: int, *, cache: bool = True
+    ) -> _Collected:
+        """Frame the next batch from the cached window, or from a new peek when it is used up."""
+        c = self._win
         with _gc_paused():
-            return self._frame(datas, nchanges, budget)
+            if cache and c is not None and c.upto == upto_lsn and not c.exhausted:
+                got = self._frame(c.win, c.nchanges, budget, c.resume)
+                if got.progressed:
+                    return got
+            if self.stream and cache:
+                nchanges = window  # a stream never sends a unit twice
+                win = tp.Window(self._stream_rows(upto_lsn, nchanges))
+            else:
+                nchanges = sum(x.rows for x in self._consumed) + window
+                win = tp.Window(self._peek(upto_lsn, nchanges))
+            if cache:
+                self._win = _Cached(upto_lsn, win, nchanges)
+                if len(win):
+                    self._avg_row_bytes = win.nbytes / len(win)
+            return self._frame(win, nchanges, budget, None)
 
-    def _frame(self, datas: list[bytes], nchanges: int, budget: int) -> _Collected:
-        """Decode peeked rows and frame the transactions not yet returned."""
+    def _frame(
+        self,
+        win: tp.Window,
+        nchanges: int,
+        budget: int,
+        resume: tuple[int, dict[int, Relation]] | None,
+    ) -> _Collected:
+        """Pick the next transactions not yet returned (structural pass), then frame their rows."""
         through = self._through
-        # rows of transactions already returned (committed before `through`) are not decoded
-        msgs = decode_many(datas, skip_before=through)
-
-        rels: dict[int, Relation] = {}
-        for rel in self.relations.values():
-            rels.setdefault(rel.oid, rel)
-        # oid -> (namespace, name, shape) of the rows in this batch
-        batch_shapes: dict[int, tuple[Any, ...]] = {}
-        tables: dict[tuple[str, str], _Table] = {}
-        seg_of: dict[int, _Segment] = {}
-        batch_relations: dict[tuple[str, str], Relation] = {}
+        if resume is not None:
+            start, rels0 = resume
+            rels = dict(rels0)
+        else:
+            start = 0
+            rels = {}
+            for rel in self.relations.values():
+                rels.setdefault(rel.oid, rel)
+        struct = win.structure
+        n_struct = len(struct)
+        scan = _Scan()
         consumed: list[_Consumed] = []
-        seq = 0
-        n_txn = 0
-        first_lsn = end_lsn = 0
-        source_bytes = 0
-        new_changes = 0
+        new_changes = source_bytes = 0
         progressed = False
-
-        i = 0
-        n = len(msgs)
-        while i < n:
-            m = msgs[i]
-            if type(m) is LogicalMessage and not m.transactional:
-                if m.lsn > through:
-                    consumed.append(_Consumed(m.lsn, m.lsn, 1, False))
-                    through = m.lsn
+        reached_end = True
+        offs = win.offs
+        k = start
+        while k < n_struct:
+            idx, m = struct[k]
+            tm = type(m)
+            if tm is LogicalMessage and not m.transactional:  # type: ignore[union-attr]
+                if m.lsn > through:  # type: ignore[union-attr]
+                    consumed.append(_Consumed(m.lsn, m.lsn, 1, False))  # type: ignore[union-attr]
+                    through = m.lsn  # type: ignore[union-attr]
                     progressed = True
-                i += 1
+                k += 1
                 continue
-            if type(m) is Relation:  # outside a transaction (not sent by pgoutput, but harmless)
-                rels[m.oid] = m
-                i += 1
+            if tm is Relation:  # outside a transaction (not sent by pgoutput, but harmless)
+                rels[m.oid] = m  # type: ignore[union-attr]
+                k += 1
                 continue
-            if type(m) is not Begin:
-                i += 1
+            if tm is not Begin:
+                k += 1
                 continue
-            # find the transaction's commit
-            j = i + 1
-            while j < n and type(msgs[j]) is not Commit:
-                j += 1
-            if j >= n:
+            t = k + 1
+            while t < n_struct and type(struct[t][1]) is not Commit:
+                t += 1
+            if t >= n_struct:
                 break  # incomplete transaction at the end of the peek (should not happen)
-            commit = msgs[j]
-            assert isinstance(commit, Commit)
-            if m.final_lsn != commit.commit_lsn:  # decode_many(skip_before=) relies on it
+            cidx, commit = struct[t]
+            assert isinstance(commit, Commit) and isinstance(m, Begin)
+            if m.final_lsn != commit.commit_lsn:
                 raise TerminalError(
                     f"pgoutput Begin/Commit LSNs differ ({m.final_lsn} vs {commit.commit_lsn})"
                 )
-            body = msgs[i + 1 : j]
-            nrows = j - i + 1
+            body = struct[k + 1 : t]
+            nrows = cidx - idx + 1
             if commit.commit_lsn < through:  # already returned or skipped
-                for b in body:
+                for _, b in body:
                     if type(b) is Relation:
                         rels[b.oid] = b
-                i = j + 1
+                k = t + 1
                 continue
-            has_changes = False
-            conflict = False
-            for b in body:
-                tb = type(b)
-                if tb is Relation:
-                    sig = (b.namespace, b.name, b.shape)
-                    prev = batch_shapes.get(b.oid)
-                    if prev is not None and prev != sig:
-                        conflict = True
-                elif tb is Insert or tb is Update or tb is Delete or tb is Truncate:
-                    has_changes = True
+            has_changes = nrows - 2 - len(body) > 0 or any(type(b) is Truncate for _, b in body)
             if not has_changes:
-                for b in body:
+                for _, b in body:
                     if type(b) is Relation:
                         rels[b.oid] = b
                 consumed.append(_Consumed(commit.commit_lsn, commit.end_lsn, nrows, False))
                 through = commit.end_lsn
                 progressed = True
-                i = j + 1
+                k = t + 1
                 continue
-            if conflict and n_txn > 0:
-                break  # one shape per table per batch: the new shape starts the next batch
-            if n_txn > 0 and new_changes >= budget:
+            if scan.txns and (
+                new_changes >= budget or self._shape_conflict(win, scan, rels, body, idx)
+            ):
+                reached_end = False  # one shape per table per batch; or the budget is spent
                 break
-            # -- apply the transaction --
-            lsn = commit.commit_lsn
-            ts = _epoch_us(commit.commit_ts)
-            for b in body:
-                tb = type(b)
-                if tb is Insert:
-                    seg = seg_of.get(b.oid)
-                    if seg is None:
-                        seg = self._segment(
-                            b.oid, rels, tables, seg_of, batch_shapes, batch_relations
-                        )
-                    if seg.run_lsn != lsn:
-                        seg.runs.append((len(seg.rows), lsn, ts))
-                        seg.run_lsn = lsn
-                    seg.rows.append(b.new)
-                    seg.meta.append(("I", seq))
-                    seq += 1
-                elif tb is Update:
-                    seg = seg_of.get(b.oid)
-                    if seg is None:
-                        seg = self._segment(
-                            b.oid, rels, tables, seg_of, batch_shapes, batch_relations
-                        )
-                    seq = self._update(b, rels[b.oid], seg, lsn, ts, seq)
-                elif tb is Delete:
-                    seg = seg_of.get(b.oid)
-                    if seg is None:
-                        seg = self._segment(
-                            b.oid, rels, tables, seg_of, batch_shapes, batch_relations
-                        )
-                    row = b.old
-                    if UNCHANGED_TOAST in row:  # defensive: an old row is sent detoasted
-                        row = tuple(None if v is UNCHANGED_TOAST else v for v in row)
-                    seg.put(row, "D", seq, lsn, ts)
-                    seq += 1
-                elif tb is Relation:
+            if not scan.txns:
+                scan.lo = idx
+                scan.start_rels = dict(rels)
+            txn = _Txn(idx, commit.commit_lsn, _epoch_us(commit.commit_ts), commit.commit_ts)
+            for bidx, b in body:
+                if type(b) is Relation:
                     rels[b.oid] = b
-                    if b.oid in seg_of:
-                        sig = (b.namespace, b.name, b.shape)
-                        if batch_shapes.get(b.oid) != sig:
-                            # new shape inside this transaction: a fresh segment for what follows
-                            del seg_of[b.oid]
-                elif tb is Truncate:
-                    for oid in b.oids:
-                        if oid not in seg_of:
-                            self._segment(oid, rels, tables, seg_of, batch_shapes, batch_relations)
-                        rel = rels[oid]
-                        tables[(rel.namespace, rel.name)].truncated_at.append(
-                            (seq, lsn, commit.commit_ts)
-                        )
-                        seq += 1
+                    scan.rel_events.setdefault(b.oid, []).append((bidx, b))
+                elif type(b) is Truncate:
+                    scan.truncates.append((bidx, b.oids, txn))
+            scan.txns.append(txn)
+            scan.hi = cidx
             new_changes += nrows
-            source_bytes += sum(len(datas[k]) for k in range(i, j + 1))
-            if n_txn == 0:
-                first_lsn = lsn
-            end_lsn = lsn
-            n_txn += 1
-            consumed.append(_Consumed(lsn, commit.end_lsn, nrows, True))
+            source_bytes += int(offs[cidx + 1] - offs[idx])
+            consumed.append(_Consumed(commit.commit_lsn, commit.end_lsn, nrows, True))
             through = commit.end_lsn
             progressed = True
-            i = j + 1
+            k = t + 1
 
         batch = None
-        if n_txn:
+        relations: dict[tuple[str, str], Relation] = {}
+        if scan.txns:
             batch = ChangeBatch(
-                first_lsn=first_lsn,
-                end_lsn=end_lsn,
-                tables=[t.changes() for t in tables.values()],
-                n_transactions=n_txn,
+                first_lsn=scan.txns[0].lsn,
+                end_lsn=scan.txns[-1].lsn,
+                tables=self._tables(win, scan, relations),
+                n_transactions=len(scan.txns),
                 source_bytes=source_bytes,
             )
         return _Collected(
             batch=batch,
             consumed=consumed,
-            relations=batch_relations,
-            rows_seen=len(datas),
-            hit_limit=len(datas) >= nchanges,
+            relations=relations,
+            rows_seen=len(win),
+            hit_limit=len(win) >= nchanges,
             progressed=progressed,
+            reached_end=reached_end,
+            resume=(k, rels),
         )
 
-    def _segment(
-        self,
-        oid: int,
-        rels: dict[int, Relation],
-        tables: dict[tuple[str, str], _Table],
-        seg_of: dict[int, _Segment],
-        batch_shapes: dict[int, tuple[Any, ...]],
-        batch_relations: dict[tuple[str, str], Relation],
-    ) -> _Segment:
-        rel = rels.get(oid)
-        if rel is None:
-            raise TerminalError(
-                f"change for relation oid {oid} arrived before its Relation message"
-            )
-        key = (rel.namespace, rel.name)
-        table = tables.get(key)
-        if table is None:
-            table = tables[key] = _Table(rel.namespace, rel.name)
-        seg = _Segment(rel.column_names)
-        table.segments.append(seg)
-        seg_of[oid] = seg
-        batch_shapes[oid] = (rel.namespace, rel.name, rel.shape)
-        batch_relations[key] = rel
-        return seg
+    @staticmethod
+    def _shape_at(scan: _Scan, oid: int, pos: int) -> Relation | None:
+        """The relation in effect for `oid` at message `pos` of the batch."""
+        rel = scan.start_rels.get(oid)
+        for idx, r in scan.rel_events.get(oid, []):
+            if idx < pos:
+                rel = r
+        return rel
 
-    def _update(self, u: Update, rel: Relation, seg: _Segment, lsn: int, ts: int, seq: int) -> int:
-        """Append an update; a changed key becomes a delete of the old key then an insert."""
-        new = u.new
-        old = u.old
-        unchanged: list[str] | None = None
-        if UNCHANGED_TOAST in new:
-            vals = list(new)
-            for k, v in enumerate(vals):
-                if v is UNCHANGED_TOAST:
-                    if u.old_kind == "O" and old is not None and old[k] is not UNCHANGED_TOAST:
-                        vals[k] = old[k]  # REPLICA IDENTITY FULL sends the whole old row
-                    else:
-                        vals[k] = None
-                        if unchanged is None:
-                            unchanged = []
-                        unchanged.append(rel.columns[k].name)
-            new = tuple(vals)
-        key_changed = False
-        if old is not None:
-            idx = self._key_indexes(rel)
-            if u.old_kind == "K" and not all(rel.columns[k].is_key for k in idx):
-                key_changed = True  # identity columns changed and we cannot see the key: be safe
-            else:
-                key_changed = any(u.new[k] is not UNCHANGED_TOAST and old[k] != new[k] for k in idx)
-        if key_changed:
-            assert old is not None
-            seg.put(old, "D", seq, lsn, ts)
-            seq += 1
-            op = "I"
+    def _shape_conflict(
+        self,
+        win: tp.Window,
+        scan: _Scan,
+        rels: dict[int, Relation],
+        body: list[tuple[int, Any]],
+        begin: int,
+    ) -> bool:
+        """A Relation in this transaction gives a table of the batch a new shape."""
+        for _, b in body:
+            if type(b) is not Relation:
+                continue
+            a = int(np.searchsorted(win.row_idx, scan.lo))
+            z = int(np.searchsorted(win.row_idx, begin))
+            rows = win.row_idx[a:z][win.row_oid[a:z] == b.oid]
+            used = [int(rows[-1])] if len(rows) else []
+            used += [idx for idx, oids, _ in scan.truncates if b.oid in oids]
+            if not used:
+                continue
+            prev = self._shape_at(scan, b.oid, max(used))
+            if prev is None or (prev.namespace, prev.name, prev.shape) != (
+                b.namespace,
+                b.name,
+                b.shape,
+            ):
+                return True
+        return False
+
+    def _tables(
+        self, win: tp.Window, scan: _Scan, relations: dict[tuple[str, str], Relation]
+    ) -> list[TableChanges]:
+        """Frames per table for the selected transactions, in order of first appearance."""
+        a = int(np.searchsorted(win.row_idx, scan.lo))
+        z = int(np.searchsorted(win.row_idx, scan.hi))
+        ridx, roid = win.row_idx[a:z], win.row_oid[a:z]
+        begins = np.array([t.begin for t in scan.txns], np.int64)
+        lsns = np.array([t.lsn for t in scan.txns], np.int64)
+        stamps = np.array([t.ts_us for t in scan.txns], np.int64)
+        # (first message index, oid) of every relation with rows or truncates
+        first: dict[int, int] = {}
+        if len(ridx):
+            oids, at = np.unique(roid, return_index=True)
+            first = {int(o): int(ridx[i]) for o, i in zip(oids, at, strict=True)}
+        for idx, oids_t, _ in scan.truncates:
+            for oid in oids_t:
+                first[oid] = min(first.get(oid, idx), idx)
+        parts: dict[tuple[str, str], list[pl.DataFrame]] = {}
+        truncated: dict[tuple[str, str], list[tuple[int, int, datetime]]] = {}
+        for oid in sorted(first, key=first.__getitem__):
+            rows_o = ridx[roid == oid]
+            events = scan.rel_events.get(oid, [])
+            shapes = [scan.start_rels.get(oid)] + [r for _, r in events]
+            seg_of_row = np.searchsorted(np.array([i for i, _ in events], np.int64), rows_o)
+            for seg in range(len(shapes)):
+                rows = rows_o[seg_of_row == seg]
+                rel = shapes[seg]
+                if not len(rows):
+                    continue
+                if rel is None:
+                    raise TerminalError(
+                        f"change for relation oid {oid} arrived before its Relation message"
+                    )
+                key = (rel.namespace, rel.name)
+                parts.setdefault(key, []).append(
+                    self._segment_frame(win, rel, rows, begins, lsns, stamps)
+                )
+                relations[key] = rel
+            for idx, oids_t, txn in scan.truncates:
+                if oid not in oids_t:
+                    continue
+                rel = self._shape_at(scan, oid, idx + 1)
+                if rel is None:
+                    raise TerminalError(
+                        f"change for relation oid {oid} arrived before its Relation message"
+                    )
+                key = (rel.namespace, rel.name)
+                if key not in parts:
+                    parts[key] = [_empty_frame(rel.column_names)]
+                relations.setdefault(key, rel)
+                truncated.setdefault(key, []).append((2 * idx, txn.lsn, txn.ts))
+        out = []
+        for key, frames in parts.items():
+            frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal")
+            out.append(TableChanges(key[0], key[1], frame, truncated.get(key, [])))
+        return out
+
+    def _segment_frame(
+        self,
+        win: tp.Window,
+        rel: Relation,
+        rows: np.ndarray,
+        begins: np.ndarray,
+        lsns: np.ndarray,
+        stamps: np.ndarray,
+    ) -> pl.DataFrame:
+        """The changes of one relation shape: rows are message indices of I/U/D messages.
+
+        An update that changes the key becomes 'D' (old key) then 'I' (new row). An
+        unchanged TOASTed value is taken from the old row under REPLICA IDENTITY FULL,
+        else it is null and named in UNCHANGED. `_trempy_seq` is 2 x the message index
+        (+1 for the insert half of a key change): increasing in commit order.
+        """
+        n = len(rows)
+        ncols = len(rel.columns)
+        names = rel.column_names
+        arr = win.arr
+        mstart, mend = win.offs[rows], win.offs[rows + 1]
+        if (mend - mstart < 7).any():
+            raise DecodeError(f"truncated pgoutput change of {rel.namespace}.{rel.name}")
+        tags = win.tags[rows]
+        marker = arr[mstart + 5]
+        is_i, is_u, is_d = tags == tp.TAG_I, tags == tp.TAG_U, tags == tp.TAG_D
+        with_old = (marker == tp.M_KEY) | (marker == tp.M_OLD)
+        ok = (is_i & (marker == tp.M_NEW)) | (is_u & ((marker == tp.M_NEW) | with_old))
+        ok |= is_d & with_old
+        if not ok.all():
+            bad = int(np.flatnonzero(~ok)[0])
+            raise DecodeError(
+                f"{chr(tags[bad])} message: unexpected tuple marker {chr(marker[bad])!r}"
+            )
+        has_old = is_d | (is_u & with_old)
+        old_rows = np.flatnonzero(has_old)
+        new_rows = np.flatnonzero(~is_d)
+        old = tp.walk(win, mstart[old_rows] + 6, mend[old_rows], ncols)
+        where_old = np.full(n, -1, np.int64)
+        where_old[old_rows] = np.arange(len(old_rows))
+        where_new = np.full(n, -1, np.int64)
+        where_new[new_rows] = np.arange(len(new_rows))
+        new_pos = mstart[new_rows] + 6
+        after_old = has_old[new_rows]
+        if after_old.any():
+            oe = old.end[where_old[new_rows[after_old]]]
+            if (oe >= mend[new_rows[after_old]]).any() or (arr[oe] != tp.M_NEW).any():
+                raise DecodeError("update: expected 'N' after the old tuple")
+            new_pos[after_old] = oe + 1
+        new = tp.walk(win, new_pos, mend[new_rows], ncols)
+
+        key_changed = self._key_changes(win, rel, rows, is_u & with_old, marker, old, new,
+                                        where_old, where_new)
+        # output rows: one per change, two for a key change (old key deleted, new row inserted)
+        reps = 1 + key_changed.astype(np.int64)
+        src = np.repeat(np.arange(n), reps)
+        second = np.zeros(len(src), bool)
+        second[(np.cumsum(reps) - 1)[key_changed]] = True
+        use_old = is_d[src] | (key_changed[src] & ~second)
+        op = np.where(use_old, 2, np.where(is_u[src] & ~second, 1, 0))
+        oi, ni = where_old[src], where_new[src]
+        kinds = _pad(old.kinds)[:, oi]
+        starts = _pad(old.starts)[:, oi]
+        lens = _pad(old.lens)[:, oi]
+        nk = _pad(new.kinds)[:, ni]
+        fresh = ~use_old
+        kinds[:, fresh] = nk[:, fresh]
+        starts[:, fresh] = _pad(new.starts)[:, ni][:, fresh]
+        lens[:, fresh] = _pad(new.lens)[:, ni][:, fresh]
+        # unchanged TOAST in a new row: the old row's value under FULL, else null + UNCHANGED
+        toast = fresh & (kinds == tp.K_UNCHANGED)
+        unchanged: dict[int, list[str]] = {}
+        if toast.any():
+            kinds_old = _pad(old.kinds)[:, oi]
+            from_old = toast & (marker[src] == tp.M_OLD) & (kinds_old != tp.K_UNCHANGED)
+            kinds = np.where(from_old, kinds_old, kinds)
+            starts = np.where(from_old, _pad(old.starts)[:, oi], starts)
+            lens = np.where(from_old, _pad(old.lens)[:, oi], lens)
+            left = toast & ~from_old
+            for r in np.flatnonzero(left.any(axis=0)):
+                unchanged[int(r)] = [names[c] for c in np.flatnonzero(left[:, r])]
+        valid = (kinds == tp.K_TEXT) | (kinds == tp.K_BINARY)
+        msg = rows[src]
+        data = tp.text_columns(win, msg, names, starts, lens, valid)
+        t = np.searchsorted(begins, msg, side="right") - 1
+        m = len(src)
+        meta = [
+            pl.Series(OP, op.astype(np.uint8)).replace_strict(
+                {0: "I", 1: "U", 2: "D"}, return_dtype=pl.String
+            ),
+            pl.Series(LSN, lsns[t], dtype=pl.Int64),
+            pl.Series(TS, stamps[t], dtype=pl.Int64).cast(META_SCHEMA[TS]),
+            pl.Series(SEQ, 2 * msg + second, dtype=pl.Int64),
+        ]
+        if unchanged:
+            col: list[list[str] | None] = [None] * m
+            for r, v in unchanged.items():
+                col[r] = v
+            meta.append(pl.Series(UNCHANGED, col, dtype=META_SCHEMA[UNCHANGED]))
         else:
-            op = "U"
-        if unchanged is not None:
-            seg.unchanged[len(seg.rows)] = unchanged
-        seg.put(new, op, seq, lsn, ts)
-        return seq + 1
+            meta.append(pl.Series(UNCHANGED, [None] * m, dtype=META_SCHEMA[UNCHANGED]))
+        return pl.DataFrame([*data, *meta])
+
+    def _key_changes(
+        self,
+        win: tp.Window,
+        rel: Relation,
+        rows: np.ndarray,
+        upd_old: np.ndarray,
+        marker: np.ndarray,
+        old: tp.Tuples,
+        new: tp.Tuples,
+        where_old: np.ndarray,
+        where_new: np.ndarray,
+    ) -> np.ndarray:
+        """Which updates (that carry an old tuple) changed the row's key."""
+        changed = np.zeros(len(rows), bool)
+        cand = np.flatnonzero(upd_old)
+        if not len(cand):
+            return changed
+        idx = self._key_indexes(rel)
+        if not all(rel.columns[k].is_key for k in idx):
+            # the old tuple holds the identity, not the key: we cannot see the key, be safe
+            changed[cand[marker[cand] == tp.M_KEY]] = True
+            cand = cand[marker[cand] == tp.M_OLD]
+        oi, ni = where_old[cand], where_new[cand]
+        for k in idx:
+            ok_, nk = old.kinds[k, oi], new.kinds[k, ni]
+            o_val = (ok_ == tp.K_TEXT) | (ok_ == tp.K_BINARY)
+            n_val = (nk == tp.K_TEXT) | (nk == tp.K_BINARY)
+            eq = tp.equal_values(
+                win, rows[cand], old.starts[k, oi], old.lens[k, oi],
+                new.starts[k, ni], new.lens[k, ni],
+            )
+            same = (o_val & n_val & eq) | (~o_val & ~n_val & (ok_ == nk))
+            changed[cand] |= (nk != tp.K_UNCHANGED) & ~same
+        return changed
+
+
+def _pad(a: np.ndarray) -> np.ndarray:
+    """`a` with one extra (zero) column, so that index -1 (row has no such tuple) is harmless."""
+    return np.concatenate([a, np.zeros((a.shape[0], 1), a.dtype)], axis=1)
+
+
+def _empty_frame(names: tuple[str, ...]) -> pl.DataFrame:
+    return pl.DataFrame(
+        [pl.Series(n, [], dtype=pl.String) for n in names]
+        + [pl.Series(c, [], dtype=d) for c, d in META_SCHEMA.items()]
+    )

@@ -101,20 +101,15 @@ def apply_batch(
     *,
     error_handling: ErrorHandling,
     on_row_error: RowErrorCallback | None = None,
-    before_lock: Callable[[], None] | None = None,
 ) -> ApplyResult:
     """Apply a batch ending at commit `end_lsn` exactly once, checkpoint included, in one transaction.
 
     The connection must be idle (no open transaction): this function owns the
-    transaction and commits it last. `before_lock` runs right before the
-    checkpoint row is locked (the stream waits there for the previous batch's
-    slot advance, which records itself in that row).
+    transaction and commits it last.
     """
     if conn.info.transaction_status != pq.TransactionStatus.IDLE:
         raise TerminalError("apply_batch needs a connection with no open transaction")
     ctx = _Ctx(conn, error_handling, on_row_error)
-    if before_lock is not None:
-        before_lock()
     with conn.transaction():
         if not state_tables_exist(conn):
             ensure_state_tables(conn)
