@@ -75,6 +75,9 @@ STREAM_WAIT_S = 0.05
 #: Stream mode: a transaction whose commit has not come after this long is a broken stream
 STREAM_STALL_S = 300.0
 
+#: Rows framed at a time (the numpy scratch arrays are a few times columns x rows x 8 bytes)
+FRAME_CHUNK_ROWS = 1 << 16
+
 #: Aim for peek windows of about this many bytes (wide rows get fewer rows per window)
 WINDOW_BYTES = 64 << 20
 
@@ -187,6 +190,7 @@ class ChangeReader:
         #: peek rows fetched at once (bounded: a backlog is never decoded whole before a batch)
         self.window_changes = max(window_changes or 5 * max_changes, max_changes)
         self._win: _Cached | None = None
+        self._rels_by_oid: dict[int, Relation] = {}
         self._avg_row_bytes = 0.0  # of the last peek: sizes the next window
         # stream mode: a walsender session instead of peeks (see capture/stream.py)
         self.stream = stream
@@ -261,6 +265,10 @@ class ChangeReader:
         if self._win is not None:
             self._win.resume = got.resume
             self._win.exhausted = got.reached_end
+        if got.resume is not None:
+            # every Relation seen so far, returned or not: a stream sends each one once per
+            # session, so one seen in a skipped or no-op transaction is needed later
+            self._rels_by_oid = got.resume[1]
         self._consumed.extend(got.consumed)
         if got.consumed:
             last = got.consumed[-1]
@@ -508,7 +516,7 @@ class ChangeReader:
             rels = dict(rels0)
         else:
             start = 0
-            rels = {}
+            rels = dict(self._rels_by_oid)
             for rel in self.relations.values():
                 rels.setdefault(rel.oid, rel)
         struct = win.structure
@@ -683,9 +691,12 @@ class ChangeReader:
                         f"change for relation oid {oid} arrived before its Relation message"
                     )
                 key = (rel.namespace, rel.name)
-                parts.setdefault(key, []).append(
-                    self._segment_frame(win, rel, rows, begins, lsns, stamps)
-                )
+                for c in range(0, len(rows), FRAME_CHUNK_ROWS):  # bounded scratch arrays
+                    parts.setdefault(key, []).append(
+                        self._segment_frame(
+                            win, rel, rows[c : c + FRAME_CHUNK_ROWS], begins, lsns, stamps
+                        )
+                    )
                 relations[key] = rel
             for idx, oids_t, txn in scan.truncates:
                 if oid not in oids_t:
@@ -702,7 +713,7 @@ class ChangeReader:
                 truncated.setdefault(key, []).append((2 * idx, txn.lsn, txn.ts))
         out = []
         for key, frames in parts.items():
-            frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal")
+            frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal", rechunk=False)
             out.append(TableChanges(key[0], key[1], frame, truncated.get(key, [])))
         return out
 

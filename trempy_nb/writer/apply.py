@@ -174,6 +174,8 @@ def _fill_moved_toast(ctx: _Ctx, spec: TargetSpec, frame: pl.DataFrame) -> pl.Da
     else its row on the target as it is before this batch (read first: the batch deletes it)."""
     if UNCHANGED not in frame.columns or frame.height == 0:
         return frame
+    if not frame.select(((pl.col(OP) == "I") & pl.col(UNCHANGED).is_not_null()).any()).item():
+        return frame  # the usual case: no moved row lacks a value (checked without Python lists)
     df = frame.sort(SEQ)
     key = list(spec.key)
     ops, seqs, lsns = df.get_column(OP).to_list(), df.get_column(SEQ).to_list(), df.get_column(LSN).to_list()
