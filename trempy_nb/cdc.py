@@ -274,10 +274,10 @@ class CdcSession:
         self._refresh_lag()
         return applied
 
-    def _new_reader(self) -> ChangeReader:
+    def _new_reader(self, *, stream: bool = True) -> ChangeReader:
         return _RecordingReader(self.source, self.slot, self.publication, max_changes=self._batch_size(),
                                 application_name=f"trempy_nb:{self.task.name}:capture", record=self._record_slot,
-                                stream=True)
+                                stream=stream)
 
     def _record_slot(self, lsn: int) -> None:
         with connect(self.target, autocommit=True) as tgt:

@@ -14,10 +14,12 @@ T = WTable("da", filtered=True)
 
 
 def _readers(env) -> int:
+    """Replication streams of the task's readers open on the source (each holds the slot)."""
     return int(
         q(
             env.src,
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+            " AND backend_type = 'walsender'",
             (f"trempy_nb:{env.task}:capture",),
         )[0][0]
     )

@@ -195,8 +195,10 @@ class ChangeReader:
         # stream mode: a walsender session instead of peeks (see capture/stream.py)
         self.stream = stream
         self._wal: WalStream | None = None
-        self._pending: list[bytes] = []  # received messages not yet handed to a window
-        self._units: list[tuple[int, int]] = []  # (end in _pending, lsn) of its complete units
+        # received messages not yet handed to a window: one buffer + where each message ends
+        self._pbuf = bytearray()
+        self._pends: list[int] = []
+        self._units: list[tuple[int, int]] = []  # (messages through, lsn) of complete units
         self._in_txn = False
         self._txn_lsn = 0
         self._txn_since = 0.0
@@ -259,12 +261,14 @@ class ChangeReader:
             limit = max(self.max_changes, min(limit, int(WINDOW_BYTES / self._avg_row_bytes)))
         while True:
             got = self._collect(upto_lsn, limit, self.max_changes)
-            if got.progressed or not got.hit_limit:
-                break
+            if got.progressed or not got.hit_limit or self.stream:
+                break  # (a stream has nothing further to look at: it never resends)
             limit *= 2  # all rows were already-seen ones: look further
         if self._win is not None:
             self._win.resume = got.resume
             self._win.exhausted = got.reached_end
+            if got.reached_end:
+                self._win = None  # used up: its buffer need not live while the batch is applied
         if got.resume is not None:
             # every Relation seen so far, returned or not: a stream sends each one once per
             # session, so one seen in a skipped or no-op transaction is needed later
@@ -286,7 +290,7 @@ class ChangeReader:
     def has_buffered(self, upto_lsn: int | None = None) -> bool:
         """Whether the next `read_batch(upto_lsn)` is served from the last peek (no server call)."""
         c = self._win
-        return c is not None and c.upto == upto_lsn and not c.exhausted
+        return c is not None and not c.exhausted and (self.stream or c.upto == upto_lsn)
 
     def confirm(self, lsn: int) -> None:
         """The batch whose last commit LSN is `lsn` is durable on the target: advance the slot."""
@@ -311,7 +315,7 @@ class ChangeReader:
         got = False
         try:
             deadline = time.monotonic() + timeout
-            while len(self._pending) < self.window_changes:
+            while len(self._pends) < self.window_changes:
                 msg = self._wal.read(max(0.0, deadline - time.monotonic()))
                 if msg is None:
                     break
@@ -362,13 +366,14 @@ class ChangeReader:
     def _drop_stream(self) -> None:
         """Close the stream; what it delivered but no window took is simply received again."""
         wal, self._wal = self._wal, None
-        self._pending, self._units, self._in_txn = [], [], False
+        self._pbuf, self._pends, self._units, self._in_txn = bytearray(), [], [], False
         if wal is not None:
             wal.close()
 
-    def _receive(self, msg: bytes) -> None:
+    def _receive(self, msg: bytes | memoryview) -> None:
         """Append a streamed message; note where whole units (transactions, messages) end."""
-        self._pending.append(msg)
+        self._pbuf += msg
+        self._pends.append(len(self._pbuf))
         tag = msg[0]
         if tag == 66:  # 'B'
             self._in_txn = True
@@ -376,11 +381,11 @@ class ChangeReader:
             self._txn_since = time.monotonic()
         elif tag == 67:  # 'C'
             self._in_txn = False
-            self._units.append((len(self._pending), _Q.unpack_from(msg, 2)[0]))
+            self._units.append((len(self._pends), _Q.unpack_from(msg, 2)[0]))
         elif tag == 77 and not self._in_txn and not msg[1] & 1:  # non-transactional 'M'
-            self._units.append((len(self._pending), _Q.unpack_from(msg, 2)[0]))
+            self._units.append((len(self._pends), _Q.unpack_from(msg, 2)[0]))
 
-    def _stream_rows(self, upto_lsn: int | None, nchanges: int) -> list[bytes]:
+    def _stream_rows(self, upto_lsn: int | None, nchanges: int) -> tp.Window:
         """Whole units from the stream: at least `nchanges` rows if they come without waiting,
         only units before `upto_lsn`; what is left stays for the next call."""
         try:
@@ -423,10 +428,13 @@ class ChangeReader:
             if isinstance(err, TrempyError):
                 raise err from None
             raise
-        rows = self._pending[:ok_end]
-        del self._pending[:ok_end]
+        nbytes = self._pends[ok_end - 1] if ok_end else 0
+        buf, self._pbuf = self._pbuf, bytearray(memoryview(self._pbuf)[nbytes:])  # the rest
+        del buf[nbytes:]  # the window keeps the received buffer itself: no copy of it
+        win = tp.Window.from_buffer(buf, self._pends[:ok_end])
+        self._pends = [e - nbytes for e in self._pends[ok_end:]]
         self._units = [(end - ok_end, lsn) for end, lsn in self._units if end > ok_end]
-        return rows
+        return win
 
     def _translate(self, exc: psycopg.Error) -> Exception:
         """Turn a failed slot call into SlotLost when the slot is gone or invalidated."""
@@ -486,13 +494,15 @@ class ChangeReader:
         """Frame the next batch from the cached window, or from a new peek when it is used up."""
         c = self._win
         with _gc_paused():
-            if cache and c is not None and c.upto == upto_lsn and not c.exhausted:
-                got = self._frame(c.win, c.nchanges, budget, c.resume)
-                if got.progressed:
+            if cache and c is not None and not c.exhausted and (self.stream or c.upto == upto_lsn):
+                got = self._frame(c.win, c.nchanges, budget, c.resume, upto_lsn)
+                if got.progressed or self.stream:
+                    # a stream never sends a unit twice: what the window holds beyond
+                    # `upto_lsn` stays there until a later read wants it
                     return got
             if self.stream and cache:
                 nchanges = window  # a stream never sends a unit twice
-                win = tp.Window(self._stream_rows(upto_lsn, nchanges))
+                win = self._stream_rows(upto_lsn, nchanges)
             else:
                 nchanges = sum(x.rows for x in self._consumed) + window
                 win = tp.Window(self._peek(upto_lsn, nchanges))
@@ -500,7 +510,7 @@ class ChangeReader:
                 self._win = _Cached(upto_lsn, win, nchanges)
                 if len(win):
                     self._avg_row_bytes = win.nbytes / len(win)
-            return self._frame(win, nchanges, budget, None)
+            return self._frame(win, nchanges, budget, None, upto_lsn)
 
     def _frame(
         self,
@@ -508,6 +518,7 @@ class ChangeReader:
         nchanges: int,
         budget: int,
         resume: tuple[int, dict[int, Relation]] | None,
+        upto_lsn: int | None = None,
     ) -> _Collected:
         """Pick the next transactions not yet returned (structural pass), then frame their rows."""
         through = self._through
@@ -532,6 +543,9 @@ class ChangeReader:
             idx, m = struct[k]
             tm = type(m)
             if tm is LogicalMessage and not m.transactional:  # type: ignore[union-attr]
+                if upto_lsn is not None and m.lsn >= upto_lsn:  # type: ignore[union-attr]
+                    reached_end = False
+                    break
                 if m.lsn > through:  # type: ignore[union-attr]
                     consumed.append(_Consumed(m.lsn, m.lsn, 1, False))  # type: ignore[union-attr]
                     through = m.lsn  # type: ignore[union-attr]
@@ -556,6 +570,9 @@ class ChangeReader:
                 raise TerminalError(
                     f"pgoutput Begin/Commit LSNs differ ({m.final_lsn} vs {commit.commit_lsn})"
                 )
+            if upto_lsn is not None and commit.commit_lsn >= upto_lsn:
+                reached_end = False  # only transactions that committed before upto_lsn
+                break
             body = struct[k + 1 : t]
             nrows = cidx - idx + 1
             if commit.commit_lsn < through:  # already returned or skipped
@@ -714,6 +731,7 @@ class ChangeReader:
         out = []
         for key, frames in parts.items():
             frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal", rechunk=False)
+            frame = frame.with_columns(pl.col(SEQ).set_sorted())  # the writer's sort is then free
             out.append(TableChanges(key[0], key[1], frame, truncated.get(key, [])))
         return out
 

@@ -98,7 +98,7 @@ class WalStream:
         text = self.pg.error_message.decode(errors="replace").strip()
         return psycopg.OperationalError(text or "the replication stream ended")
 
-    def read(self, timeout: float) -> bytes | None:
+    def read(self, timeout: float) -> memoryview | None:
         """The next pgoutput message, or None if none arrived within `timeout` seconds.
 
         Keepalives are answered here (and a status update goes out every
@@ -111,7 +111,7 @@ class WalStream:
             if n > 0:
                 tag = data[0]
                 if tag == 119:  # 'w'
-                    return bytes(data[_XLOG_HEADER:])
+                    return memoryview(data)[_XLOG_HEADER:]
                 if tag == 107:  # 'k'
                     end, _clock, reply = _KEEPALIVE.unpack_from(data, 1)
                     self.server_end = max(self.server_end, end)

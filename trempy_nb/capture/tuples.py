@@ -34,12 +34,23 @@ class Window:
 
     def __init__(self, datas: list[bytes]) -> None:
         n = len(datas)
-        lens = np.fromiter(map(len, datas), np.int64, n)
-        if n and not lens.all():
-            raise DecodeError("empty pgoutput message")
+        ends = np.cumsum(np.fromiter(map(len, datas), np.int64, n))
+        self._setup(b"".join(datas), ends)
+
+    @classmethod
+    def from_buffer(cls, buf: bytes | bytearray, ends: list[int]) -> Window:
+        """Messages already concatenated in `buf`, message i ending at `ends[i]`."""
+        win = cls.__new__(cls)
+        win._setup(buf, np.array(ends, np.int64))
+        return win
+
+    def _setup(self, buf: bytes | bytearray, ends: np.ndarray) -> None:
+        n = len(ends)
         self.offs = np.zeros(n + 1, np.int64)
-        np.cumsum(lens, out=self.offs[1:])
-        self.buf = b"".join(datas)
+        self.offs[1:] = ends
+        if n and not (np.diff(self.offs) > 0).all():
+            raise DecodeError("empty pgoutput message")
+        self.buf = buf
         self.arr = np.frombuffer(self.buf, np.uint8)
         self.tags = self.arr[self.offs[:-1]] if n else np.zeros(0, np.uint8)
         is_row = np.isin(self.tags, ROW_TAGS)
@@ -58,7 +69,7 @@ class Window:
         return len(self.buf)
 
     def message(self, i: int) -> bytes:
-        return self.buf[self.offs[i] : self.offs[i + 1]]
+        return bytes(self.buf[self.offs[i] : self.offs[i + 1]])
 
     def u32(self, pos: np.ndarray) -> np.ndarray:
         """Big-endian uint32 at each position (as int64)."""

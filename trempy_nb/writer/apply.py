@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,6 +143,35 @@ def _apply_table(
         raise TerminalError(f"changes for {name} lack key column(s) {', '.join(missing)}")
     columns = [c for c in spec.data_columns if c in ta.frame.columns]
     frame = _fill_moved_toast(ctx, spec, ta.frame)
+    for part in _key_parts(frame, spec.key, bool(ta.truncated_at)):
+        _apply_part(ctx, ta, part, columns, checkpoint, counts)
+
+
+def _key_parts(frame: pl.DataFrame, key: Sequence[str], truncates: bool) -> Iterator[pl.DataFrame]:
+    """A huge frame in slices by key hash, one after the other (same transaction).
+
+    Every step of the apply works per key (collapse, SCD2 close/open, unchanged
+    TOAST), so disjoint key sets can go separately: the working copies of a
+    500k-row transaction then take a fraction of the memory. A TRUNCATE orders
+    rows across keys, so a frame with one goes whole."""
+    parts = -(-frame.height // APPLY_PART_ROWS)
+    if parts <= 1 or truncates:
+        yield frame
+        return
+    h = frame.select(pl.struct(list(key)).hash(seed=7) % parts).to_series()
+    for i in range(parts):
+        yield frame.filter(h == i)
+
+
+def _apply_part(
+    ctx: _Ctx,
+    ta: TableApply,
+    frame: pl.DataFrame,
+    columns: list[str],
+    checkpoint: int | None,
+    counts: TableCounts,
+) -> None:
+    spec = ta.spec
     plan = plan_table(
         frame,
         spec.key,
@@ -165,6 +194,10 @@ def _apply_table(
                 _run_unit(ctx, spec, "delete", Rows(deletes, []), list(spec.key), counts)
             if writes.height:
                 _run_unit(ctx, spec, "upsert", Rows(writes, step.markers), columns, counts)
+
+
+#: Rows of one table above which a batch is applied in slices by key hash (memory)
+APPLY_PART_ROWS = 50_000
 
 
 def _fill_moved_toast(ctx: _Ctx, spec: TargetSpec, frame: pl.DataFrame) -> pl.DataFrame:
