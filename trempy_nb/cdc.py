@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import queue
 import threading
@@ -72,6 +73,13 @@ def crash_point(name: str) -> None:
 _SLOT_LSN_SET = sql.SQL(
     "UPDATE {}.checkpoints SET slot_lsn = GREATEST(COALESCE(slot_lsn, 0), %s) WHERE task = %s"
 ).format(sql.Identifier(STATE_SCHEMA))
+_SHAPE_SET = sql.SQL(
+    "INSERT INTO {}.source_shapes (task, schema_name, table_name, columns) VALUES (%s, %s, %s, %s)"
+    " ON CONFLICT (task, schema_name, table_name) DO UPDATE SET columns = EXCLUDED.columns, updated_at = now()"
+).format(sql.Identifier(STATE_SCHEMA))
+_SHAPE_GET = sql.SQL(
+    "SELECT schema_name, table_name, columns FROM {}.source_shapes WHERE task = %s"
+).format(sql.Identifier(STATE_SCHEMA))
 _SLOT_LSN_GET = sql.SQL("SELECT slot_lsn FROM {}.checkpoints WHERE task = %s").format(sql.Identifier(STATE_SCHEMA))
 
 
@@ -125,8 +133,9 @@ class CdcSession:
             if s.start_mode == "reload":
                 drop_task_objects(src, self.task.name)
                 reset_checkpoint(tgt, self.task.name)
-                tgt.execute(sql.SQL("DELETE FROM {}.load_state WHERE task = %s").format(sql.Identifier(STATE_SCHEMA)),
-                            (self.task.name,))
+                for table in ("load_state", "source_shapes"):
+                    tgt.execute(sql.SQL("DELETE FROM {}.{} WHERE task = %s").format(
+                        sql.Identifier(STATE_SCHEMA), sql.Identifier(table)), (self.task.name,))
             tgt.commit()
             checkpoint = read_checkpoint(tgt, self.task.name)
             row = tgt.execute(_SLOT_LSN_GET, (self.task.name,)).fetchone() if checkpoint is not None else None
@@ -135,6 +144,7 @@ class CdcSession:
             if checkpoint is not None:
                 self._check_slot(status, max(checkpoint, int(row[0] or 0) if row else 0))
                 self._check_added_tables(tgt)
+                self._check_shapes(tgt)
                 ensure_publication(src, self.publication, tables)
                 yield Handoff(False)
                 return
@@ -143,6 +153,7 @@ class CdcSession:
             ensure_publication(src, self.publication, tables)
             if s.replication_type == "full_load_and_cdc":
                 row = src.execute("SELECT clock_timestamp()").fetchone()
+                self._record_shapes(tgt)
                 with create_slot_with_snapshot(self.source, self.slot) as (lsn, snapshot):
                     yield Handoff(True, snapshot, lsn, row[0] if row else None)
                 return
@@ -154,15 +165,54 @@ class CdcSession:
             write_checkpoint(tgt, self.task.name, lsn)
             tgt.execute(_SLOT_LSN_SET, (lsn, self.task.name))
             tgt.commit()
+            self._record_shapes(tgt)
             yield Handoff(False)
+
+    def _record_shapes(self, tgt: psycopg.Connection, keys: Any = None) -> None:
+        """Write the source columns each table is planned with (see `_check_shapes`)."""
+        for key, plan in self.plans.items():
+            if keys is not None and key not in keys:
+                continue
+            cols = json.dumps([[c.name, c.pg_type] for c in plan.source.columns])
+            tgt.execute(_SHAPE_SET, (self.task.name, key[0], key[1], cols))
+        tgt.commit()
+
+    def _check_shapes(self, tgt: psycopg.Connection) -> None:
+        """`continue`: a source column the task was streaming that is gone or has another type now
+        was dropped, renamed or retyped while the task was stopped. Its changes of the new shape
+        cannot be applied faithfully: stop before any is (a running task catches it from the
+        stream's Relation message instead)."""
+        rows = tgt.execute(_SHAPE_GET, (self.task.name,)).fetchall()
+        tgt.commit()
+        recorded = {(r[0], r[1]): r[2] for r in rows}
+        for key, plan in self.plans.items():
+            before = recorded.get(key)
+            if not before:
+                continue
+            now = {c.name: c.pg_type for c in plan.source.columns}
+            gone = [name for name, _ in before if name not in now]
+            if gone:
+                raise SchemaChanged(
+                    f"column(s) {', '.join(gone)} of {key[0]}.{key[1]} were dropped or renamed on the source"
+                    " while the task was stopped; the table is stopped before any change of the new shape is"
+                    " applied. Reload the task."
+                )
+            for name, typ in before:
+                if now[name] != typ:
+                    raise SchemaChanged(
+                        f"column {name} of {key[0]}.{key[1]} changed type from {typ} to {now[name]} while the"
+                        " task was stopped; reload the task"
+                    )
+        self._record_shapes(tgt)
 
     def _check_added_tables(self, tgt: psycopg.Connection) -> None:
         """`continue` with a table the task did not have before: without a full load of it, its
         existing rows would never reach the target; a cdc-only task just starts streaming it."""
+        fl = self.settings.task.full_load_settings
         if self.settings.task.replication_type != "full_load_and_cdc":
-            fl = self.settings.task.full_load_settings
-            for plan in self.plans.values():
-                ensure_target(tgt, target_spec(plan, self.settings), create=fl.create_table_if_not_exists)
+            for plan in self.plans.values():  # columns added on the source meanwhile are added too
+                ensure_target(tgt, target_spec(plan, self.settings), create=fl.create_table_if_not_exists,
+                              add_missing=True)
             tgt.commit()
             return
         loaded = {
@@ -179,6 +229,9 @@ class CdcSession:
                 " existing rows are not on the target. Rerun with start_mode reload, or replicate them"
                 " in a task of their own."
             )
+        for plan in self.plans.values():  # columns added on the source while stopped
+            ensure_target(tgt, target_spec(plan, self.settings), create=False, add_missing=True)
+        tgt.commit()
 
     def _check_slot(self, status: Any, known: int) -> None:
         """`known`: the furthest position the target recorded for this slot (checkpoint or advance)."""
@@ -445,6 +498,7 @@ class CdcSession:
             add_column(tgt, spec, col)
         tgt.commit()
         self.plans[tc.key] = new_plan
+        self._record_shapes(tgt, [tc.key])
         self.store.log(self.task.name, self.run_id, "INFO",
                        f"{tc.schema}.{tc.table}: new source column(s) {', '.join(c.name for c in added)} added to the target")
         return new_plan

@@ -109,6 +109,13 @@ def state_tables_sql() -> list[sql.Composed]:
             " status text NOT NULL, rows bigint, snapshot_lsn bigint, updated_at timestamptz NOT NULL DEFAULT now(),"
             " PRIMARY KEY (task, schema_name, table_name))"
         ).format(s),
+        # the source columns (name, type) each table's changes were last planned with: a column
+        # dropped or retyped while the task was stopped is caught on `continue`
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}.source_shapes (task text, schema_name text, table_name text,"
+            " columns jsonb NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(),"
+            " PRIMARY KEY (task, schema_name, table_name))"
+        ).format(s),
     ]
 
 
@@ -141,11 +148,14 @@ def ensure_target(
     create: bool = True,
     recreate: bool = False,
     defer_keys: bool = False,
+    add_missing: bool = False,
 ) -> tuple[bool, dict[str, str]]:
     """Create (or recreate) the target table per full_load_settings.
 
     Returns (created, column types). An existing table must already hold every
-    column the plan writes (and the SCD2 columns in scd2 mode).
+    column the plan writes (and the SCD2 columns in scd2 mode); with
+    `add_missing` (a change stream resuming after source columns were added)
+    the data columns it lacks are added.
     """
     if recreate:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(spec.ident))
@@ -162,6 +172,12 @@ def ensure_target(
         return True, types
     needed = spec.data_columns + ([spec.start_col, spec.end_col, spec.current_col] if spec.scd2 else [])
     missing = [c for c in needed if c not in current]
+    if add_missing and missing:
+        for col in spec.columns:
+            if col.name in missing and col.name in spec.data_columns:
+                add_column(conn, spec, col)
+        current = existing_columns(conn, spec.schema, spec.table) or {}
+        missing = [c for c in needed if c not in current]
     if missing:
         raise TerminalError(
             f"target table {spec.schema}.{spec.table} exists but lacks column(s) {', '.join(missing)};"
