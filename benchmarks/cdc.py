@@ -136,7 +136,19 @@ def latency(
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(3.0)  # let it start streaming
+    # steady state: wait until the stream has caught up with what was committed before it
+    with connect(src, autocommit=True) as c:
+        mark = c.execute("SELECT pg_current_wal_flush_lsn()").fetchone()[0]  # type: ignore[index]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            row = c.execute(
+                "SELECT confirmed_flush_lsn >= %s FROM pg_replication_slots WHERE slot_name = %s",
+                (mark, "trempy_b_upsert"),
+            ).fetchone()
+            if row and row[0]:
+                break
+            c.execute("SELECT pg_logical_emit_message(false, 'trempy_bench', '')")  # moves an idle slot
+            time.sleep(0.5)
     n = 0
     with connect(src, autocommit=True) as c:
         c.execute("SET synchronous_commit = on")
