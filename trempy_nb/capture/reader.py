@@ -59,7 +59,7 @@ from trempy_nb.capture.pgoutput import (
     Relation,
     Truncate,
 )
-from trempy_nb.capture.slot import advance_slot, slot_status
+from trempy_nb.capture.slot import advance_slot, emit_heartbeat, slot_status
 from trempy_nb.capture.stream import FEEDBACK_EVERY_S, WalStream
 from trempy_nb.catalog import describe_table
 from trempy_nb.changes import LSN, META_SCHEMA, OP, SEQ, TS, UNCHANGED, ChangeBatch, TableChanges
@@ -390,7 +390,7 @@ class ChangeReader:
         only units before `upto_lsn`; what is left stays for the next call."""
         try:
             wal = self._wal_stream()
-            ok_end, blocked, seen, pinged = 0, False, 0, 0.0
+            ok_end, blocked, seen, pinged, last_end = 0, False, 0, 0.0, -1
             while True:
                 for end, lsn in self._units[seen:]:
                     if upto_lsn is not None and lsn >= upto_lsn:
@@ -417,9 +417,15 @@ class ChangeReader:
                 if upto_lsn is not None and not self._units and wal.server_end < upto_lsn:
                     # quiet is not "caught up": the walsender may still be decoding towards
                     # upto_lsn. Ask where it is; its answer comes after all it sent before.
-                    if time.monotonic() - pinged > 1.0:
+                    now = time.monotonic()
+                    if now - pinged > 1.0:
+                        if pinged and wal.server_end == last_end:
+                            # no progress: the WAL may end right before upto_lsn (a page
+                            # header); a heartbeat gives the walsender a record past it
+                            emit_heartbeat(self.conn)
+                        last_end = wal.server_end
                         wal.status(reply=True)
-                        pinged = time.monotonic()
+                        pinged = now
                     continue
                 break
         except psycopg.Error as exc:
