@@ -91,6 +91,17 @@ def run_child(args: list[str], env: dict[str, str]) -> tuple[float, int]:
     return secs, rss
 
 
+def _check_caught_up(src: str, tgt: str, mode: str) -> None:
+    """A rate only counts if the run applied everything: the target must equal the source."""
+    q = "SELECT count(*), sum(v), md5(string_agg(s, ',' ORDER BY id)) FROM bench.t"
+    with connect(src, autocommit=True) as c:
+        want = c.execute(q).fetchone()
+    with connect(tgt, autocommit=True) as c:
+        got = c.execute(q + (" WHERE scd_current" if mode == "scd2" else "")).fetchone()
+    if got != want:
+        sys.exit(f"{mode}: the target does not match the source after the run: {got} vs {want}")
+
+
 def decode_rate(src: str, slot: str) -> tuple[int, float]:
     with connect(src, autocommit=True) as c:
         t0 = time.perf_counter()
@@ -225,6 +236,7 @@ def main() -> None:
                     env,
                 )
                 results.append((label, mode, changes, secs, decode[label][1], rss))
+                _check_caught_up(src, str(json.loads(paths[mode].read_text())["task"]["target"]), mode)
         print(
             f"{label.split(':')[0]} done; latency at ~1k txn/s for {args.latency_seconds:.0f} s ...",
             flush=True,

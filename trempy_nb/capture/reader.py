@@ -160,6 +160,7 @@ class _Collected:
     hit_limit: bool
     progressed: bool
     reached_end: bool = True  # every complete unit of the window was taken or passed over
+    at_upto: bool = False  # stopped at a unit at or past the upto_lsn bound
     resume: tuple[int, dict[int, Relation]] | None = None
 
 
@@ -202,6 +203,8 @@ class ChangeReader:
         self._in_txn = False
         self._txn_lsn = 0
         self._txn_since = 0.0
+        self._beacon_for: int | None = None  # the catch-up bound a heartbeat was written for
+        self._blocked_at: int | None = None  # the bound the last stream read stopped at
         self.uri = uri
         self.slot = slot
         self.publication = publication
@@ -255,7 +258,16 @@ class ChangeReader:
     # -- public API ------------------------------------------------------------------------
 
     def read_batch(self, upto_lsn: int | None = None) -> ChangeBatch | None:
-        """The next whole transactions not yet returned, or None if there are none."""
+        """The next whole transactions not yet returned, or None if there are none
+        (with `upto_lsn`: none that committed before it)."""
+        while True:
+            batch, at_upto = self._read_once(upto_lsn)
+            if batch is not None or not self.stream or upto_lsn is None or at_upto:
+                return batch
+            # stream mode: a window of no-ops (heartbeats) is not the end; the end is a unit at
+            # or past upto_lsn in hand, which the stream delivers after all that came before
+
+    def _read_once(self, upto_lsn: int | None) -> tuple[ChangeBatch | None, bool]:
         limit = self.window_changes
         if self._avg_row_bytes:
             limit = max(self.max_changes, min(limit, int(WINDOW_BYTES / self._avg_row_bytes)))
@@ -281,7 +293,8 @@ class ChangeReader:
             self.relations.update(got.relations)
         else:
             self._advance_leading_noops()
-        return got.batch
+        at_upto = got.at_upto or (upto_lsn is not None and self._blocked_at == upto_lsn)
+        return got.batch, at_upto
 
     def peek_changes(self, limit: int = 100) -> ChangeBatch | None:
         """Up to about `limit` pending changes for a preview; changes no reader state."""
@@ -390,7 +403,7 @@ class ChangeReader:
         only units before `upto_lsn`; what is left stays for the next call."""
         try:
             wal = self._wal_stream()
-            ok_end, blocked, seen, pinged, last_end = 0, False, 0, 0.0, -1
+            ok_end, blocked, seen, pinged = 0, False, 0, time.monotonic()
             while True:
                 for end, lsn in self._units[seen:]:
                     if upto_lsn is not None and lsn >= upto_lsn:
@@ -414,18 +427,14 @@ class ChangeReader:
                     if time.monotonic() - self._txn_since > STREAM_STALL_S:
                         raise TransientError("the replication stream stalled inside a transaction")
                     continue
-                if upto_lsn is not None and not self._units and wal.server_end < upto_lsn:
+                if upto_lsn is not None and not self._units:
                     # quiet is not "caught up": the walsender may still be decoding towards
-                    # upto_lsn. Ask where it is; its answer comes after all it sent before.
-                    now = time.monotonic()
-                    if now - pinged > 1.0:
-                        if pinged and wal.server_end == last_end:
-                            # no progress: the WAL may end right before upto_lsn (a page
-                            # header); a heartbeat gives the walsender a record past it
-                            emit_heartbeat(self.conn)
-                        last_end = wal.server_end
-                        wal.status(reply=True)
-                        pinged = now
+                    # upto_lsn. A message written now lies past it, and the stream delivers
+                    # it after every transaction that committed before it: read until a unit
+                    # at or past upto_lsn arrives (then everything before it is here).
+                    if self._beacon_for != upto_lsn or time.monotonic() - pinged > 5.0:
+                        emit_heartbeat(self.conn)
+                        self._beacon_for, pinged = upto_lsn, time.monotonic()
                     continue
                 break
         except psycopg.Error as exc:
@@ -434,6 +443,7 @@ class ChangeReader:
             if isinstance(err, TrempyError):
                 raise err from None
             raise
+        self._blocked_at = upto_lsn if blocked else None
         nbytes = self._pends[ok_end - 1] if ok_end else 0
         buf, self._pbuf = self._pbuf, bytearray(memoryview(self._pbuf)[nbytes:])  # the rest
         del buf[nbytes:]  # the window keeps the received buffer itself: no copy of it
@@ -542,7 +552,7 @@ class ChangeReader:
         consumed: list[_Consumed] = []
         new_changes = source_bytes = 0
         progressed = False
-        reached_end = True
+        reached_end, at_upto = True, False
         offs = win.offs
         k = start
         while k < n_struct:
@@ -550,7 +560,7 @@ class ChangeReader:
             tm = type(m)
             if tm is LogicalMessage and not m.transactional:  # type: ignore[union-attr]
                 if upto_lsn is not None and m.lsn >= upto_lsn:  # type: ignore[union-attr]
-                    reached_end = False
+                    reached_end, at_upto = False, True
                     break
                 if m.lsn > through:  # type: ignore[union-attr]
                     consumed.append(_Consumed(m.lsn, m.lsn, 1, False))  # type: ignore[union-attr]
@@ -577,7 +587,7 @@ class ChangeReader:
                     f"pgoutput Begin/Commit LSNs differ ({m.final_lsn} vs {commit.commit_lsn})"
                 )
             if upto_lsn is not None and commit.commit_lsn >= upto_lsn:
-                reached_end = False  # only transactions that committed before upto_lsn
+                reached_end, at_upto = False, True  # only what committed before upto_lsn
                 break
             body = struct[k + 1 : t]
             nrows = cidx - idx + 1
@@ -639,6 +649,7 @@ class ChangeReader:
             hit_limit=len(win) >= nchanges,
             progressed=progressed,
             reached_end=reached_end,
+            at_upto=at_upto,
             resume=(k, rels),
         )
 
