@@ -95,7 +95,7 @@ def _whole_suite(session: pytest.Session) -> bool:
     opt = session.config.option
     if getattr(opt, "keyword", "") or getattr(opt, "markexpr", "") or getattr(opt, "lf", False):
         return False
-    return not any("::" in str(a) for a in session.config.args)
+    return not any("::" in str(a) or str(a).endswith(".py") for a in session.config.args)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

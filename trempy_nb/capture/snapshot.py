@@ -36,21 +36,17 @@ from trempy_nb.errors import AlreadyRunning, ConnectionFailed, TerminalError
 __all__ = ["create_slot_with_snapshot", "snapshot_transaction"]
 
 
-@contextmanager
-def create_slot_with_snapshot(uri: str, slot: str) -> Iterator[tuple[int, str]]:
-    """Create pgoutput slot `slot` and yield (consistent_point_lsn, snapshot_name).
-
-    The snapshot is valid only inside the `with` block; the slot outlives it.
-    """
+def replication_connection(uri: str, application_name: str) -> psycopg.Connection:
+    """An autocommit `replication=database` connection (walsender commands); the error is masked."""
     from trempy_nb.connections import mask
 
     try:
-        conn = psycopg.connect(
+        return psycopg.connect(
             uri,
             autocommit=True,
             replication="database",
             options=SESSION_OPTIONS,
-            application_name=f"trempy_nb snapshot {slot}"[:63],
+            application_name=application_name[:63],
             connect_timeout=10,
         )
     except psycopg.OperationalError as exc:
@@ -58,6 +54,15 @@ def create_slot_with_snapshot(uri: str, slot: str) -> Iterator[tuple[int, str]]:
         raise ConnectionFailed(
             f"cannot open a replication connection to {mask(uri)}: {msg}"
         ) from None
+
+
+@contextmanager
+def create_slot_with_snapshot(uri: str, slot: str) -> Iterator[tuple[int, str]]:
+    """Create pgoutput slot `slot` and yield (consistent_point_lsn, snapshot_name).
+
+    The snapshot is valid only inside the `with` block; the slot outlives it.
+    """
+    conn = replication_connection(uri, f"trempy_nb snapshot {slot}")
     try:
         try:
             cur = conn.execute(

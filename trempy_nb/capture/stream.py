@@ -23,9 +23,9 @@ from datetime import datetime, timezone
 import psycopg
 from psycopg import pq, sql
 
+from trempy_nb.capture.snapshot import replication_connection
 from trempy_nb.changes import int_to_lsn
-from trempy_nb.db import SESSION_OPTIONS
-from trempy_nb.errors import ConnectionFailed, TransientError
+from trempy_nb.errors import TransientError
 
 __all__ = ["WalStream"]
 
@@ -53,23 +53,7 @@ class WalStream:
         start_lsn: int = 0,
         application_name: str | None = None,
     ) -> None:
-        from trempy_nb.connections import mask
-
-        try:
-            self.conn = psycopg.connect(
-                uri,
-                autocommit=True,
-                replication="database",
-                options=SESSION_OPTIONS,
-                application_name=(application_name or f"trempy_nb stream {slot}")[:63],
-                connect_timeout=10,
-            )
-        except psycopg.OperationalError as exc:
-            text = mask(str(exc)).strip().splitlines()
-            raise ConnectionFailed(
-                f"cannot open a replication connection to {mask(uri)}: "
-                f"{text[0] if text else type(exc).__name__}"
-            ) from None
+        self.conn = replication_connection(uri, application_name or f"trempy_nb stream {slot}")
         self.pg = self.conn.pgconn
         self.flushed = 0
         self.server_end = 0
