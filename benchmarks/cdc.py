@@ -1,6 +1,6 @@
-"""Change-data-capture throughput, memory and latency, on a throwaway cluster of its own.
+"""Change-data-capture throughput, memory and latency, on throwaway clusters of its own.
 
-    python -m benchmarks.cdc [--rows 500000] [--latency-seconds 20]
+    python -m benchmarks.cdc [--rows 500000] [--latency-seconds 20] [--one-cluster]
 
 Workloads, each applied by `trempy-nb run --until-caught-up` (a subprocess, so its peak RSS is
 its own) from a backlog committed before the run starts, for upsert and for SCD2:
@@ -11,6 +11,10 @@ time from the last source commit to the last target commit is at most that). Nex
 server-side decode rate, `pg_logical_slot_peek_binary_changes` alone on the same backlog.
 Then p50/p95 latency (source clock_timestamp() at update -> target trigger clock_timestamp()
 at apply) with a `trempy-nb run` streaming while ~1k single-row transactions/s commit.
+
+Source and targets are two clusters on this machine, as in production (the target is
+another server). `--one-cluster` puts the target databases in the source's cluster: the
+slot then also reads every WAL record the apply writes to the targets.
 """
 
 from __future__ import annotations
@@ -193,11 +197,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=500_000)
     ap.add_argument("--latency-seconds", type=float, default=20.0)
+    ap.add_argument("--one-cluster", action="store_true", help="targets in the source's cluster")
     args = ap.parse_args()
     rows = int(args.rows)
     per = 100
     txns = rows // per
     cluster = start_cluster(conf={"shared_buffers": "512MB"})
+    targets = cluster if args.one_cluster else start_cluster(conf={"shared_buffers": "256MB"})
     work = Path(tempfile.mkdtemp(prefix="trempy_bench_cdc_"))
     try:
         src = cluster.create_database("bench_src")
@@ -207,7 +213,7 @@ def main() -> None:
             c.execute(TABLE_SQL.format(rows=rows))
         paths: dict[str, Path] = {}
         for mode in ("upsert", "scd2"):
-            tgt = cluster.create_database(f"bench_tgt_{mode}")
+            tgt = targets.create_database(f"bench_tgt_{mode}")
             paths[mode] = work / f"{mode}.json"
             paths[mode].write_text(json.dumps(settings(f"b_{mode}", src, tgt, mode)))
             run_child(["run", str(paths[mode]), "--until-caught-up", "-q"], env)  # full load, slot
@@ -251,7 +257,8 @@ def main() -> None:
         )
 
         print(
-            f"\nCDC apply, {rows:,}-row table, 2 cores (rate = changes / wall time of `trempy-nb run --until-caught-up`)"
+            f"\nCDC apply, {rows:,}-row table, 2 cores, targets in {'the source cluster' if args.one_cluster else 'a second cluster'}"
+            " (rate = changes / wall time of `trempy-nb run --until-caught-up`)"
         )
         print(
             f"{'workload':34} {'mode':7} {'changes':>9} {'seconds':>8} {'changes/s':>10} {'target':>7}"
@@ -273,6 +280,8 @@ def main() -> None:
         )
     finally:
         cluster.destroy()
+        if targets is not cluster:
+            targets.destroy()
         shutil.rmtree(work, ignore_errors=True)
 
 
