@@ -2,7 +2,8 @@
 
     python -m benchmarks.cdc_rabbitmq [--rows 100000] [--naive-changes 5000]
 
-One throwaway PostgreSQL cluster, one source table, the same backlog of row updates
+Two throwaway PostgreSQL clusters (source; targets, as in benchmarks.cdc), one source table,
+the same backlog of row updates
 (`--rows` updates in transactions of 100 rows) committed before the runs start, applied in upsert
 mode by:
   local     `trempy-nb run --until-caught-up` with transport local (a subprocess)
@@ -123,6 +124,7 @@ def main() -> None:
     rows, per = int(args.rows), 100
     rmq.connect_blocking().close()  # a clear error now if there is no broker
     cluster = start_cluster(conf={"shared_buffers": "256MB"})
+    target_cluster = start_cluster(conf={"shared_buffers": "256MB"})
     work = Path(tempfile.mkdtemp(prefix="trempy_bench_rmq_"))
     env = {**os.environ, "TREMPY_HOME": str(work / "home")}
     names = {"local": "br_local", "rabbitmq": "br_rmq", "naive": "br_naive"}
@@ -134,7 +136,7 @@ def main() -> None:
         paths: dict[str, Path] = {}
         targets: dict[str, str] = {}
         for kind, name in names.items():
-            targets[kind] = cluster.create_database(f"bench_tgt_{kind}")
+            targets[kind] = target_cluster.create_database(f"bench_tgt_{kind}")
             transport = "rabbitmq" if kind == "rabbitmq" else "local"
             paths[kind] = work / f"{kind}.json"
             paths[kind].write_text(json.dumps(settings(name, src, targets[kind], transport)))
@@ -183,6 +185,7 @@ def main() -> None:
             except Exception:  # noqa: BLE001 - best effort cleanup
                 pass
         cluster.destroy()
+        target_cluster.destroy()
         shutil.rmtree(work, ignore_errors=True)
     if not same:
         sys.exit("the rabbitmq target differs from the source")

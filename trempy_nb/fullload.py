@@ -3,9 +3,13 @@
 Each table loads in one target transaction (a crash leaves the previous
 state, and a rerun redoes the table cleanly). A table with no filter and no
 value transformation streams COPY binary from source to target with no
-Python rows; the others go COPY text -> Polars plan -> COPY text. A batch the
-target refuses is split to isolate the bad rows, which stop the task or are
-recorded, per error_handling.
+Python rows. The others go COPY binary -> Polars plan -> COPY binary: the
+columns the plan reads or writes come as text and are encoded for the target,
+the rest pass through as the source's bytes (pipeline/copylayout.py); a table
+with a type binarycodec has no encoder for goes COPY text -> plan -> COPY text
+(TREMPY_COPY_FORMAT=text forces that route). A batch the target refuses is
+split to isolate the bad rows, which stop the task or are recorded, per
+error_handling.
 """
 
 from __future__ import annotations
@@ -26,10 +30,19 @@ from psycopg import sql
 from trempy_nb.connections import mask
 from trempy_nb.db import connect
 from trempy_nb.errors import RowError, TrempyError, is_transient
+from trempy_nb.pipeline.binarycodec import describe_raw, encode
+from trempy_nb.pipeline.copylayout import CopyLayout, copy_layout, select_sql
 from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.pipeline.textcodec import write_copy_text
 from trempy_nb.settings import TaskSettings
-from trempy_nb.writer.copy import copy_frame, iter_frames, select_query, stream_copy
+from trempy_nb.writer.copy import (
+    copy_binary,
+    copy_frame,
+    iter_binary_frames,
+    iter_frames,
+    select_query,
+    stream_copy,
+)
 from trempy_nb.writer.ddl import (
     STATE_SCHEMA,
     TargetSpec,
@@ -42,6 +55,9 @@ from trempy_nb.writer.ddl import (
 #: smaller ones bound memory (about 6 batches are in flight across the three stages).
 CHUNK_BYTES = int(float(os.environ.get("TREMPY_CHUNK_MB", "4")) * 1024 * 1024)
 
+#: 'binary' (default) or 'text': how transformed tables travel (see module docstring).
+COPY_FORMAT = os.environ.get("TREMPY_COPY_FORMAT", "binary").lower()
+
 RowErrorHook = Callable[[str, str, str, str, dict[str, Any], str], None]  # schema, table, op, ..., payload, error
 
 
@@ -51,6 +67,7 @@ class TableLoadResult:
     table: str
     target: str
     path: str = "pipeline"  # 'passthrough' or 'pipeline'
+    copy_format: str = "binary"  # how rows reached the target: 'binary' or 'text'
     rows_read: int = 0
     rows_written: int = 0
     rows_filtered: int = 0
@@ -108,8 +125,10 @@ class _Writer:
     """Writes one batch into the target inside a savepoint; isolates bad rows on failure."""
 
     def __init__(self, cur: psycopg.Cursor, spec: TargetSpec, direct: bool, settings: TaskSettings,
-                 on_row_error: RowErrorHook | None, result: TableLoadResult, load_ts: Any = None) -> None:
+                 on_row_error: RowErrorHook | None, result: TableLoadResult, load_ts: Any = None,
+                 layout: CopyLayout | None = None, types: dict[str, str] | None = None) -> None:
         self.cur, self.spec, self.direct = cur, spec, direct
+        self.layout, self.types = layout, types or {}
         self.eh = settings.error_handling
         self.on_row_error, self.result = on_row_error, result
         self.op = "insert" if direct else settings.task.cdc_settings.mode
@@ -118,17 +137,30 @@ class _Writer:
         if not direct:
             cur.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS trempy_stage (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(spec.ident))
 
-    def _write(self, df: pl.DataFrame, payload: bytes | None) -> None:
+    def encode(self, df: pl.DataFrame) -> Any:
+        """The batch as the target takes it: COPY binary (+ columns sent as text) or COPY text."""
+        if self.layout is not None:
+            return encode(df, self.layout.encoders)
+        return write_copy_text(df)
+
+    def _copy(self, target: sql.Composable, df: pl.DataFrame, payload: Any) -> None:
+        if self.layout is None:
+            copy_frame(self.cur, target, self.columns, df, payload)
+            return
+        data, as_text = payload if payload is not None else self.encode(df)
+        copy_binary(self.cur, target, self.columns, data, as_text, self.types)
+
+    def _write(self, df: pl.DataFrame, payload: Any) -> None:
         if self.direct:
-            copy_frame(self.cur, self.spec.ident, self.columns, df, payload)
+            self._copy(self.spec.ident, df, payload)
             return
         stage = sql.Identifier("trempy_stage")
         self.cur.execute(sql.SQL("TRUNCATE {}").format(stage))
-        copy_frame(self.cur, stage, self.columns, df, payload)
+        self._copy(stage, df, payload)
         for stmt in merge_sql(self.spec, self.at):
             self.cur.execute(stmt)
 
-    def write(self, df: pl.DataFrame, payload: bytes | None = None) -> int:
+    def write(self, df: pl.DataFrame, payload: Any = None) -> int:
         """Write `df`; returns rows written. Bad rows are split out per error_handling."""
         if df.height == 0:
             return 0
@@ -151,7 +183,8 @@ class _Writer:
 
     def _bad_row(self, df: pl.DataFrame, exc: psycopg.Error) -> None:
         error = mask(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-        payload = df.row(0, named=True)
+        payload = {k: describe_raw(v, self.types.get(k, "")) if isinstance(v, bytes) else v
+                   for k, v in df.row(0, named=True).items()}
         key = {k: payload.get(k) for k in self.spec.key}
         if self.eh.stops_on(self.op):
             raise RowError(
@@ -205,19 +238,34 @@ def merge_sql(spec: TargetSpec, at: sql.Composable | None = None) -> list[sql.Co
 def _load_through_pipeline(plan: TablePlan, scur: psycopg.Cursor, tcur: psycopg.Cursor, spec: TargetSpec,
                            direct: bool, settings: TaskSettings, on_row_error: RowErrorHook | None,
                            on_progress: Callable[[int], None] | None, result: TableLoadResult,
-                           chunk_bytes: int, load_ts: Any = None) -> None:
+                           chunk_bytes: int, load_ts: Any = None, types: dict[str, str] | None = None) -> None:
     """Three overlapping stages: COPY out (thread) -> plan + encode (thread) -> COPY in (here)."""
-    writer = _Writer(tcur, spec, direct, settings, on_row_error, result, load_ts)
-    source_cols = list(plan.source_columns)
-    query = select_query(plan.source.schema, plan.source.name, source_cols)
-    frames = iter_frames(scur, query, source_cols, chunk_bytes=chunk_bytes)
+    source_types = {c.name: c.pg_type for c in plan.source.columns}
+    layout = None
+    if COPY_FORMAT != "text" and types:
+        layout = copy_layout(plan, types, spec.data_columns, source_types)
+    writer = _Writer(tcur, spec, direct, settings, on_row_error, result, load_ts, layout, types)
+    result.copy_format = "text" if layout is None else "binary"
+    if layout is None:
+        source_cols = list(plan.source_columns)
+        query = select_query(plan.source.schema, plan.source.name, source_cols)
+        frames = iter_frames(scur, query, source_cols, chunk_bytes=chunk_bytes)
+    else:
+        query = select_sql(plan.source.schema, plan.source.name, layout, source_types)
+        frames = iter_binary_frames(scur, query, layout.names, layout.as_text, chunk_bytes=chunk_bytes)
 
-    def transformed() -> Iterator[tuple[pl.DataFrame, bytes]]:
+    def shaped(frame: pl.DataFrame) -> pl.DataFrame:
+        if layout is None:
+            return plan.apply(frame).select(writer.columns)
+        out = plan.apply_some(frame)
+        return out.select(pl.col(o).alias(c) for o, c in zip(layout.outputs, writer.columns, strict=True))
+
+    def transformed() -> Iterator[tuple[pl.DataFrame, Any]]:
         for frame in _prefetch(frames):
-            out = plan.apply(frame).select(writer.columns)
+            out = shaped(frame)
             result.rows_read += frame.height
             result.rows_filtered += frame.height - out.height
-            yield out, write_copy_text(out)
+            yield out, writer.encode(out)
             if on_progress:
                 on_progress(frame.height)
 
@@ -293,7 +341,7 @@ def _load(settings: TaskSettings, plan: TablePlan, spec: TargetSpec, src: psycop
                 scur = src.cursor()
         if not passed:
             _load_through_pipeline(plan, scur, tcur, spec, empty, settings, on_row_error,
-                                   on_progress, result, chunk_bytes or CHUNK_BYTES, load_ts)
+                                   on_progress, result, chunk_bytes or CHUNK_BYTES, load_ts, types)
         tcur.execute(
             sql.SQL(
                 "INSERT INTO {}.load_state (task, schema_name, table_name, status, rows, snapshot_lsn, updated_at)"

@@ -327,6 +327,35 @@ def test_one_message_per_batch_and_split_payloads(
     assert rmq.queue_depth(task_name) == (0, 0)
 
 
+def test_a_backlog_of_small_transactions_goes_out_in_few_messages(
+    task_name: str, source_uri: str, target_uri: str, trempy_home: Path,
+) -> None:
+    """300 committed transactions of 10 rows: the producer gathers the stream into batches
+    (one message each), not one message per transaction; the consumer applies them all."""
+    sql(source_uri, T_SQL)
+    d = doc(task_name, source_uri, target_uri)
+    Task.from_settings(d).run(progress=False)  # creates slot and topology, nothing to apply
+    with psycopg.connect(source_uri, autocommit=True) as c:  # COMMIT in DO needs autocommit
+        c.execute("DO $$ BEGIN FOR k IN 0..299 LOOP INSERT INTO t SELECT k * 10 + i, i, 'x'"
+                  " FROM generate_series(1, 10) i; COMMIT; END LOOP; END $$")
+    task = Task.from_settings({**d, "task": {**d["task"], "start_mode": "continue"}})
+    _role(task, "producer")
+    conn = rmq.connect_blocking()
+    try:
+        ch = conn.channel()
+        msgs = rmq._peek_all(ch, rmq.topology(task_name).queue)
+        ch.close()
+    finally:
+        conn.close()
+    batches = {m[1].message_id for m in msgs if (m[1].headers or {}).get("x-trempy-kind") == "batch"}
+    assert 1 <= len(batches) <= 30, f"{len(batches)} messages for 300 transactions"
+    runner = rmq.ConsumerRunner(task).start()
+    try:
+        wait_for(lambda: same_rows(source_uri, target_uri), what="the backlog applied")
+    finally:
+        runner.stop(30)
+
+
 def _role(task: Task, role: str) -> None:
     """Run one side until caught up (the CLI's --role ... --until-caught-up)."""
     assert rmq.run_role(task, role, until_caught_up=True, progress=False) == 0

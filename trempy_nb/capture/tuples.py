@@ -8,7 +8,8 @@ Polars slices the text values out of the buffer as string views. No Python
 object is made per value. The structural messages (Begin, Commit, Relation,
 Truncate, ...) are few and are decoded one by one with `pgoutput.decode`.
 
-Pure: no I/O, unit-tested on captured bytes through the reader.
+Pure: no I/O, unit-tested on captured bytes through the reader. The buffer and the
+slicing are shared with the full load's COPY binary reader (pipeline/rowbuffer.py).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from trempy_nb.capture.pgoutput import DecodeError, Message, decode
+from trempy_nb.pipeline.rowbuffer import RowBuffer
 
 __all__ = ["Window", "Tuples", "ROW_TAGS", "walk", "text_columns", "equal_values"]
 
@@ -29,7 +30,7 @@ K_TEXT, K_NULL, K_UNCHANGED, K_BINARY = 116, 110, 117, 98
 M_NEW, M_KEY, M_OLD = 78, 75, 79  # 'N', 'K', 'O' tuple markers
 
 
-class Window:
+class Window(RowBuffer):
     """The rows of one peek: one buffer, message offsets, tags; structural messages decoded."""
 
     def __init__(self, datas: list[bytes]) -> None:
@@ -45,13 +46,10 @@ class Window:
         return win
 
     def _setup(self, buf: bytes | bytearray, ends: np.ndarray) -> None:
+        RowBuffer.__init__(self, buf, ends)
         n = len(ends)
-        self.offs = np.zeros(n + 1, np.int64)
-        self.offs[1:] = ends
         if n and not (np.diff(self.offs) > 0).all():
             raise DecodeError("empty pgoutput message")
-        self.buf = buf
-        self.arr = np.frombuffer(self.buf, np.uint8)
         self.tags = self.arr[self.offs[:-1]] if n else np.zeros(0, np.uint8)
         is_row = np.isin(self.tags, ROW_TAGS)
         self.row_idx = np.flatnonzero(is_row)  # indices of Insert/Update/Delete messages
@@ -59,38 +57,6 @@ class Window:
         self.structure: list[tuple[int, Message]] = [
             (int(i), decode(self.message(int(i)))) for i in np.flatnonzero(~is_row)
         ]
-        self._series: pl.Series | None = None
-
-    def __len__(self) -> int:
-        return len(self.tags)
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.buf)
-
-    def message(self, i: int) -> bytes:
-        return bytes(self.buf[self.offs[i] : self.offs[i + 1]])
-
-    def u32(self, pos: np.ndarray) -> np.ndarray:
-        """Big-endian uint32 at each position (as int64)."""
-        a = self.arr
-        return (
-            (a[pos].astype(np.int64) << 24)
-            | (a[pos + 1].astype(np.int64) << 16)
-            | (a[pos + 2].astype(np.int64) << 8)
-            | a[pos + 3]
-        )
-
-    def series(self) -> pl.Series:
-        """Every message as a Binary value (views of the buffer, made once per window)."""
-        if self._series is None:
-            arrow = pa.LargeBinaryArray.from_buffers(
-                pa.large_binary(),
-                len(self),
-                [None, pa.py_buffer(self.offs), pa.py_buffer(self.buf)],
-            )
-            self._series = pl.Series("m", arrow)
-        return self._series
 
 
 @dataclass
@@ -141,16 +107,6 @@ def walk(win: Window, pos: np.ndarray, msg_end: np.ndarray, ncols: int) -> Tuple
     return Tuples(kinds, starts, lens, p)
 
 
-def _slices(win: Window, msg: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> pl.DataFrame:
-    """A frame with the messages (`m`) of `msg` and each value's offset inside its message."""
-    base = win.offs[msg]
-    cols: dict[str, object] = {"m": win.series().gather(pl.Series(msg))}
-    for k in range(starts.shape[0]):
-        cols[f"s{k}"] = starts[k] - base
-        cols[f"l{k}"] = lens[k]
-    return pl.DataFrame(cols)
-
-
 def text_columns(
     win: Window,
     msg: np.ndarray,
@@ -162,21 +118,10 @@ def text_columns(
     """One String series per column: the value bytes sliced out of the buffer, null where not valid.
 
     Values are checked to be UTF-8 (the text of a UTF8 database) like `bytes.decode` did."""
-    if len(msg) == 0:
-        return [pl.Series(name, [], dtype=pl.String) for name in names]
-    df = _slices(win, msg, starts, lens)
-    exprs = []
-    for k, name in enumerate(names):
-        value = pl.col("m").bin.slice(pl.col(f"s{k}"), pl.col(f"l{k}"))
-        v = valid[k]
-        if not v.all():
-            value = pl.when(pl.Series(v)).then(value)
-        exprs.append(value.alias(name))
     try:
-        out = df.select(exprs)
-        return [out.get_column(name).cast(pl.String) for name in names]
-    except pl.exceptions.PolarsError as exc:
-        raise DecodeError(f"pgoutput text value is not valid UTF-8: {exc}") from None
+        return win.columns(msg, names, starts, lens, valid)
+    except ValueError as exc:
+        raise DecodeError(f"pgoutput {exc}") from None
 
 
 def equal_values(
@@ -193,7 +138,7 @@ def equal_values(
     same = a_len == b_len
     if not same.any():
         return same
-    df = _slices(win, msg, np.stack([a_start, b_start]), np.stack([a_len, b_len]))
+    df = win.slices(msg, np.stack([a_start, b_start]), np.stack([a_len, b_len]))
     eq = df.select(
         (
             pl.col("m").bin.slice(pl.col("s0"), pl.col("l0"))

@@ -91,6 +91,14 @@ class TablePlan:
         frame = self._transform(frame, ctx)
         return frame.select(self.target_column_names)
 
+    def apply_some(self, df: pl.DataFrame, ctx: BatchContext | None = None) -> pl.DataFrame:
+        """Full-load rows when only the columns the plan reads come as text (copylayout.py):
+        filter, rename, transform; other columns ride along untouched."""
+        frame = df.filter(self.predicate()) if self.filters else df
+        if self.renames:
+            frame = frame.rename({s: t for s, t in self.renames if s in frame.columns})
+        return self._transform_steps(frame, ctx)
+
     def apply_changes(self, df: pl.DataFrame, ctx: BatchContext | None = None) -> pl.DataFrame:
         """CDC rows with the meta columns of trempy_nb.changes.
 
@@ -140,6 +148,9 @@ class TablePlan:
     def _transform(self, frame: pl.DataFrame, ctx: BatchContext | None) -> pl.DataFrame:
         if self.renames:
             frame = frame.rename(self.rename_map)
+        return self._transform_steps(frame, ctx)
+
+    def _transform_steps(self, frame: pl.DataFrame, ctx: BatchContext | None) -> pl.DataFrame:
         if self.steps:
             ctx = ctx or self.context()
             for step in self.steps:

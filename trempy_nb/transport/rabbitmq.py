@@ -794,6 +794,10 @@ def produce(
             if outstanding >= MAX_INFLIGHT:
                 link.wait_confirms(gen, 0.05)
                 continue
+            if outstanding:
+                # gather what the stream brings while the broker confirms: one big batch
+                # (one message, one apply transaction), not one per source transaction
+                reader.prefetch(0.02)
             batch = reader.read_batch(upto_lsn=session.catch_up_target)
             if batch is None:
                 target = session.catch_up_target

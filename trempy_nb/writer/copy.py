@@ -1,9 +1,11 @@
 """COPY in and out: the only way rows move between Python and PostgreSQL.
 
-Reading yields chunks of COPY *text* format cut on line boundaries (text
-format escapes newlines, so one line is one row); writing sends a Polars
-frame as COPY text. Pass-through tables skip Python rows entirely and stream
-COPY binary from source to target.
+Reading yields chunks of COPY rows: *text* format cut on line boundaries (text
+format escapes newlines, so one line is one row), or *binary* format with the
+end of each row (libpq hands over one row per message). Writing sends a Polars
+frame as COPY text, or an encoded COPY binary stream (pipeline/binarycodec.py).
+Pass-through tables skip Python rows entirely and stream COPY binary from
+source to target.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 import select
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import polars as pl
 import psycopg
 from psycopg import pq, sql
 
+from trempy_nb.pipeline.binarycodec import read_copy_binary
 from trempy_nb.pipeline.textcodec import read_copy_text, write_copy_text
 
 CHUNK_BYTES = 16 * 1024 * 1024
@@ -44,13 +48,23 @@ def iter_text_chunks(
     cur: psycopg.Cursor, query: sql.Composable, params: Sequence[object] | None = None,
     chunk_bytes: int = CHUNK_BYTES,
 ) -> Iterator[bytes]:
-    """COPY (query) TO STDOUT in text format, as chunks of whole lines (one line = one row).
+    """COPY (query) TO STDOUT in text format, as chunks of whole lines (one line = one row)."""
+    for data, _ in _iter_copy(cur, query, params, chunk_bytes, binary=False):
+        yield data
+
+
+def _iter_copy(
+    cur: psycopg.Cursor, query: sql.Composable, params: Sequence[object] | None,
+    chunk_bytes: int, binary: bool,
+) -> Iterator[tuple[bytes, list[int]]]:
+    """COPY (query) TO STDOUT as chunks of whole rows, with each row's size when `binary`.
 
     Reads through libpq directly in non-blocking mode: psycopg's row-by-row
     COPY iterator costs more than the server takes to produce the rows.
     """
     body = _bind(cur, query, params) if params else query
-    copy_sql = sql.SQL("COPY ({}) TO STDOUT").format(body).as_bytes(cur)
+    fmt = sql.SQL(" (FORMAT binary)") if binary else sql.SQL("")
+    copy_sql = sql.SQL("COPY ({}) TO STDOUT{}").format(body, fmt).as_bytes(cur)
     conn = cur.connection
     conn.execute("SELECT 1")  # let psycopg open the transaction it expects to own
     pg = conn.pgconn
@@ -58,13 +72,15 @@ def iter_text_chunks(
     _expect(pg, pq.ExecStatus.COPY_OUT)
     pg.nonblocking = 1
     pending: list[bytes] = []
+    sizes: list[int] | None = [] if binary else None
     size = 0
     try:
         while True:
-            size, state = _take(pg, pending, size, chunk_bytes)
+            size, state = _take(pg, pending, size, chunk_bytes, sizes)
             if state == "full":
-                yield b"".join(pending)
+                yield b"".join(pending), sizes or []
                 pending, size = [], 0
+                sizes = [] if binary else None
             elif state == "wait":
                 select.select([pg.socket], [], [])
                 pg.consume_input()
@@ -74,7 +90,16 @@ def iter_text_chunks(
         pg.nonblocking = 0
     _drain(pg)
     if pending:
-        yield b"".join(pending)
+        yield b"".join(pending), sizes or []
+
+
+def iter_binary_frames(
+    cur: psycopg.Cursor, query: sql.Composable, names: Sequence[str], as_text: Sequence[bool],
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Iterator[pl.DataFrame]:
+    """Batches of rows from COPY binary: String columns where `as_text`, Binary (raw values) elsewhere."""
+    for data, sizes in _iter_copy(cur, query, None, chunk_bytes, binary=True):
+        yield read_copy_binary(data, np.cumsum(np.array(sizes, np.int64)), names, as_text)
 
 
 def _bind(cur: psycopg.Cursor, query: sql.Composable, params: Sequence[object]) -> sql.Composable:
@@ -113,6 +138,38 @@ def copy_frame(cur: psycopg.Cursor, target: sql.Composable, columns: Sequence[st
     with cur.copy(stmt) as copy:
         copy.write(payload)
     return df.height
+
+
+def copy_binary(cur: psycopg.Cursor, target: sql.Composable, columns: Sequence[str], payload: bytes,
+                text_columns: Sequence[str] = (), types: dict[str, str] | None = None) -> None:
+    """COPY an encoded binary stream (binarycodec.encode) into `target`.
+
+    When some columns had to travel as text, the batch goes through a temporary
+    table where those columns are text, and one INSERT casts them to the target's
+    types: PostgreSQL parses them as it would COPY text, errors included.
+    """
+    cols = column_list(columns)
+    if not text_columns:
+        with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(target, cols)) as copy:
+            copy.write(payload)
+        return
+    if types is None:
+        raise ValueError("copy_binary needs the target column types to cast text columns")
+    mixed = sql.Identifier("trempy_mixed")
+    defs = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL("text" if c in text_columns else types[c]))
+        for c in columns
+    )
+    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(mixed))
+    cur.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(mixed, defs))
+    with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(mixed, cols)) as copy:
+        copy.write(payload)
+    values = sql.SQL(", ").join(
+        sql.SQL("{}::{}").format(sql.Identifier(c), sql.SQL(types[c])) if c in text_columns else sql.Identifier(c)
+        for c in columns
+    )
+    cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(target, cols, values, mixed))
+    cur.execute(sql.SQL("DROP TABLE {}").format(mixed))
 
 
 def stream_copy(
@@ -181,17 +238,24 @@ def pump(sp: pq.abc.PGconn, tp: pq.abc.PGconn, out_sql: bytes, in_sql: bytes, fl
     return _drain(tp)
 
 
-def _take(pg: pq.abc.PGconn, buf: list[bytes], size: int, limit: int) -> tuple[int, str]:
+def _take(pg: pq.abc.PGconn, buf: list[bytes], size: int, limit: int,
+          sizes: list[int] | None = None) -> tuple[int, str]:
     """Move the COPY rows libpq already holds into `buf`, up to `limit` bytes.
 
     Returns the new size and 'full' (limit reached), 'wait' (nothing more
-    arrived yet) or 'done' (the COPY ended).
+    arrived yet) or 'done' (the COPY ended). `sizes` gets each row's size.
+    This loop runs once per row, so it keeps to the bare minimum (copying each
+    row to bytes here is cheaper than joining libpq's buffers later).
     """
+    get, keep = pg.get_copy_data, buf.append
+    note = sizes.append if sizes is not None else None
     while True:
-        nb, data = pg.get_copy_data(1)
+        nb, data = get(1)
         if nb > 0:
-            buf.append(bytes(data))
+            keep(bytes(data))
             size += nb
+            if note is not None:
+                note(nb)
             if size >= limit:
                 return size, "full"
         elif nb == 0:

@@ -1,0 +1,218 @@
+"""COPY binary encoding of text frames, checked against PostgreSQL itself: the same frame sent as
+COPY text and as COPY binary must land as the same rows; a value an encoder cannot convert
+exactly makes its column travel as text (and the target casts it); COPY binary read from the
+source passes through untouched."""
+
+from __future__ import annotations
+
+import polars as pl
+import psycopg
+import pytest
+from psycopg import sql
+
+from trempy_nb.db import connect
+from trempy_nb.pipeline.binarycodec import (
+    describe_raw,
+    encode,
+    encoder_for,
+    encoders_for,
+)
+from trempy_nb.pipeline.textcodec import read_copy_text, write_copy_text
+from trempy_nb.writer.copy import copy_binary, iter_binary_frames
+
+TYPES = {
+    "i2": "smallint", "i4": "integer", "i8": "bigint", "num": "numeric", "num2": "numeric(12,2)",
+    "f8": "double precision", "t": "text", "vc": "character varying(20)", "ch": "character(3)",
+    "b": "boolean", "d": "date", "ts": "timestamp without time zone", "ts3": "timestamp(3) without time zone",
+    "tstz": "timestamp with time zone", "u": "uuid", "j": "jsonb", "js": "json", "by": "bytea",
+}
+
+VALUES = """
+(1, 32767, 2147483647, 9223372036854775807, 123456789012345678901234567890.123456789, 12.5, 0.1,
+ E'quote '' "dq" tab\\t nl\\n back\\\\slash \\\\N ünïcødé ✓', 'short', 'ab', true, '2024-02-29',
+ '2024-01-02 03:04:05.123456', '2024-01-02 03:04:05.123456', '2024-01-02 03:04:05.123456+02',
+ 'A0EEBC99-9c0b-4ef8-bb6d-6bb9bd380a11', '{"a": [1, 2, {"b": null}]}', '{"x":1}', '\\x00ff10'),
+(2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+(3, -32768, -2147483648, -9223372036854775808, -0.000001, -99.99, -1e300, '', '', '', false, '0001-01-01',
+ '1999-12-31 23:59:59', '1970-01-01 00:00:00.0005', '1900-01-01 00:00:00+00', '00000000-0000-0000-0000-000000000000',
+ '[]', '[]', '\\x'),
+(6, NULL, NULL, NULL, 'NaN', NULL, 'Infinity', NULL, NULL, NULL, NULL, 'infinity', 'infinity', '-infinity',
+ '-infinity', NULL, NULL, NULL, NULL),
+(7, NULL, NULL, NULL, 'Infinity', NULL, '-Infinity', NULL, NULL, NULL, NULL, '-infinity', '-infinity',
+ 'infinity', 'infinity', NULL, NULL, NULL, NULL),
+(8, NULL, NULL, NULL, '-Infinity', NULL, 'NaN', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+ NULL, NULL),
+(4, 0, 0, 0, 0.00, 0, 5e-324, ' lead and trail ', 'x', 'a', NULL, '9999-12-31', '2000-01-01 00:00:00',
+ NULL, '2000-01-01 00:00:00.000001+00', NULL, '"s"', 'null', NULL),
+(5, -1, 10, 100, 10000.0001, 0.01, 1.7976931348623157e308, 'tab	inside', NULL, NULL, true, '2000-01-01',
+ '0100-02-03 04:05:06.7', '2262-04-11 23:47:16.854775', '2024-06-30 23:59:59.999999+00', NULL, NULL, NULL, '\\x41')
+"""
+
+
+def _table(conn: psycopg.Connection, name: str) -> None:
+    cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in TYPES.items())
+    conn.execute(sql.SQL("CREATE TABLE {} (id integer PRIMARY KEY, {})").format(sql.Identifier(name), cols))
+
+
+def _frame(conn: psycopg.Connection, table: str) -> pl.DataFrame:
+    """The rows as the full load sees them: COPY text parsed into a String frame."""
+    cur = conn.cursor()
+    names = ["id", *TYPES]
+    with cur.copy(sql.SQL("COPY {} TO STDOUT").format(sql.Identifier(table))) as copy:
+        data = b"".join(bytes(b) for b in copy)
+    return read_copy_text(data, names)
+
+
+def _load(conn: psycopg.Connection, table: str, payload: bytes, binary: bool) -> None:
+    fmt = sql.SQL(" (FORMAT binary)") if binary else sql.SQL("")
+    with conn.cursor().copy(sql.SQL("COPY {} FROM STDIN{}").format(sql.Identifier(table), fmt)) as copy:
+        copy.write(payload)
+
+
+def _rows(conn: psycopg.Connection, table: str) -> list[str]:
+    """Each row as PostgreSQL prints it (exact: numeric scale, float digits, infinities)."""
+    q = sql.SQL("SELECT r::text FROM {} AS r ORDER BY id").format(sql.Identifier(table))
+    return [r[0] for r in conn.execute(q).fetchall()]
+
+
+@pytest.fixture
+def conn(target_uri: str):
+    with connect(target_uri, autocommit=True) as c:
+        for name in ("src", "via_text", "via_binary"):
+            _table(c, name)
+        yield c
+
+
+ALL_TYPES = ["integer", *TYPES.values()]
+NAMES = ["id", *TYPES]
+
+
+def test_binary_lands_the_same_rows_as_text(conn: psycopg.Connection) -> None:
+    conn.execute(f"INSERT INTO src VALUES {VALUES}")
+    df = _frame(conn, "src")
+    encoders = encoders_for(ALL_TYPES)
+    assert encoders is not None
+    payload, as_text = encode(df, encoders)
+    assert as_text == []  # every value above, NaN and infinities included, has an exact binary form
+    _load(conn, "via_text", write_copy_text(df), binary=False)
+    _load(conn, "via_binary", payload, binary=True)
+    expected = _rows(conn, "src")
+    assert _rows(conn, "via_text") == expected
+    assert _rows(conn, "via_binary") == expected
+    assert len(expected) == 8 and "10000.0001" in expected[4] and ",0.00," in expected[3]  # scales kept
+
+
+def test_binary_of_an_empty_frame_is_a_valid_copy(conn: psycopg.Connection) -> None:
+    payload, _ = encode(_frame(conn, "src"), encoders_for(ALL_TYPES))  # type: ignore[arg-type]
+    _load(conn, "via_binary", payload, binary=True)
+    assert _rows(conn, "via_binary") == []
+
+
+def test_values_without_an_exact_binary_form_travel_as_text_and_the_target_casts_them(
+    conn: psycopg.Connection,
+) -> None:
+    conn.execute("INSERT INTO src (id, d, ts, tstz, num) VALUES (1, '0044-03-15 BC', '0044-03-15 12:00:00 BC',"
+                 " '12345-01-01 00:00:00+00', 1.5), (2, '2024-01-01', '2024-01-01 00:00:00', NULL, NULL)")
+    df = _frame(conn, "src")
+    payload, as_text = encode(df, encoders_for(ALL_TYPES))  # type: ignore[arg-type]
+    assert set(as_text) == {"d", "ts", "tstz"}
+    types = dict(zip(NAMES, ALL_TYPES, strict=True))
+    with conn.transaction():
+        copy_binary(conn.cursor(), sql.Identifier("via_binary"), NAMES, payload, as_text, types)
+    assert _rows(conn, "via_binary") == _rows(conn, "src")
+
+
+def test_a_value_the_target_refuses_fails_the_copy_as_text_would(conn: psycopg.Connection) -> None:
+    df = pl.DataFrame({"id": ["1"], "d": ["2024-02-30"]})
+    payload, as_text = encode(df, [encoder_for("integer"), encoder_for("date")])  # type: ignore[list-item]
+    assert as_text == ["d"]
+    with pytest.raises(psycopg.errors.DatetimeFieldOverflow), conn.transaction():
+        copy_binary(conn.cursor(), sql.Identifier("via_binary"), ["id", "d"], payload, as_text,
+                    {"id": "integer", "d": "date"})
+    assert _rows(conn, "via_binary") == []
+
+
+@pytest.mark.parametrize("chunk", [64, 1 << 20])
+def test_copy_binary_from_the_source_passes_through_and_text_columns_match_copy_text(
+    conn: psycopg.Connection, chunk: int,
+) -> None:
+    conn.execute(f"INSERT INTO src VALUES {VALUES}")
+    text_cols = {"t", "num", "tstz", "b", "ch"}
+    items = sql.SQL(", ").join(
+        sql.SQL("{}::text").format(sql.Identifier(c)) if c in text_cols and c not in ("b", "ch")
+        else sql.SQL("CASE WHEN {c} IS NULL THEN NULL ELSE format('%s', {c}) END").format(c=sql.Identifier(c))
+        if c in text_cols else sql.Identifier(c)
+        for c in NAMES
+    )
+    query = sql.SQL("SELECT {} FROM src ORDER BY id").format(items)
+    as_text = [c in text_cols for c in NAMES]
+    with connect(conn.info.dsn and _uri(conn)) as src:
+        frames = list(iter_binary_frames(src.cursor(), query, NAMES, as_text, chunk_bytes=chunk))
+    if chunk == 64:
+        assert len(frames) > 1  # several batches: the header sits only in the first
+    df = pl.concat(frames)
+    reference = _frame(conn, "src").sort(pl.col("id").cast(pl.Int64))
+    for c in text_cols:  # the text the plan sees is exactly what COPY text gives
+        assert df.get_column(c).to_list() == reference.get_column(c).to_list(), c
+    assert df.schema["i8"] == pl.Binary and df.schema["t"] == pl.String
+    encoders = [None if not t else encoder_for(ty) for t, ty in zip(as_text, ALL_TYPES, strict=True)]
+    payload, sent_as_text = encode(df, encoders)
+    assert sent_as_text == []
+    _load(conn, "via_binary", payload, binary=True)
+    assert _rows(conn, "via_binary") == _rows(conn, "src")
+
+
+def test_an_empty_binary_copy_reads_as_an_empty_frame(conn: psycopg.Connection) -> None:
+    with connect(_uri(conn)) as src:
+        frames = list(iter_binary_frames(src.cursor(), sql.SQL("SELECT id, t FROM src"), ["id", "t"], [False, True]))
+    assert sum(f.height for f in frames) == 0
+
+
+def test_raw_values_are_described_readably_in_error_records() -> None:
+    assert describe_raw((42).to_bytes(8, "big"), "bigint") == 42
+    assert describe_raw(b"caf\xc3\xa9", "character varying(10)") == "café"
+    assert describe_raw((-1).to_bytes(4, "big", signed=True), "date") == "1999-12-31"
+    assert describe_raw((1_500_000).to_bytes(8, "big"), "timestamp with time zone") == "2000-01-01 00:00:01.500000+00"
+    assert describe_raw(b"\x01\x02", "inet") == "\\x0102"
+
+
+def _uri(conn: psycopg.Connection) -> str:
+    return conn.info.dsn + f" password={conn.info.password}"
+
+
+@pytest.mark.parametrize(("pg_type", "text"), [
+    ("numeric", "1e5"), ("smallint", "32768"), ("integer", "1.5"), ("bigint", "9223372036854775808"),
+    ("boolean", "yes"), ("date", "0044-03-15 BC"), ("timestamp with time zone", "2024-01-01 00:00:00+02"),
+    ("uuid", "not-a-uuid"), ("bytea", "escape\\000form"), ("double precision", "one"),
+])
+def test_a_value_binary_cannot_carry_exactly_sends_its_column_as_text(pg_type: str, text: str) -> None:
+    enc = encoder_for(pg_type)
+    assert enc is not None
+    first = {"boolean": "t", "uuid": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "bytea": "\\x00", "date": "2024-01-01",
+             "timestamp with time zone": "2024-01-01 00:00:00+00"}.get(pg_type, "1")
+    _, as_text = encode(pl.DataFrame({"c": [first, text, None]}), [enc])
+    assert as_text == ["c"]
+    _, as_text = encode(pl.DataFrame({"c": [first, None]}), [enc])
+    assert as_text == []
+
+
+@pytest.mark.parametrize("pg_type", ["integer[]", "interval", "time without time zone", "real", "mood", "inet"])
+def test_types_without_an_encoder_travel_as_text(pg_type: str) -> None:
+    assert encoder_for(pg_type) is None
+    assert encoders_for(["integer", pg_type]) is None
+
+
+@pytest.mark.parametrize("values", [
+    ["1.50", "-0.01", "0.00", None, "123456789.12", "-99999999999999999999999999999999999.99"],  # one scale
+    ["7", "-7", "0", "10000", "99999999999999999999999999999999999999"],  # no decimals, 38 digits
+    ["0.0001", "-1.0000", "12345.6789"],  # four decimals: whole groups
+    ["1.5", "2.25", "-3.125", "4", "0.00000000001", "1" * 50 + ".5"],  # mixed scales, beyond Int128
+])
+def test_numeric_binary_matches_numeric_text(conn: psycopg.Connection, values: list[str | None]) -> None:
+    conn.execute("CREATE TABLE nums (k integer, v numeric)")
+    df = pl.DataFrame({"k": [str(i) for i in range(len(values))], "v": values})
+    payload, as_text = encode(df, [encoder_for("integer"), encoder_for("numeric")])  # type: ignore[list-item]
+    assert as_text == []
+    _load(conn, "nums", payload, binary=True)
+    got = [r[0] for r in conn.execute("SELECT v::text FROM nums ORDER BY k").fetchall()]
+    assert got == values

@@ -1,0 +1,64 @@
+"""Which columns of a transformed table pass through in binary, which travel as text (pure)."""
+
+from __future__ import annotations
+
+from trempy_nb.catalog import ColumnInfo, TableInfo
+from trempy_nb.pipeline.copylayout import RAW_PREFIX, base_type, copy_layout
+from trempy_nb.pipeline.plan import compile_plan
+from trempy_nb.settings import TaskSettings
+
+COLUMNS = [("id", "integer"), ("name", "text"), ("amount", "numeric(12,2)"), ("span", "interval"), ("note", "text")]
+
+
+def _table() -> TableInfo:
+    cols = tuple(ColumnInfo(name=n, pg_type=t, nullable=n != "id", position=i) for i, (n, t) in enumerate(COLUMNS, 1))
+    return TableInfo(schema="s", name="t", columns=cols, primary_key=("id",), replica_identity="d")
+
+
+def _plan(transformations: list[dict], filters: list[dict] | None = None):  # type: ignore[no-untyped-def]
+    t = {"schema_name": "s", "table_name": "t"}
+    doc = {"task": {"task_name": "x", "source": "postgresql://h/db", "target": "postgresql://h/db2"},
+           "tables": [t], "filters": [{**t, **f} for f in filters or []],
+           "transformations": [{**t, **x} for x in transformations]}
+    return compile_plan(TaskSettings.model_validate(doc), _table())
+
+
+SOURCE = dict(COLUMNS)
+
+
+def test_untouched_and_read_only_columns_pass_through_raw_written_ones_are_encoded() -> None:
+    plan = _plan(
+        [{"priority": 0, "transformation_type": "modify_column_name", "contract": {"column_name": "note", "new_column_name": "memo"}},
+         {"priority": 1, "transformation_type": "modify_column_value", "contract": {"operation": "uppercase", "column_name": "name"}},
+         {"priority": 2, "transformation_type": "create_column",
+          "contract": {"operation": "math_expression", "new_column_name": "double", "expression": "amount * 2"}}],
+        [{"column_name": "span", "filter_type": "is_not_null"}],
+    )
+    target = {c.name: c.pg_type for c in plan.target_columns}
+    columns = [c.name for c in plan.target_columns]
+    layout = copy_layout(plan, target, columns, SOURCE)
+    assert layout is not None
+    selected = dict.fromkeys(layout.select)
+    # the plan reads name, amount and span as text; id, amount, span and note (renamed memo) pass raw
+    assert set(selected) == {("name", True), ("amount", True), ("span", True), ("id", False), ("amount", False),
+                             ("span", False), ("note", False)}
+    outputs = dict(zip(columns, layout.outputs, strict=True))
+    assert outputs["memo"] == RAW_PREFIX + "note" and outputs["name"] == "name" and outputs["double"] == "double"
+    encoded = {c for c, e in zip(columns, layout.encoders, strict=True) if e is not None}
+    assert encoded == {"name", "double"}
+
+
+def test_a_target_type_without_an_encoder_sends_the_table_as_text() -> None:
+    plan = _plan([{"priority": 1, "transformation_type": "modify_column_value",
+                   "contract": {"operation": "uppercase", "column_name": "name"}}])
+    columns = [c.name for c in plan.target_columns]
+    target = {c.name: c.pg_type for c in plan.target_columns} | {"span": "interval(0)"}  # an existing table differs
+    assert copy_layout(plan, target, columns, SOURCE) is None
+    target["span"] = "interval"
+    assert copy_layout(plan, target, columns, SOURCE) is not None
+
+
+def test_base_type_drops_typmods_and_arrays() -> None:
+    assert base_type("character varying(20)[]") == "character varying"
+    assert base_type("numeric(12, 2)") == "numeric"
+    assert base_type("timestamp(3) with time zone") == "timestamp with time zone"

@@ -1,0 +1,127 @@
+"""Which columns of a transformed table travel as text and which pass through in binary.
+
+Why: a full load with transformations used to read every column as COPY text,
+parse it in Polars, and send it back as COPY text that the target parsed again.
+Most columns are never touched by a filter or a transformation: those now come
+from the source in COPY binary and go to the target as the same bytes, parsed
+by nobody. The columns the plan reads come (also) as text, the pipeline's
+convention; the columns it writes reach the target through binarycodec's
+encoders.
+
+Pure: decides from the plan and the target's column types; no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from trempy_nb.pipeline.binarycodec import Encoder, encoder_for, type_name
+from trempy_nb.pipeline.plan import TablePlan
+
+RAW_PREFIX = "__trempy_raw__"
+
+#: Built-in types (fixed OIDs, so their binary form, arrays included, means the same in any database).
+BUILTIN = frozenset({
+    "smallint", "integer", "bigint", "numeric", "real", "double precision", "money", "boolean",
+    "text", "character varying", "character", "name", "bytea", "uuid", "json", "jsonb", "xml",
+    "date", "time without time zone", "time with time zone", "timestamp without time zone",
+    "timestamp with time zone", "interval", "inet", "cidr", "macaddr", "macaddr8", "bit",
+    "bit varying", "point", "line", "lseg", "box", "path", "polygon", "circle", "tsvector",
+    "tsquery", "oid", "pg_lsn", "int4range", "int8range", "numrange", "daterange", "tsrange",
+    "tstzrange",
+})
+
+#: Types whose `::text` is their output function (others have casts of their own:
+#: boolean::text is 'true', character::text drops the padding, inet::text adds the mask).
+TEXT_CAST_IS_OUTPUT = frozenset({
+    "smallint", "integer", "bigint", "numeric", "double precision", "real", "text", "character varying",
+    "uuid", "json", "jsonb", "date", "timestamp without time zone", "timestamp with time zone", "bytea",
+})
+
+def base_type(pg_type: str) -> str:
+    """'character varying(20)[]' -> 'character varying' (typmod and array brackets dropped)."""
+    return type_name(pg_type.replace("[]", ""))
+
+
+def _same_type(a: str, b: str) -> bool:
+    return " ".join(a.lower().split()) == " ".join(b.lower().split())
+
+
+@dataclass(frozen=True)
+class CopyLayout:
+    """How one transformed table travels: the source SELECT and the target's encoders."""
+
+    select: tuple[tuple[str, bool], ...]  # (source column, as text), in SELECT order
+    names: tuple[str, ...]  # the frame column for each SELECT item
+    outputs: tuple[str, ...]  # per target column, the frame column holding it after the plan
+    encoders: tuple[Encoder | None, ...]  # per target column; None = raw bytes from the source
+
+    @property
+    def as_text(self) -> tuple[bool, ...]:
+        return tuple(t for _, t in self.select)
+
+
+def copy_layout(plan: TablePlan, target_types: dict[str, str], columns: Sequence[str],
+                source_types: dict[str, str]) -> CopyLayout | None:
+    """The layout for writing `columns` (target names), or None when the table must go as COPY text."""
+    origin = {t: s for s, t in plan.renames}  # target name -> source name, renamed columns
+    renamed = set(origin.values())
+    sources = set(plan.source_columns)
+
+    def source_of(name: str) -> str | None:
+        if name in origin:
+            return origin[name]
+        return name if name in sources and name not in renamed else None
+
+    written = {step.column for step in plan.steps}
+    text: set[str] = {f.column.name for f in plan.filters}
+    for step in plan.steps:
+        for name in (*step.inputs, step.column):
+            src = source_of(name)
+            if src is not None:
+                text.add(src)
+    raw: dict[str, str] = {}  # target column -> source column passed through in binary
+    encoders: list[Encoder | None] = []
+    for name in columns:
+        src = source_of(name)
+        ttype = target_types.get(name)
+        if ttype is None:
+            return None
+        # a column the plan only reads comes twice: as text for the plan, as raw bytes for the target
+        if (src is not None and name not in written
+                and _same_type(source_types.get(src, ""), ttype) and base_type(ttype) in BUILTIN):
+            raw[name] = src
+            encoders.append(None)
+            continue
+        enc = encoder_for(ttype)
+        if enc is None:
+            return None
+        if src is not None and name not in written:
+            text.add(src)
+        encoders.append(enc)
+    names_used = set(sources) | set(columns) | written
+    if any((RAW_PREFIX + c) in names_used for c in raw):
+        return None
+    select = [(c, True) for c in plan.source_columns if c in text]
+    select += [(src, False) for src in dict.fromkeys(raw.values())]
+    names = [c if as_text else RAW_PREFIX + c for c, as_text in select]
+    raw_name = {t: RAW_PREFIX + s for t, s in raw.items()}
+    outputs = [raw_name.get(c, c) for c in columns]
+    return CopyLayout(tuple(select), tuple(names), tuple(outputs), tuple(encoders))
+
+
+def select_sql(schema: str, table: str, layout: CopyLayout, source_types: dict[str, str]) -> sql.Composed:
+    """SELECT of the layout's columns: raw ones as they are, text ones as their output text."""
+    items = []
+    for col, as_text in layout.select:
+        ident = sql.Identifier(col)
+        if not as_text:
+            items.append(ident)
+        elif base_type(source_types[col]) in TEXT_CAST_IS_OUTPUT and "[]" not in source_types[col]:
+            items.append(sql.SQL("{}::text").format(ident))
+        else:  # format('%s') calls the type's output function; NULL must stay NULL
+            items.append(sql.SQL("CASE WHEN {c} IS NULL THEN NULL ELSE format('%s', {c}) END").format(c=ident))
+    return sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(items), sql.Identifier(schema, table))

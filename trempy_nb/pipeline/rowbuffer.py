@@ -1,0 +1,110 @@
+"""Many wire messages in one buffer, and their values sliced out as Polars columns, no Python objects per value.
+
+Shared by change capture (pgoutput messages, capture/tuples.py) and the full load
+(COPY binary rows, pipeline/binarycodec.py): both receive one message per row from
+libpq, keep the messages of a batch in one buffer, locate every value with a few
+numpy operations per column, and let Polars cut the values out as views.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+
+class RowBuffer:
+    """Messages concatenated in `buf`; message i spans offs[i]:offs[i+1]."""
+
+    def __init__(self, buf: bytes | bytearray, ends: np.ndarray) -> None:
+        n = len(ends)
+        self.offs = np.zeros(n + 1, np.int64)
+        self.offs[1:] = ends
+        self.buf = buf
+        self.arr = np.frombuffer(self.buf, np.uint8)
+        self._series: pl.Series | None = None
+
+    def __len__(self) -> int:
+        return len(self.offs) - 1
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.buf)
+
+    def message(self, i: int) -> bytes:
+        return bytes(self.buf[self.offs[i] : self.offs[i + 1]])
+
+    def u16(self, pos: np.ndarray) -> np.ndarray:
+        """Big-endian uint16 at each position (as int64)."""
+        a = self.arr
+        return (a[pos].astype(np.int64) << 8) | a[pos + 1]
+
+    def u32(self, pos: np.ndarray) -> np.ndarray:
+        """Big-endian uint32 at each position (as int64)."""
+        a = self.arr
+        return (
+            (a[pos].astype(np.int64) << 24)
+            | (a[pos + 1].astype(np.int64) << 16)
+            | (a[pos + 2].astype(np.int64) << 8)
+            | a[pos + 3]
+        )
+
+    def i32(self, pos: np.ndarray) -> np.ndarray:
+        """Big-endian int32 at each position (as int64): COPY binary writes NULL as -1."""
+        v = self.u32(pos)
+        return np.where(v >= 1 << 31, v - (1 << 32), v)
+
+    def series(self) -> pl.Series:
+        """Every message as a Binary value (views of the buffer, made once)."""
+        if self._series is None:
+            arrow = pa.LargeBinaryArray.from_buffers(
+                pa.large_binary(), len(self), [None, pa.py_buffer(self.offs), pa.py_buffer(self.buf)]
+            )
+            self._series = pl.Series("m", arrow)
+        return self._series
+
+    def slices(self, msg: np.ndarray | None, starts: np.ndarray, lens: np.ndarray) -> pl.DataFrame:
+        """A frame with the messages (`m`) of `msg` (None: all) and each value's offset inside its message."""
+        base = self.offs[:-1] if msg is None else self.offs[msg]
+        cols: dict[str, object] = {"m": self.series() if msg is None else self.series().gather(pl.Series(msg))}
+        for k in range(starts.shape[0]):
+            cols[f"s{k}"] = starts[k] - base
+            cols[f"l{k}"] = lens[k]
+        return pl.DataFrame(cols)
+
+    def columns(
+        self,
+        msg: np.ndarray | None,
+        names: Sequence[str],
+        starts: np.ndarray,
+        lens: np.ndarray,
+        valid: np.ndarray,
+        as_text: Sequence[bool] | None = None,
+    ) -> list[pl.Series]:
+        """One series per column, its values sliced out of the buffer, null where not `valid`.
+
+        Text columns (all, unless `as_text` says which) are checked to be UTF-8 and
+        come out as String; the others stay Binary (a value's bytes as sent).
+        Raises ValueError on a value that is not UTF-8.
+        """
+        text = list(as_text) if as_text is not None else [True] * len(names)
+        if (len(self) if msg is None else len(msg)) == 0:
+            return [pl.Series(n, [], dtype=pl.String if t else pl.Binary) for n, t in zip(names, text, strict=True)]
+        df = self.slices(msg, starts, lens)
+        exprs = []
+        for k, name in enumerate(names):
+            value = pl.col("m").bin.slice(pl.col(f"s{k}"), pl.col(f"l{k}"))
+            v = valid[k]
+            if not v.all():
+                value = pl.when(pl.Series(v)).then(value)
+            exprs.append(value.alias(name))
+        out = df.select(exprs)
+        try:
+            return [
+                out.get_column(name).cast(pl.String) if t else out.get_column(name)
+                for name, t in zip(names, text, strict=True)
+            ]
+        except pl.exceptions.PolarsError as exc:
+            raise ValueError(f"a text value is not valid UTF-8: {exc}") from None
