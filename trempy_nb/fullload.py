@@ -91,9 +91,16 @@ def target_spec(plan: TablePlan, settings: TaskSettings) -> TargetSpec:
 
 
 def _begin_snapshot(conn: psycopg.Connection, snapshot: str | None) -> None:
-    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    """Open the load's REPEATABLE READ READ ONLY transaction (psycopg's own BEGIN carries the
+    options), seeing the exported `snapshot` when CDC follows."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        conn.rollback()
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
     if snapshot:
         conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+    else:
+        conn.execute("SELECT 1")
 
 
 def _prefetch(frames: Iterator[pl.DataFrame], depth: int = 2) -> Iterator[pl.DataFrame]:

@@ -547,8 +547,10 @@ def test_stream_delivers_what_a_peek_delivers(src: psycopg.Connection, capture: 
     upto = _flush_lsn(src)
     expected = _all_upto(peek, upto)
     streamed = _all_upto(capture([], max_changes=7, stream=True), upto)
-    assert [b.end_lsn for b in streamed] == [b.end_lsn for b in expected]
-    assert [b.n_changes for b in streamed] == [b.n_changes for b in expected]
+    # where batches are cut depends on what has arrived when a stream is read; what they hold must not
+    ends = [b.end_lsn for b in streamed]
+    assert ends == sorted(set(ends)) and ends[-1] == expected[-1].end_lsn
+    assert sum(b.n_changes for b in streamed) == sum(b.n_changes for b in expected)
     got, want = _frames(streamed), _frames(expected)
     assert got.keys() == want.keys()
     for key in want:
