@@ -99,7 +99,10 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=2_000_000)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    cluster = start_cluster(conf={"shared_buffers": "512MB"})
+    # no autovacuum and no checkpoint during the runs: the vacuum of one case's 2M fresh rows, or a
+    # checkpoint its WAL triggered, would otherwise land in the timing of whichever case came next
+    cluster = start_cluster(conf={"shared_buffers": "512MB", "autovacuum": "off", "max_wal_size": "8GB",
+                                  "checkpoint_timeout": "30min"})
     work = Path(tempfile.mkdtemp(prefix="trempy_bench_"))
     try:
         src = cluster.create_database("bench_src")
@@ -120,6 +123,7 @@ def main() -> None:
             print(f"round {r + 1} of {args.repeat} ...", flush=True)
             with connect(tgt, autocommit=True) as c:
                 c.execute("TRUNCATE bench.raw")
+                c.execute("CHECKPOINT")  # each round starts with no dirty buffers left over
             t0 = time.perf_counter()
             subprocess.run(pipe, shell=True, check=True, env=env)  # noqa: S602 - our own fixed command
             results = {"a_raw_copy_pipe": (time.perf_counter() - t0, 0)}

@@ -142,8 +142,11 @@ def _numeric(s: pl.Series) -> pa.Array:
     the infinities are a sign code with (ignored) zero digits.
     """
     n = s.len()
-    text, special = _specials(s, {"NaN": 0xC000, "Infinity": 0xD000, "-Infinity": 0xF000})
-    fast = _numeric_uniform(text)
+    text, special = s, None
+    fast = _numeric_uniform(text)  # the common batch has no NaN or infinity: try it as it is
+    if fast is None:
+        text, special = _specials(s, {"NaN": 0xC000, "Infinity": 0xD000, "-Infinity": 0xF000})
+        fast = _numeric_uniform(text) if special is not None else None
     if fast is not None:
         groups, int_groups, dscale, neg = fast
         out = np.empty((n, 4 + groups.shape[1]), dtype=">i2")
@@ -300,7 +303,7 @@ def encode(df: pl.DataFrame, encoders: Sequence[Encoder | None]) -> tuple[bytes,
             arrays.append(s.to_arrow())
     batch = pa.RecordBatch.from_arrays(arrays, names=[f"c{k}" for k in range(len(arrays))])
     encoder = pgpq.ArrowToPostgresBinaryEncoder(batch.schema)
-    return encoder.write_header() + encoder.write_batch(batch) + encoder.finish(), as_text
+    return b"".join((encoder.write_header(), encoder.write_batch(batch), encoder.finish())), as_text
 
 
 def read_copy_binary(buf: bytes | bytearray, ends: np.ndarray, names: Sequence[str],
