@@ -17,6 +17,7 @@ from trempy_nb.pipeline.binarycodec import (
     encoder_for,
     encoders_for,
 )
+from trempy_nb.pipeline.copylayout import CopyLayout, select_sql
 from trempy_nb.pipeline.textcodec import read_copy_text, write_copy_text
 from trempy_nb.writer.copy import copy_binary, iter_binary_frames
 
@@ -216,3 +217,15 @@ def test_numeric_binary_matches_numeric_text(conn: psycopg.Connection, values: l
     _load(conn, "nums", payload, binary=True)
     got = [r[0] for r in conn.execute("SELECT v::text FROM nums ORDER BY k").fetchall()]
     assert got == values
+
+
+def test_the_text_a_layout_selects_is_exactly_what_copy_text_gives(conn: psycopg.Connection) -> None:
+    """copylayout reads text columns as `col::text` where that cast is the output function and as
+    format('%s', col) elsewhere (boolean, character): every type gives COPY text's exact text."""
+    conn.execute(f"INSERT INTO src VALUES {VALUES}")
+    layout = CopyLayout(select=tuple((c, True) for c in NAMES), names=tuple(NAMES), outputs=(), encoders=())
+    query = select_sql("public", "src", layout, dict(zip(NAMES, ALL_TYPES, strict=True)))
+    with connect(_uri(conn)) as src:
+        got = pl.concat(iter_binary_frames(src.cursor(), query, NAMES, [True] * len(NAMES)))
+    want = _frame(conn, "src")
+    assert got.sort(pl.col("id").cast(pl.Int64)).equals(want.sort(pl.col("id").cast(pl.Int64)))

@@ -41,6 +41,7 @@ TEXT_CAST_IS_OUTPUT = frozenset({
     "uuid", "json", "jsonb", "date", "timestamp without time zone", "timestamp with time zone", "bytea",
 })
 
+
 def base_type(pg_type: str) -> str:
     """'character varying(20)[]' -> 'character varying' (typmod and array brackets dropped)."""
     return type_name(pg_type.replace("[]", ""))
