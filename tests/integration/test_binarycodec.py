@@ -173,7 +173,8 @@ def test_raw_values_are_described_readably_in_error_records() -> None:
     assert describe_raw((42).to_bytes(8, "big"), "bigint") == 42
     assert describe_raw(b"caf\xc3\xa9", "character varying(10)") == "café"
     assert describe_raw((-1).to_bytes(4, "big", signed=True), "date") == "1999-12-31"
-    assert describe_raw((1_500_000).to_bytes(8, "big"), "timestamp with time zone") == "2000-01-01 00:00:01.500000+00"
+    assert describe_raw((1_500_000).to_bytes(8, "big"), "timestamp with time zone") == "2000-01-01 00:00:01.5+00"
+    assert describe_raw(bytes.fromhex("0002000000000002000104b0"), "numeric(12,2)") == "1.12"
     assert describe_raw(b"\x01\x02", "inet") == "\\x0102"
 
 

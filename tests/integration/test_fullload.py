@@ -257,6 +257,11 @@ def test_bad_row_is_isolated_and_recorded(source_uri: str, target_uri: str, trem
     assert _rows(target_uri, "SELECT count(*) FROM employees.employee") == [(3000 - bad,)]
     errors = task.errors()
     assert errors.height == bad and "check constraint" in errors["error"][0]
+    # the bad row's payload reads as values, also for the columns that passed through in binary
+    payload = json.loads(errors["payload"][0])
+    assert payload["salary"] == "1370.00" and payload["first_name"] == payload["first_name"].upper()
+    assert isinstance(payload["id"], int) and payload["hired"].endswith("+00")
+    assert payload["birth_date"].count("-") == 2
 
 
 def test_bad_row_stops_when_asked_and_writes_nothing(source_uri: str, target_uri: str, trempy_home: Path) -> None:

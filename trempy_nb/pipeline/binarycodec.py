@@ -17,6 +17,7 @@ text in that batch and the target casts them, reporting any error itself.
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import re
 import struct
 import uuid
@@ -28,6 +29,7 @@ import polars as pl
 import pyarrow as pa
 
 from trempy_nb.pipeline.rowbuffer import RowBuffer
+from trempy_nb.pipeline.transformations import timestamp_text
 
 #: PostgreSQL's epoch (2000-01-01) from the Unix epoch.
 PG_EPOCH_US = 946_684_800_000_000
@@ -371,9 +373,26 @@ def describe_raw(value: bytes, pg_type: str) -> object:
             return str(dt.date(2000, 1, 1) + dt.timedelta(days=int.from_bytes(value, "big", signed=True)))
         if kind in ("timestamp without time zone", "timestamp with time zone"):
             us = int.from_bytes(value, "big", signed=True)
-            return str(dt.datetime(2000, 1, 1) + dt.timedelta(microseconds=us)) + ("+00" if "with time" in kind else "")
+            moment = timestamp_text(dt.datetime(2000, 1, 1) + dt.timedelta(microseconds=us))
+            return moment + ("+00" if "with time" in kind else "")
         if kind == "uuid":
             return str(uuid.UUID(bytes=value))
+        if kind == "numeric":
+            return _numeric_text(value)
     except (ValueError, OverflowError, struct.error):
         pass
     return "\\x" + value.hex()
+
+
+def _numeric_text(value: bytes) -> str:
+    """numeric's binary form as its text (for error records only: one value at a time)."""
+    ndigits, weight, sign, dscale = struct.unpack_from("!hhHH", value)
+    special = {0xC000: "NaN", 0xD000: "Infinity", 0xF000: "-Infinity"}
+    if sign in special:
+        return special[sign]
+    digits = struct.unpack_from(f"!{ndigits}h", value, 8)
+    with decimal.localcontext() as ctx:
+        ctx.prec = 4 * (ndigits + abs(weight)) + dscale + 8
+        number = sum((decimal.Decimal(d).scaleb(4 * (weight - i)) for i, d in enumerate(digits)), decimal.Decimal(0))
+        number = number.quantize(decimal.Decimal(1).scaleb(-dscale))
+    return ("-" if sign == 0x4000 else "") + format(number, "f")
