@@ -304,15 +304,8 @@ def test_one_message_per_batch_and_split_payloads(
     Task.from_settings(d).run(progress=False)  # creates slot and topology, nothing to apply
     sql(source_uri, "INSERT INTO t SELECT i, i, repeat('z', 50) FROM generate_series(1, 5000) i")
     task = Task.from_settings({**d, "task": {**d["task"], "start_mode": "continue"}})
-    _role(task, "producer")
-    conn = rmq.connect_blocking()
-    try:
-        ch = conn.channel()
-        msgs = rmq._peek_all(ch, rmq.topology(task_name).queue)
-        ch.close()
-    finally:
-        conn.close()
-    batches = [m for m in msgs if (m[1].headers or {}).get("x-trempy-kind") == "batch"]
+    msgs = _produce_and_peek(task, task_name)
+    batches = _batches(msgs)
     assert len(batches) > 3  # parts
     assert len({m[1].message_id for m in batches}) == 1  # ... of ONE batch
     assert all(len(m[2]) <= 20000 for m in batches)
@@ -339,6 +332,18 @@ def test_a_backlog_of_small_transactions_goes_out_in_few_messages(
         c.execute("DO $$ BEGIN FOR k IN 0..299 LOOP INSERT INTO t SELECT k * 10 + i, i, 'x'"
                   " FROM generate_series(1, 10) i; COMMIT; END LOOP; END $$")
     task = Task.from_settings({**d, "task": {**d["task"], "start_mode": "continue"}})
+    msgs = _produce_and_peek(task, task_name)
+    batches = {m[1].message_id for m in _batches(msgs)}
+    assert 1 <= len(batches) <= 30, f"{len(batches)} messages for 300 transactions"
+    runner = rmq.ConsumerRunner(task).start()
+    try:
+        wait_for(lambda: same_rows(source_uri, target_uri), what="the backlog applied")
+    finally:
+        runner.stop(30)
+
+
+def _produce_and_peek(task: Task, task_name: str) -> list:
+    """Run the producer alone until caught up; the messages it left on the queue (not consumed)."""
     _role(task, "producer")
     conn = rmq.connect_blocking()
     try:
@@ -347,13 +352,11 @@ def test_a_backlog_of_small_transactions_goes_out_in_few_messages(
         ch.close()
     finally:
         conn.close()
-    batches = {m[1].message_id for m in msgs if (m[1].headers or {}).get("x-trempy-kind") == "batch"}
-    assert 1 <= len(batches) <= 30, f"{len(batches)} messages for 300 transactions"
-    runner = rmq.ConsumerRunner(task).start()
-    try:
-        wait_for(lambda: same_rows(source_uri, target_uri), what="the backlog applied")
-    finally:
-        runner.stop(30)
+    return msgs
+
+
+def _batches(msgs: list) -> list:
+    return [m for m in msgs if (m[1].headers or {}).get("x-trempy-kind") == "batch"]
 
 
 def _role(task: Task, role: str) -> None:
