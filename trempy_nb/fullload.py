@@ -30,7 +30,7 @@ from psycopg import sql
 from trempy_nb.connections import mask
 from trempy_nb.db import connect
 from trempy_nb.errors import RowError, TrempyError, is_transient
-from trempy_nb.pipeline.binarycodec import describe_raw, encode
+from trempy_nb.pipeline.binarycodec import describe_raw, encode, split_tail
 from trempy_nb.pipeline.copylayout import CopyLayout, copy_layout, select_sql
 from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.pipeline.textcodec import write_copy_text
@@ -139,7 +139,7 @@ class _Writer:
         self.eh = settings.error_handling
         self.on_row_error, self.result = on_row_error, result
         self.op = "insert" if direct else settings.task.cdc_settings.mode
-        self.columns = spec.data_columns
+        self.columns = list(layout.columns) if layout is not None else spec.data_columns
         self.at = sql.Literal(load_ts) if load_ts is not None else None
         if not direct:
             cur.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS trempy_stage (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(spec.ident))
@@ -147,7 +147,7 @@ class _Writer:
     def encode(self, df: pl.DataFrame) -> Any:
         """The batch as the target takes it: COPY binary (+ columns sent as text) or COPY text."""
         if self.layout is not None:
-            return encode(df, self.layout.encoders)
+            return encode(df, self.layout.encoders, self.layout.tail)
         return write_copy_text(df)
 
     def _copy(self, target: sql.Composable, df: pl.DataFrame, payload: Any) -> None:
@@ -190,8 +190,12 @@ class _Writer:
 
     def _bad_row(self, df: pl.DataFrame, exc: psycopg.Error) -> None:
         error = mask(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-        payload = {k: describe_raw(v, self.types.get(k, "")) if isinstance(v, bytes) else v
-                   for k, v in df.row(0, named=True).items()}
+        row = df.row(0, named=True)
+        if self.layout is not None and self.layout.tail is not None:
+            tail = row.pop(self.layout.tail.name)
+            row.update(zip(self.layout.raw_columns, split_tail(tail, self.layout.tail.fields), strict=True))
+            row = {c: row[c] for c in self.spec.data_columns if c in row}
+        payload = {k: describe_raw(v, self.types.get(k, "")) if isinstance(v, bytes) else v for k, v in row.items()}
         key = {k: payload.get(k) for k in self.spec.key}
         if self.eh.stops_on(self.op):
             raise RowError(
@@ -259,13 +263,13 @@ def _load_through_pipeline(plan: TablePlan, scur: psycopg.Cursor, tcur: psycopg.
         frames = iter_frames(scur, query, source_cols, chunk_bytes=chunk_bytes)
     else:
         query = select_sql(plan.source.schema, plan.source.name, layout, source_types)
-        frames = iter_binary_frames(scur, query, layout.names, layout.as_text, chunk_bytes=chunk_bytes)
+        frames = iter_binary_frames(scur, query, layout.names, layout.as_text, chunk_bytes, layout.tail)
 
     def shaped(frame: pl.DataFrame) -> pl.DataFrame:
         if layout is None:
             return plan.apply(frame).select(writer.columns)
         out = plan.apply_some(frame)
-        return out.select(pl.col(o).alias(c) for o, c in zip(layout.outputs, writer.columns, strict=True))
+        return out.select(*layout.columns[: len(layout.encoders)], *([layout.tail.name] if layout.tail else []))
 
     def transformed() -> Iterator[tuple[pl.DataFrame, Any]]:
         for frame in _prefetch(frames):

@@ -12,10 +12,12 @@ from psycopg import sql
 
 from trempy_nb.db import connect
 from trempy_nb.pipeline.binarycodec import (
+    Tail,
     describe_raw,
     encode,
     encoder_for,
     encoders_for,
+    split_tail,
 )
 from trempy_nb.pipeline.copylayout import CopyLayout, select_sql
 from trempy_nb.pipeline.textcodec import read_copy_text, write_copy_text
@@ -64,10 +66,11 @@ def _frame(conn: psycopg.Connection, table: str) -> pl.DataFrame:
     return read_copy_text(data, names)
 
 
-def _load(conn: psycopg.Connection, table: str, payload: bytes, binary: bool) -> None:
+def _load(conn: psycopg.Connection, table: str, payload: bytes | list, binary: bool) -> None:
     fmt = sql.SQL(" (FORMAT binary)") if binary else sql.SQL("")
     with conn.cursor().copy(sql.SQL("COPY {} FROM STDIN{}").format(sql.Identifier(table), fmt)) as copy:
-        copy.write(payload)
+        for part in payload if isinstance(payload, list) else [payload]:
+            copy.write(part)
 
 
 def _rows(conn: psycopg.Connection, table: str) -> list[str]:
@@ -163,6 +166,34 @@ def test_copy_binary_from_the_source_passes_through_and_text_columns_match_copy_
     assert _rows(conn, "via_binary") == _rows(conn, "src")
 
 
+def test_untouched_columns_travel_as_one_uncut_tail_per_row(conn: psycopg.Connection) -> None:
+    """The full load's layout: columns the plan reads come first as text, the rest stay one
+    Binary tail per row; rows are filtered; the target gets the encoded columns, then the tail."""
+    conn.execute(f"INSERT INTO src VALUES {VALUES}")
+    text_cols = ["id", "t", "num"]
+    raw_cols = [c for c in NAMES if c not in text_cols]
+    items = [sql.SQL("{}::text").format(sql.Identifier(c)) for c in text_cols]
+    items += [sql.Identifier(c) for c in raw_cols]
+    query = sql.SQL("SELECT {} FROM src").format(sql.SQL(", ").join(items))
+    tail = Tail("rest", len(raw_cols))
+    with connect(_uri(conn)) as src:
+        frames = list(iter_binary_frames(src.cursor(), query, text_cols, [True] * 3, 64, tail))
+    df = pl.concat(frames).filter(pl.col("id").cast(pl.Int64) % 2 == 1)  # a filter drops rows, tails follow
+    assert df.columns == [*text_cols, "rest"] and df.schema["rest"] == pl.Binary
+    encoders = [encoder_for("integer"), encoder_for("text"), encoder_for("numeric")]
+    payload, as_text = encode(df, encoders, tail)  # type: ignore[arg-type]
+    assert as_text == []
+    copy_binary(conn.cursor(), sql.Identifier("via_binary"), [*text_cols, *raw_cols], payload)
+    want = conn.execute("SELECT r::text FROM src AS r WHERE id % 2 = 1 ORDER BY id").fetchall()
+    assert _rows(conn, "via_binary") == [r[0] for r in want] and len(want) == 4
+    one = df.filter(pl.col("id") == "3").get_column("rest")[0]
+    fields = split_tail(one, len(raw_cols))
+    assert describe_raw(fields[raw_cols.index("i8")], "bigint") == -9223372036854775808  # type: ignore[arg-type]
+    assert fields[raw_cols.index("u")] is not None and None not in fields
+    two = df.filter(pl.col("id") == "7").get_column("rest")[0]
+    assert split_tail(two, len(raw_cols))[raw_cols.index("i2")] is None  # NULL
+
+
 def test_an_empty_binary_copy_reads_as_an_empty_frame(conn: psycopg.Connection) -> None:
     with connect(_uri(conn)) as src:
         frames = list(iter_binary_frames(src.cursor(), sql.SQL("SELECT id, t FROM src"), ["id", "t"], [False, True]))
@@ -208,6 +239,8 @@ def test_types_without_an_encoder_travel_as_text(pg_type: str) -> None:
     ["1.50", "-0.01", "0.00", None, "123456789.12", "-99999999999999999999999999999999999.99"],  # one scale
     ["7", "-7", "0", "10000", "99999999999999999999999999999999999999"],  # no decimals, 38 digits
     ["0.0001", "-1.0000", "12345.6789"],  # four decimals: whole groups
+    ["-9223372036854775808", "9223372036854775807", "0", None],  # the ends of int64
+    ["92233720368547758.07", "-1.00", "0.10"],  # fits int64 only before scaling to whole groups
     ["1.5", "2.25", "-3.125", "4", "0.00000000001", "1" * 50 + ".5"],  # mixed scales, beyond Int128
 ])
 def test_numeric_binary_matches_numeric_text(conn: psycopg.Connection, values: list[str | None]) -> None:
@@ -224,7 +257,7 @@ def test_the_text_a_layout_selects_is_exactly_what_copy_text_gives(conn: psycopg
     """copylayout reads text columns as `col::text` where that cast is the output function and as
     format('%s', col) elsewhere (boolean, character): every type gives COPY text's exact text."""
     conn.execute(f"INSERT INTO src VALUES {VALUES}")
-    layout = CopyLayout(select=tuple((c, True) for c in NAMES), names=tuple(NAMES), outputs=(), encoders=())
+    layout = CopyLayout(select=tuple((c, True) for c in NAMES), names=tuple(NAMES), encoders=(), columns=(), tail=None)
     query = select_sql("public", "src", layout, dict(zip(NAMES, ALL_TYPES, strict=True)))
     with connect(_uri(conn)) as src:
         got = pl.concat(iter_binary_frames(src.cursor(), query, NAMES, [True] * len(NAMES)))

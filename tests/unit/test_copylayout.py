@@ -42,10 +42,12 @@ def test_untouched_and_read_only_columns_pass_through_raw_written_ones_are_encod
     # the plan reads name, amount and span as text; id, amount, span and note (renamed memo) pass raw
     assert set(selected) == {("name", True), ("amount", True), ("span", True), ("id", False), ("amount", False),
                              ("span", False), ("note", False)}
-    outputs = dict(zip(columns, layout.outputs, strict=True))
-    assert outputs["memo"] == RAW_PREFIX + "note" and outputs["name"] == "name" and outputs["double"] == "double"
-    encoded = {c for c, e in zip(columns, layout.encoders, strict=True) if e is not None}
-    assert encoded == {"name", "double"}
+    # the target COPY lists the encoded columns, then the raw ones in the order of the tail
+    assert layout.columns[: len(layout.encoders)] == ("name", "double")
+    assert layout.raw_columns == ("id", "amount", "span", "memo")
+    assert layout.select[-4:] == (("id", False), ("amount", False), ("span", False), ("note", False))
+    assert layout.tail is not None and layout.tail.name == RAW_PREFIX and layout.tail.fields == 4
+    assert layout.names == tuple(c for c, text in layout.select if text)
 
 
 def test_a_target_type_without_an_encoder_sends_the_table_as_text() -> None:

@@ -4,7 +4,7 @@ Why: on a small machine the target parsing COPY *text* is the transformed full
 load's bottleneck (a timestamptz or numeric costs it far more in text than in
 binary). The frames keep the pipeline's convention (String columns of
 PostgreSQL text); each value is converted here by the *target* column's type,
-vectorised in Polars and numpy; pgpq assembles the rows. Columns the plan does not
+vectorised in Polars and numpy; one Arrow kernel joins the rows. Columns the plan does not
 touch arrive from the source in binary (read_copy_binary) and pass through unparsed.
 
 PostgreSQL's own parsing stays the reference: `encoder_for` returns None for a
@@ -22,11 +22,13 @@ import re
 import struct
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import pgpq
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from trempy_nb.pipeline.rowbuffer import RowBuffer
 from trempy_nb.pipeline.transformations import timestamp_text
@@ -37,6 +39,7 @@ PG_EPOCH_DAYS = 10_957
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 TRAILER = struct.pack("!h", -1)
+HEADER = SIGNATURE + struct.pack("!ii", 0, 0)  # no flags, no header extension
 
 _TYPMOD = re.compile(r"\(\s*\d+\s*(,\s*\d+\s*)?\)")
 _NUMERIC_TEXT = r"^-?[0-9]+(\.[0-9]+)?$"
@@ -179,15 +182,25 @@ def _numeric_uniform(text: pl.Series) -> tuple[np.ndarray, int, int, np.ndarray]
     if lo is None or lo != hi or not 0 <= int(hi) <= 0x3FFF:  # type: ignore[arg-type, operator]
         return None
     dscale = int(hi)  # type: ignore[arg-type]
-    value = text.str.replace(".", "", literal=True).cast(pl.Int128, strict=False)
+    digits = text.str.replace(".", "", literal=True)
+    frac_groups = -(-dscale // 4)
+    scale = 10 ** (4 * frac_groups - dscale)  # to whole groups of four fraction digits
+    small = digits.cast(pl.Int64, strict=False)  # up to 18 digits: numpy does the arithmetic
+    if small.null_count() == text.null_count():
+        v = small.fill_null(0).to_numpy()
+        if v.min(initial=0) > INT64_MIN and int(np.abs(v).max(initial=0)) < INT64_MAX // scale:
+            mag = np.abs(v) * scale
+            ngroups = max(frac_groups + 1, -(-len(str(int(mag.max(initial=0)))) // 4))
+            groups = np.stack([(mag // 10_000**k) % 10_000 for k in reversed(range(ngroups))], axis=1)
+            return groups.astype(np.int16), ngroups - frac_groups, dscale, v < 0
+    value = digits.cast(pl.Int128, strict=False)
     if value.null_count() != text.null_count():
         return None  # not plain digits, or more than 38 of them
-    frac_groups = -(-dscale // 4)
-    top = int(value.abs().max() or 0) * 10 ** (4 * frac_groups - dscale)  # type: ignore[arg-type]
+    top = int(value.abs().max() or 0) * scale  # type: ignore[arg-type]
     if top >= 2**126:
         return None  # scaled to whole groups it might not fit Int128
     ngroups = max(frac_groups + 1, -(-len(str(top)) // 4))
-    mag = pl.col("v").fill_null(0).abs() * pl.lit(10 ** (4 * frac_groups - dscale), dtype=pl.Int128)
+    mag = pl.col("v").fill_null(0).abs() * pl.lit(scale, dtype=pl.Int128)
     groups = pl.DataFrame({"v": value}).select(
         ((mag // pl.lit(10_000**k, dtype=pl.Int128)) % 10_000).cast(pl.Int16).alias(f"g{k}")
         for k in reversed(range(ngroups))
@@ -281,40 +294,85 @@ def encoders_for(pg_types: Sequence[str]) -> list[Encoder] | None:
     return None if any(e is None for e in found) else found  # type: ignore[return-value]
 
 
-def encode(df: pl.DataFrame, encoders: Sequence[Encoder | None]) -> tuple[bytes, list[str]]:
-    """The frame as one whole COPY binary stream, and the columns that had to travel as text.
+@dataclass(frozen=True)
+class Tail:
+    """The last `fields` fields of every COPY binary row, kept as one Binary value `name`.
+
+    Why: the columns no step writes only travel from source to target. Kept as one
+    slice of the row they are never cut into values, and the target receives the
+    very bytes the source sent.
+    """
+
+    name: str
+    fields: int
+
+
+def encode(df: pl.DataFrame, encoders: Sequence[Encoder | None],
+           tail: Tail | None = None) -> tuple[list[Any], list[str]]:
+    """The frame as a COPY binary stream (a list of buffers, in order), and the columns sent as text.
 
     A column with encoder None is already in binary form (a Binary column of each
-    value's bytes, from the source's COPY binary) and passes as is. A String column
-    whose values do not all convert exactly travels as its text bytes: the caller
-    loads such a batch through a table where those columns are text, and PostgreSQL
-    parses them (see writer/copy.copy_binary).
+    value's bytes) and passes as is. A String column whose values do not all convert
+    exactly travels as its text bytes: the caller loads such a batch through a table
+    where those columns are text, and PostgreSQL parses them (writer/copy.copy_binary).
+    With a `tail`, that column (the last) is appended to each row as it is.
+    One Arrow kernel joins each row from its fields: no Python per row.
     """
-    arrays: list[pa.Array] = []
+    n = df.height
+    columns = df.columns[:-1] if tail else df.columns
+    pieces: list[pa.Array] = [_words(np.full(n, len(columns) + (tail.fields if tail else 0), ">i2"))]
     as_text: list[str] = []
-    for enc, s in zip(encoders, df.iter_columns(), strict=True):
+    for enc, name in zip(encoders, columns, strict=True):
+        s = df.get_column(name)
         if enc is None:
-            arrays.append(s.to_arrow())
-            continue
-        if s.dtype != pl.String:
+            value = s.to_arrow()
+        elif s.dtype != pl.String:
             raise TypeError(f"column {s.name} is {s.dtype}, expected String (PostgreSQL text)")
-        try:
-            arrays.append(enc(s))
-        except NotExact:
-            as_text.append(s.name)
-            arrays.append(s.to_arrow())
-    batch = pa.RecordBatch.from_arrays(arrays, names=[f"c{k}" for k in range(len(arrays))])
-    encoder = pgpq.ArrowToPostgresBinaryEncoder(batch.schema)
-    return b"".join((encoder.write_header(), encoder.write_batch(batch), encoder.finish())), as_text
+        else:
+            try:
+                value = enc(s)
+            except NotExact:
+                as_text.append(s.name)
+                value = s.to_arrow()
+        pieces += _field(value)
+    if tail:
+        pieces.append(_large_binary(df.get_column(tail.name).to_arrow()))
+    rows = pc.binary_join_element_wise(*pieces, pa.scalar(b"", pa.large_binary()))
+    offsets = np.frombuffer(rows.buffers()[1], np.int64, n + 1, rows.offset * 8)
+    body = rows.buffers()[2][int(offsets[0]):int(offsets[n])] if n else b""
+    return [HEADER, body, TRAILER], as_text
+
+
+def _large_binary(a: pa.Array | pa.ChunkedArray) -> pa.Array:
+    a = a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
+    return a if a.type == pa.large_binary() else a.cast(pa.large_binary())
+
+
+def _words(values: np.ndarray) -> pa.Array:
+    """Fixed-width values (one per row) as a LargeBinary column, their bytes not copied."""
+    n, width = len(values), values.dtype.itemsize
+    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int64)
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(values)])
+
+
+def _field(value: pa.Array) -> list[pa.Array]:
+    """One column's COPY binary fields: each value's length (-1 for NULL), then its bytes."""
+    value = _large_binary(value)
+    lengths = np.diff(np.frombuffer(value.buffers()[1], np.int64, len(value) + 1, value.offset * 8))
+    if value.null_count:
+        lengths = np.where(value.is_valid().to_numpy(zero_copy_only=False), lengths, -1)
+        value = value.fill_null(b"")
+    return [_words(lengths.astype(">i4")), value]
 
 
 def read_copy_binary(buf: bytes | bytearray, ends: np.ndarray, names: Sequence[str],
-                     as_text: Sequence[bool]) -> pl.DataFrame:
+                     as_text: Sequence[bool], tail: Tail | None = None) -> pl.DataFrame:
     """COPY binary rows (one libpq message each, message i ending at ends[i]) as a frame.
 
     Columns marked `as_text` come out as String (UTF-8 checked): the source sent them
     as text (`col::text`). The others stay Binary: each value's bytes in the type's
-    binary form, to be written to the target as they are.
+    binary form, to be written to the target as they are. With a `tail`, the fields
+    after `names` stay together, uncut, as one Binary column (see Tail).
     """
     rows = RowBuffer(buf, np.asarray(ends, np.int64))
     n = len(rows)
@@ -333,12 +391,13 @@ def read_copy_binary(buf: bytes | bytearray, ends: np.ndarray, names: Sequence[s
     msg = np.flatnonzero(keep)
     pos, end = starts[msg], rows.offs[msg + 1]
     ncols = len(names)
-    if len(msg) and (rows.u16(pos) != ncols).any():
-        raise ValueError(f"COPY binary rows do not have {ncols} fields")
+    if len(msg) and (rows.u16(pos) != ncols + (tail.fields if tail else 0)).any():
+        raise ValueError(f"COPY binary rows do not have {ncols + (tail.fields if tail else 0)} fields")
     p = pos + 2
-    vstarts = np.empty((ncols, len(msg)), np.int64)
-    lens = np.empty((ncols, len(msg)), np.int64)
-    valid = np.empty((ncols, len(msg)), bool)
+    width = ncols + (1 if tail else 0)
+    vstarts = np.empty((width, len(msg)), np.int64)
+    lens = np.empty((width, len(msg)), np.int64)
+    valid = np.ones((width, len(msg)), bool)
     for k in range(ncols):
         if (p + 4 > end).any():
             raise ValueError("truncated COPY binary row")
@@ -347,10 +406,27 @@ def read_copy_binary(buf: bytes | bytearray, ends: np.ndarray, names: Sequence[s
         lens[k] = np.maximum(length, 0)
         vstarts[k] = p + 4
         p = p + 4 + lens[k]
-    if (p != end).any():
+    if tail:
+        vstarts[ncols], lens[ncols] = p, end - p
+        if (lens[ncols] < 4 * tail.fields).any():
+            raise ValueError("truncated COPY binary row")
+    elif (p != end).any():
         raise ValueError("COPY binary row length does not match its fields")
+    names, as_text = [*names, *([tail.name] if tail else [])], [*as_text, *([False] if tail else [])]
     series = rows.columns(msg if len(msg) < n else None, names, vstarts, lens, valid, as_text)
     return pl.DataFrame(series)
+
+
+def split_tail(value: bytes, fields: int) -> list[bytes | None]:
+    """A Tail value back into its fields (for error records of single rows)."""
+    out: list[bytes | None] = []
+    pos = 0
+    for _ in range(fields):
+        (size,) = struct.unpack_from("!i", value, pos)
+        pos += 4
+        out.append(None if size < 0 else value[pos : pos + size])
+        pos += max(size, 0)
+    return out
 
 
 def describe_raw(value: bytes, pg_type: str) -> object:

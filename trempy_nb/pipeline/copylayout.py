@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from trempy_nb.pipeline.binarycodec import Encoder, encoder_for, type_name
+from trempy_nb.pipeline.binarycodec import Encoder, Tail, encoder_for, type_name
 from trempy_nb.pipeline.plan import TablePlan
 
 RAW_PREFIX = "__trempy_raw__"
@@ -53,16 +53,28 @@ def _same_type(a: str, b: str) -> bool:
 
 @dataclass(frozen=True)
 class CopyLayout:
-    """How one transformed table travels: the source SELECT and the target's encoders."""
+    """How one transformed table travels: the source SELECT and the target's COPY.
+
+    The source sends the columns the plan reads as text, then the raw columns; the
+    raw ones stay one uncut Tail per row. The target's COPY lists the encoded
+    columns first, then the raw ones in tail order, so each row goes out as its
+    encoded fields followed by the tail, byte for byte.
+    """
 
     select: tuple[tuple[str, bool], ...]  # (source column, as text), in SELECT order
-    names: tuple[str, ...]  # the frame column for each SELECT item
-    outputs: tuple[str, ...]  # per target column, the frame column holding it after the plan
-    encoders: tuple[Encoder | None, ...]  # per target column; None = raw bytes from the source
+    names: tuple[str, ...]  # the frame column for each text SELECT item
+    encoders: tuple[Encoder, ...]  # per encoded target column (the plan's output column of that name)
+    columns: tuple[str, ...]  # target columns in COPY order: the encoded ones, then the tail's
+    tail: Tail | None  # the raw columns, or None when every target column is encoded
 
     @property
     def as_text(self) -> tuple[bool, ...]:
-        return tuple(t for _, t in self.select)
+        return (True,) * len(self.names)
+
+    @property
+    def raw_columns(self) -> tuple[str, ...]:
+        """The target columns whose values ride in the tail."""
+        return self.columns[len(self.encoders):]
 
 
 def copy_layout(plan: TablePlan, target_types: dict[str, str], columns: Sequence[str],
@@ -85,7 +97,7 @@ def copy_layout(plan: TablePlan, target_types: dict[str, str], columns: Sequence
             if src is not None:
                 text.add(src)
     raw: dict[str, str] = {}  # target column -> source column passed through in binary
-    encoders: list[Encoder | None] = []
+    encoded: dict[str, Encoder] = {}
     for name in columns:
         src = source_of(name)
         ttype = target_types.get(name)
@@ -95,23 +107,24 @@ def copy_layout(plan: TablePlan, target_types: dict[str, str], columns: Sequence
         if (src is not None and name not in written
                 and _same_type(source_types.get(src, ""), ttype) and base_type(ttype) in BUILTIN):
             raw[name] = src
-            encoders.append(None)
             continue
         enc = encoder_for(ttype)
         if enc is None:
             return None
         if src is not None and name not in written:
             text.add(src)
-        encoders.append(enc)
-    names_used = set(sources) | set(columns) | written
-    if any((RAW_PREFIX + c) in names_used for c in raw):
+        encoded[name] = enc
+    if RAW_PREFIX in sources | set(columns) | written:
         return None
     select = [(c, True) for c in plan.source_columns if c in text]
-    select += [(src, False) for src in dict.fromkeys(raw.values())]
-    names = [c if as_text else RAW_PREFIX + c for c, as_text in select]
-    raw_name = {t: RAW_PREFIX + s for t, s in raw.items()}
-    outputs = [raw_name.get(c, c) for c in columns]
-    return CopyLayout(tuple(select), tuple(names), tuple(outputs), tuple(encoders))
+    select += [(src, False) for src in raw.values()]
+    return CopyLayout(
+        select=tuple(select),
+        names=tuple(c for c, _ in select[: len(select) - len(raw)]),
+        encoders=tuple(encoded.values()),
+        columns=(*encoded, *raw),
+        tail=Tail(RAW_PREFIX, len(raw)) if raw else None,
+    )
 
 
 def select_sql(schema: str, table: str, layout: CopyLayout, source_types: dict[str, str]) -> sql.Composed:

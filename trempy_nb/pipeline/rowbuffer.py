@@ -36,25 +36,24 @@ class RowBuffer:
     def message(self, i: int) -> bytes:
         return bytes(self.buf[self.offs[i] : self.offs[i + 1]])
 
+    def _words(self, dtype: str) -> np.ndarray:
+        """The buffer read as big-endian words of `dtype` starting at every byte (an overlapping
+        view, no copy): one gather per column instead of one per byte."""
+        size = np.dtype(dtype).itemsize
+        n = max(len(self.arr) - size + 1, 0)
+        return np.ndarray(shape=(n,), dtype=dtype, buffer=self.arr, strides=(1,))
+
     def u16(self, pos: np.ndarray) -> np.ndarray:
         """Big-endian uint16 at each position (as int64)."""
-        a = self.arr
-        return (a[pos].astype(np.int64) << 8) | a[pos + 1]
+        return self._words(">u2")[pos].astype(np.int64)
 
     def u32(self, pos: np.ndarray) -> np.ndarray:
         """Big-endian uint32 at each position (as int64)."""
-        a = self.arr
-        return (
-            (a[pos].astype(np.int64) << 24)
-            | (a[pos + 1].astype(np.int64) << 16)
-            | (a[pos + 2].astype(np.int64) << 8)
-            | a[pos + 3]
-        )
+        return self._words(">u4")[pos].astype(np.int64)
 
     def i32(self, pos: np.ndarray) -> np.ndarray:
         """Big-endian int32 at each position (as int64): COPY binary writes NULL as -1."""
-        v = self.u32(pos)
-        return np.where(v >= 1 << 31, v - (1 << 32), v)
+        return self._words(">i4")[pos].astype(np.int64)
 
     def series(self) -> pl.Series:
         """Every message as a Binary value (views of the buffer, made once)."""

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import select
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
 import psycopg
 from psycopg import pq, sql
 
-from trempy_nb.pipeline.binarycodec import read_copy_binary
+from trempy_nb.pipeline.binarycodec import Tail, read_copy_binary
 from trempy_nb.pipeline.textcodec import read_copy_text, write_copy_text
 
 CHUNK_BYTES = 16 * 1024 * 1024
+
+Buffer = Any  # bytes, or any object with the buffer protocol (an Arrow buffer)
 
 
 def column_list(columns: Sequence[str]) -> sql.Composed:
@@ -94,11 +97,12 @@ def _iter_copy(
 
 def iter_binary_frames(
     cur: psycopg.Cursor, query: sql.Composable, names: Sequence[str], as_text: Sequence[bool],
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int = CHUNK_BYTES, tail: Tail | None = None,
 ) -> Iterator[pl.DataFrame]:
-    """Batches of rows from COPY binary: String columns where `as_text`, Binary (raw values) elsewhere."""
+    """Batches of rows from COPY binary: String columns where `as_text`, Binary (raw values)
+    elsewhere, and the last fields as one Binary column with a `tail`."""
     for data, sizes in _iter_copy(cur, query, None, chunk_bytes, binary=True):
-        yield read_copy_binary(data, np.cumsum(np.array(sizes, np.int64)), names, as_text)
+        yield read_copy_binary(data, np.cumsum(np.array(sizes, np.int64)), names, as_text, tail)
 
 
 def _bind(cur: psycopg.Cursor, query: sql.Composable, params: Sequence[object]) -> sql.Composable:
@@ -139,9 +143,9 @@ def copy_frame(cur: psycopg.Cursor, target: sql.Composable, columns: Sequence[st
     return df.height
 
 
-def copy_binary(cur: psycopg.Cursor, target: sql.Composable, columns: Sequence[str], payload: bytes,
+def copy_binary(cur: psycopg.Cursor, target: sql.Composable, columns: Sequence[str], payload: Sequence[Buffer],
                 text_columns: Sequence[str] = (), types: dict[str, str] | None = None) -> None:
-    """COPY an encoded binary stream (binarycodec.encode) into `target`.
+    """COPY an encoded binary stream (binarycodec.encode: buffers in order) into `target`.
 
     When some columns had to travel as text, the batch goes through a temporary
     table where those columns are text, and one INSERT casts them to the target's
@@ -149,8 +153,7 @@ def copy_binary(cur: psycopg.Cursor, target: sql.Composable, columns: Sequence[s
     """
     cols = column_list(columns)
     if not text_columns:
-        with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(target, cols)) as copy:
-            copy.write(payload)
+        _write(cur, sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(target, cols), payload)
         return
     if types is None:
         raise ValueError("copy_binary needs the target column types to cast text columns")
@@ -161,14 +164,19 @@ def copy_binary(cur: psycopg.Cursor, target: sql.Composable, columns: Sequence[s
     )
     cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(mixed))
     cur.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(mixed, defs))
-    with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(mixed, cols)) as copy:
-        copy.write(payload)
+    _write(cur, sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(mixed, cols), payload)
     values = sql.SQL(", ").join(
         sql.SQL("{}::{}").format(sql.Identifier(c), sql.SQL(types[c])) if c in text_columns else sql.Identifier(c)
         for c in columns
     )
     cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(target, cols, values, mixed))
     cur.execute(sql.SQL("DROP TABLE {}").format(mixed))
+
+
+def _write(cur: psycopg.Cursor, stmt: sql.Composable, payload: Sequence[Buffer]) -> None:
+    with cur.copy(stmt) as copy:
+        for part in payload:
+            copy.write(part)
 
 
 def stream_copy(
