@@ -8,7 +8,8 @@
     the columns the plan does not write pass through as the source's bytes)
 (c') the same as (c) through COPY text both ways (TREMPY_COPY_FORMAT=text), for comparison
 The cases run in turn `--repeat` times (a shared 2-core VM drifts by tens of percent between
-minutes, so each round compares cases measured seconds apart); printed are the median seconds,
+minutes, so each round compares cases measured seconds apart), each from the same state (its
+target table absent, no dirty buffers left by the case before); printed are the median seconds,
 the median of the per-round ratios to (a), and the peak RSS of the trempy-nb process.
 """
 
@@ -81,6 +82,15 @@ CASES = (  # label, transformed, extra environment
 )
 
 
+def fresh_target(tgt: str) -> None:
+    """Every case starts from the same state, outside its timing: its target table absent (the
+    raw pipe's empty) and no dirty buffers, which the case before would otherwise leave it to write."""
+    with connect(tgt, autocommit=True) as c:
+        c.execute("DROP TABLE IF EXISTS bench.t, bench.t_x")
+        c.execute("TRUNCATE bench.raw")
+        c.execute("CHECKPOINT")
+
+
 def timed_run(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
     t0 = time.perf_counter()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -121,15 +131,14 @@ def main() -> None:
         rounds: list[dict[str, tuple[float, int]]] = []
         for r in range(args.repeat):
             print(f"round {r + 1} of {args.repeat} ...", flush=True)
-            with connect(tgt, autocommit=True) as c:
-                c.execute("TRUNCATE bench.raw")
-                c.execute("CHECKPOINT")  # each round starts with no dirty buffers left over
+            fresh_target(tgt)
             t0 = time.perf_counter()
             subprocess.run(pipe, shell=True, check=True, env=env)  # noqa: S602 - our own fixed command
             results = {"a_raw_copy_pipe": (time.perf_counter() - t0, 0)}
             for label, transformed, extra in CASES:
                 path = work / f"{label[:1]}.json"
                 path.write_text(json.dumps(settings(label[:1] + "_bench", src, tgt, transformed)))
+                fresh_target(tgt)
                 results[label] = timed_run([sys.executable, "-c", CHILD, "run", str(path), "-q"], {**env, **extra})
             rounds.append(results)
         print(f"\nfull load of {args.rows:,} rows x 8 columns (2 cores), median of {args.repeat} rounds")

@@ -268,8 +268,7 @@ def _load_through_pipeline(plan: TablePlan, scur: psycopg.Cursor, tcur: psycopg.
     def shaped(frame: pl.DataFrame) -> pl.DataFrame:
         if layout is None:
             return plan.apply(frame).select(writer.columns)
-        out = plan.apply_some(frame)
-        return out.select(*layout.columns[: len(layout.encoders)], *([layout.tail.name] if layout.tail else []))
+        return layout.shaped(plan.apply_some(layout.decode(frame)))
 
     def transformed() -> Iterator[tuple[pl.DataFrame, Any]]:
         for frame in _prefetch(frames):

@@ -18,8 +18,10 @@ from trempy_nb.pipeline.binarycodec import (
     encoder_for,
     encoders_for,
     split_tail,
+    type_name,
 )
-from trempy_nb.pipeline.copylayout import CopyLayout, select_sql
+from trempy_nb.pipeline.binarytext import decoder_for
+from trempy_nb.pipeline.copylayout import RAW_PREFIX, CopyLayout, select_sql
 from trempy_nb.pipeline.textcodec import read_copy_text, write_copy_text
 from trempy_nb.writer.copy import copy_binary, iter_binary_frames
 
@@ -255,11 +257,24 @@ def test_numeric_binary_matches_numeric_text(conn: psycopg.Connection, values: l
 
 def test_the_text_a_layout_selects_is_exactly_what_copy_text_gives(conn: psycopg.Connection) -> None:
     """copylayout reads text columns as `col::text` where that cast is the output function and as
-    format('%s', col) elsewhere (boolean, character): every type gives COPY text's exact text."""
+    format('%s', col) elsewhere (boolean, character), or raw and printed by binarytext (integers,
+    numeric, boolean): every type gives COPY text's exact text."""
     conn.execute(f"INSERT INTO src VALUES {VALUES}")
-    layout = CopyLayout(select=tuple((c, True) for c in NAMES), names=tuple(NAMES), encoders=(), columns=(), tail=None)
-    query = select_sql("public", "src", layout, dict(zip(NAMES, ALL_TYPES, strict=True)))
-    with connect(_uri(conn)) as src:
-        got = pl.concat(iter_binary_frames(src.cursor(), query, NAMES, [True] * len(NAMES)))
-    want = _frame(conn, "src")
-    assert got.sort(pl.col("id").cast(pl.Int64)).equals(want.sort(pl.col("id").cast(pl.Int64)))
+    conn.execute("INSERT INTO src (id, num, num2) VALUES (9, 123456789012345678901234.5, -0.05),"
+                 " (10, -1234567890123456.78, 99999999.99), (11, 0.000000000000000000001, 0)")
+    types = dict(zip(NAMES, ALL_TYPES, strict=True))
+    for decode in (False, True):
+        raw = {c for c in NAMES if decode and decoder_for(type_name(types[c])) is not None}
+        assert not decode or raw == {"id", "i2", "i4", "i8", "num", "num2", "b"}
+        layout = CopyLayout(
+            select=tuple((c, c not in raw) for c in NAMES),
+            names=tuple(RAW_PREFIX + c if c in raw else c for c in NAMES),
+            decoded=tuple((RAW_PREFIX + c, c, type_name(types[c])) for c in NAMES if c in raw),
+            outputs=(), encoders=(), columns=(), tail=None,
+        )
+        query = select_sql("public", "src", layout, types)
+        with connect(_uri(conn)) as src:
+            frames = iter_binary_frames(src.cursor(), query, layout.names, layout.as_text, 256)
+            got = pl.concat(layout.decode(f).select(NAMES) for f in frames)
+        want = _frame(conn, "src")
+        assert got.sort(pl.col("id").cast(pl.Int64)).equals(want.sort(pl.col("id").cast(pl.Int64)))

@@ -38,16 +38,31 @@ def test_untouched_and_read_only_columns_pass_through_raw_written_ones_are_encod
     columns = [c.name for c in plan.target_columns]
     layout = copy_layout(plan, target, columns, SOURCE)
     assert layout is not None
-    selected = dict.fromkeys(layout.select)
-    # the plan reads name, amount and span as text; id, amount, span and note (renamed memo) pass raw
-    assert set(selected) == {("name", True), ("amount", True), ("span", True), ("id", False), ("amount", False),
-                             ("span", False), ("note", False)}
-    # the target COPY lists the encoded columns, then the raw ones in the order of the tail
-    assert layout.columns[: len(layout.encoders)] == ("name", "double")
-    assert layout.raw_columns == ("id", "amount", "span", "memo")
-    assert layout.select[-4:] == (("id", False), ("amount", False), ("span", False), ("note", False))
-    assert layout.tail is not None and layout.tail.name == RAW_PREFIX and layout.tail.fields == 4
-    assert layout.names == tuple(c for c, text in layout.select if text)
+    # the plan reads name (text), amount (numeric: comes raw once, printed as text here) and span
+    # (interval: as text, and raw again in the tail); id and note (renamed memo) ride in the tail
+    assert layout.select == (("name", True), ("amount", False), ("span", True), ("id", False), ("span", False),
+                             ("note", False))
+    assert layout.names == ("name", RAW_PREFIX + "amount", "span") and layout.as_text == (True, False, True)
+    assert layout.decoded == ((RAW_PREFIX + "amount", "amount", "numeric"),)
+    # cut out of each row: name and double encoded, amount's raw value as it came; then the tail
+    assert layout.columns == ("name", "amount", "double", "id", "span", "memo")
+    assert layout.outputs == ("name", RAW_PREFIX + "amount", "double")
+    assert [e is None for e in layout.encoders] == [False, True, False]
+    assert layout.raw_columns == ("id", "span", "memo")
+    assert layout.tail is not None and layout.tail.name == RAW_PREFIX and layout.tail.fields == 3
+
+
+def test_a_read_column_the_plan_rewrites_comes_raw_once_and_goes_out_encoded() -> None:
+    plan = _plan([{"priority": 2, "transformation_type": "create_column",
+                   "contract": {"operation": "math_expression", "new_column_name": "amount_x", "expression": "id + 1"}},
+                  {"priority": 1, "transformation_type": "modify_column_value",
+                   "contract": {"operation": "uppercase", "column_name": "name"}}])
+    target = {c.name: c.pg_type for c in plan.target_columns} | {"id": "bigint"}  # the target widened id
+    columns = [c.name for c in plan.target_columns]
+    layout = copy_layout(plan, target, columns, SOURCE)
+    assert layout is not None
+    assert layout.select[:2] == (("id", False), ("name", True))
+    assert dict(zip(layout.columns, layout.encoders, strict=False))["id"] is not None  # integer -> bigint: encoded
 
 
 def test_a_target_type_without_an_encoder_sends_the_table_as_text() -> None:

@@ -17,7 +17,6 @@ text in that batch and the target casts them, reporting any error itself.
 from __future__ import annotations
 
 import datetime as dt
-import decimal
 import re
 import struct
 import uuid
@@ -30,6 +29,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from trempy_nb.pipeline.binarytext import numeric_text
 from trempy_nb.pipeline.rowbuffer import RowBuffer
 from trempy_nb.pipeline.transformations import timestamp_text
 
@@ -454,21 +454,7 @@ def describe_raw(value: bytes, pg_type: str) -> object:
         if kind == "uuid":
             return str(uuid.UUID(bytes=value))
         if kind == "numeric":
-            return _numeric_text(value)
+            return numeric_text(value)
     except (ValueError, OverflowError, struct.error):
         pass
     return "\\x" + value.hex()
-
-
-def _numeric_text(value: bytes) -> str:
-    """numeric's binary form as its text (for error records only: one value at a time)."""
-    ndigits, weight, sign, dscale = struct.unpack_from("!hhHH", value)
-    special = {0xC000: "NaN", 0xD000: "Infinity", 0xF000: "-Infinity"}
-    if sign in special:
-        return special[sign]
-    digits = struct.unpack_from(f"!{ndigits}h", value, 8)
-    with decimal.localcontext() as ctx:
-        ctx.prec = 4 * (ndigits + abs(weight)) + dscale + 8
-        number = sum((decimal.Decimal(d).scaleb(4 * (weight - i)) for i, d in enumerate(digits)), decimal.Decimal(0))
-        number = number.quantize(decimal.Decimal(1).scaleb(-dscale))
-    return ("-" if sign == 0x4000 else "") + format(number, "f")

@@ -16,9 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import polars as pl
 from psycopg import sql
 
 from trempy_nb.pipeline.binarycodec import Encoder, Tail, encoder_for, type_name
+from trempy_nb.pipeline.binarytext import decoder_for
 from trempy_nb.pipeline.plan import TablePlan
 
 RAW_PREFIX = "__trempy_raw__"
@@ -55,26 +57,44 @@ def _same_type(a: str, b: str) -> bool:
 class CopyLayout:
     """How one transformed table travels: the source SELECT and the target's COPY.
 
-    The source sends the columns the plan reads as text, then the raw columns; the
-    raw ones stay one uncut Tail per row. The target's COPY lists the encoded
-    columns first, then the raw ones in tail order, so each row goes out as its
-    encoded fields followed by the tail, byte for byte.
+    The source sends first the columns the plan reads, then the raw columns nothing
+    reads; those stay one uncut Tail per row. A read column comes as text (`col::text`),
+    or raw when binarytext can print it as the source would: then the raw value also
+    serves the target when the plan does not write it. The target's COPY lists the
+    columns cut out of the row (encoded or raw), then the tail's, so each row goes out
+    as those fields followed by the tail, byte for byte.
     """
 
     select: tuple[tuple[str, bool], ...]  # (source column, as text), in SELECT order
-    names: tuple[str, ...]  # the frame column for each text SELECT item
-    encoders: tuple[Encoder, ...]  # per encoded target column (the plan's output column of that name)
-    columns: tuple[str, ...]  # target columns in COPY order: the encoded ones, then the tail's
-    tail: Tail | None  # the raw columns, or None when every target column is encoded
+    names: tuple[str, ...]  # the frame column of each SELECT item before the tail
+    decoded: tuple[tuple[str, str, str], ...]  # (raw frame column, source column, its type): text for the plan
+    outputs: tuple[str, ...]  # per target column cut out of the row, its frame column after the plan
+    encoders: tuple[Encoder | None, ...]  # per such column; None: a raw value, sent as it came
+    columns: tuple[str, ...]  # target columns in COPY order: those cut out, then the tail's
+    tail: Tail | None  # the raw columns nothing reads, or None
 
     @property
     def as_text(self) -> tuple[bool, ...]:
-        return (True,) * len(self.names)
+        return tuple(t for _, t in self.select[: len(self.names)])
 
     @property
     def raw_columns(self) -> tuple[str, ...]:
         """The target columns whose values ride in the tail."""
         return self.columns[len(self.encoders):]
+
+    def decode(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """The text the plan reads, from the columns that came raw."""
+        if not self.decoded:
+            return frame
+        return frame.with_columns(
+            decoder_for(kind)(frame.get_column(raw)).alias(col)  # type: ignore[misc]
+            for raw, col, kind in self.decoded
+        )
+
+    def shaped(self, out: pl.DataFrame) -> pl.DataFrame:
+        """The plan's output as encode() takes it: the cut-out columns by target name, then the tail."""
+        cut = (pl.col(o).alias(c) for o, c in zip(self.outputs, self.columns, strict=False))
+        return out.select(*cut, *([self.tail.name] if self.tail else []))
 
 
 def copy_layout(plan: TablePlan, target_types: dict[str, str], columns: Sequence[str],
@@ -83,48 +103,58 @@ def copy_layout(plan: TablePlan, target_types: dict[str, str], columns: Sequence
     origin = {t: s for s, t in plan.renames}  # target name -> source name, renamed columns
     renamed = set(origin.values())
     sources = set(plan.source_columns)
+    written = {step.column for step in plan.steps}
+    if any(c.startswith(RAW_PREFIX) for c in sources | set(columns) | written):
+        return None
 
     def source_of(name: str) -> str | None:
         if name in origin:
             return origin[name]
         return name if name in sources and name not in renamed else None
 
-    written = {step.column for step in plan.steps}
-    text: set[str] = {f.column.name for f in plan.filters}
+    read: set[str] = {f.column.name for f in plan.filters}
     for step in plan.steps:
         for name in (*step.inputs, step.column):
             src = source_of(name)
             if src is not None:
-                text.add(src)
+                read.add(src)
     raw: dict[str, str] = {}  # target column -> source column passed through in binary
-    encoded: dict[str, Encoder] = {}
+    cut: dict[str, tuple[str, Encoder | None]] = {}  # target column -> (frame column, encoder)
     for name in columns:
         src = source_of(name)
         ttype = target_types.get(name)
         if ttype is None:
             return None
-        # a column the plan only reads comes twice: as text for the plan, as raw bytes for the target
         if (src is not None and name not in written
                 and _same_type(source_types.get(src, ""), ttype) and base_type(ttype) in BUILTIN):
-            raw[name] = src
+            if src in read and _decodable(source_types[src]):
+                cut[name] = (RAW_PREFIX + src, None)  # one raw value: the plan's text and the target's bytes
+            else:
+                raw[name] = src  # a column the plan also reads as text comes twice
             continue
         enc = encoder_for(ttype)
         if enc is None:
             return None
         if src is not None and name not in written:
-            text.add(src)
-        encoded[name] = enc
-    if RAW_PREFIX in sources | set(columns) | written:
-        return None
-    select = [(c, True) for c in plan.source_columns if c in text]
-    select += [(src, False) for src in raw.values()]
+            read.add(src)
+        cut[name] = (name, enc)
+    lead = [c for c in plan.source_columns if c in read]
+    decoded = tuple((RAW_PREFIX + c, c, base_type(source_types[c])) for c in lead if _decodable(source_types[c]))
+    as_raw = {c for _, c, _ in decoded}
+    select = [(c, c not in as_raw) for c in lead] + [(src, False) for src in raw.values()]
     return CopyLayout(
         select=tuple(select),
-        names=tuple(c for c, _ in select[: len(select) - len(raw)]),
-        encoders=tuple(encoded.values()),
-        columns=(*encoded, *raw),
+        names=tuple(RAW_PREFIX + c if c in as_raw else c for c in lead),
+        decoded=decoded,
+        outputs=tuple(o for o, _ in cut.values()),
+        encoders=tuple(e for _, e in cut.values()),
+        columns=(*cut, *raw),
         tail=Tail(RAW_PREFIX, len(raw)) if raw else None,
     )
+
+
+def _decodable(pg_type: str) -> bool:
+    return "[]" not in pg_type and decoder_for(base_type(pg_type)) is not None
 
 
 def select_sql(schema: str, table: str, layout: CopyLayout, source_types: dict[str, str]) -> sql.Composed:
