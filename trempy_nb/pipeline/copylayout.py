@@ -4,9 +4,9 @@ Why: a full load with transformations used to read every column as COPY text,
 parse it in Polars, and send it back as COPY text that the target parsed again.
 Most columns are never touched by a filter or a transformation: those now come
 from the source in COPY binary and go to the target as the same bytes, parsed
-by nobody. The columns the plan reads come (also) as text, the pipeline's
-convention; the columns it writes reach the target through binarycodec's
-encoders.
+by nobody. The columns the plan reads reach it as text, the pipeline's
+convention: sent as text, or raw and printed here (binarytext.py); the columns
+it writes reach the target through binarycodec's encoders.
 
 Pure: decides from the plan and the target's column types; no I/O.
 """
@@ -80,7 +80,7 @@ class CopyLayout:
     @property
     def raw_columns(self) -> tuple[str, ...]:
         """The target columns whose values ride in the tail."""
-        return self.columns[len(self.encoders):]
+        return self.columns[len(self.outputs):]
 
     def decode(self, frame: pl.DataFrame) -> pl.DataFrame:
         """The text the plan reads, from the columns that came raw."""
@@ -93,7 +93,7 @@ class CopyLayout:
 
     def shaped(self, out: pl.DataFrame) -> pl.DataFrame:
         """The plan's output as encode() takes it: the cut-out columns by target name, then the tail."""
-        cut = (pl.col(o).alias(c) for o, c in zip(self.outputs, self.columns, strict=False))
+        cut = (pl.col(o).alias(c) for o, c in zip(self.outputs, self.columns[: len(self.outputs)], strict=True))
         return out.select(*cut, *([self.tail.name] if self.tail else []))
 
 
