@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from trempy_nb.pipeline.binarytext import numeric_text
-from trempy_nb.pipeline.rowbuffer import RowBuffer
+from trempy_nb.pipeline.rowbuffer import RowBuffer, large_binary
 from trempy_nb.pipeline.transformations import timestamp_text
 
 #: PostgreSQL's epoch (2000-01-01) from the Unix epoch.
@@ -336,16 +336,11 @@ def encode(df: pl.DataFrame, encoders: Sequence[Encoder | None],
                 value = s.to_arrow()
         pieces += _field(value)
     if tail:
-        pieces.append(_large_binary(df.get_column(tail.name).to_arrow()))
+        pieces.append(large_binary(df.get_column(tail.name).to_arrow()))
     rows = pc.binary_join_element_wise(*pieces, pa.scalar(b"", pa.large_binary()))
     offsets = np.frombuffer(rows.buffers()[1], np.int64, n + 1, rows.offset * 8)
     body = rows.buffers()[2][int(offsets[0]):int(offsets[n])] if n else b""
     return [HEADER, body, TRAILER], as_text
-
-
-def _large_binary(a: pa.Array | pa.ChunkedArray) -> pa.Array:
-    a = a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
-    return a if a.type == pa.large_binary() else a.cast(pa.large_binary())
 
 
 def _words(values: np.ndarray) -> pa.Array:
@@ -357,7 +352,7 @@ def _words(values: np.ndarray) -> pa.Array:
 
 def _field(value: pa.Array) -> list[pa.Array]:
     """One column's COPY binary fields: each value's length (-1 for NULL), then its bytes."""
-    value = _large_binary(value)
+    value = large_binary(value)
     lengths = np.diff(np.frombuffer(value.buffers()[1], np.int64, len(value) + 1, value.offset * 8))
     if value.null_count:
         lengths = np.where(value.is_valid().to_numpy(zero_copy_only=False), lengths, -1)

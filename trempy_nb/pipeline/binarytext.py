@@ -18,6 +18,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from trempy_nb.pipeline.rowbuffer import RowBuffer, large_binary
+
 Decoder = Callable[[pl.Series], pl.Series]
 
 NUMERIC_SPECIALS = {0xC000: "NaN", 0xD000: "Infinity", 0xF000: "-Infinity"}
@@ -45,22 +47,20 @@ def _numeric(s: pl.Series) -> pl.Series:
     Values of up to 18 digits are computed as int64 (value x 10^dscale) and printed with
     dscale decimals; NaN and the infinities by their names; longer values one by one.
     """
-    arr = s.to_arrow()
-    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-    arr = arr if arr.type == pa.large_binary() else arr.cast(pa.large_binary())
+    arr = large_binary(s.to_arrow())
     n = len(arr)
     valid = np.flatnonzero(arr.is_valid().to_numpy(zero_copy_only=False))
     out = pl.Series(s.name, [], dtype=pl.String).extend_constant(None, n)
     if not len(valid):
         return out
-    data = np.frombuffer(arr.buffers()[2], np.uint8)
-    start = np.frombuffer(arr.buffers()[1], np.int64, n + 1, arr.offset * 8)[valid]
-    words = np.ndarray(shape=(max(len(data) - 1, 0),), dtype=">u2", buffer=data, strides=(1,))
-    ndigits, weight = words[start].astype(np.int64), words[start + 2].astype(np.int16).astype(np.int64)
-    sign, dscale = words[start + 4].astype(np.int64), words[start + 6].astype(np.int64)
+    offsets = np.frombuffer(arr.buffers()[1], np.int64, n + 1, arr.offset * 8)
+    values = RowBuffer(arr.buffers()[2], offsets[1:])  # positions below are into the data buffer
+    start = offsets[:-1][valid]
+    ndigits, weight = values.u16(start), values.u16(start + 2).astype(np.int16).astype(np.int64)
+    sign, dscale = values.u16(start + 4), values.u16(start + 6)
     special = sign >= 0xC000
     frac_groups = (dscale + 3) // 4
-    fits = ~special & (4 * (weight + 1 + frac_groups) <= INT64_DIGITS)  # also true for 0 (no digits)
+    fits = ~special & (4 * (weight + 1 + frac_groups) <= INT64_DIGITS)
     fits |= ~special & (ndigits == 0)
     rows = valid[fits]
     f_start, f_nd, f_ds = start[fits], ndigits[fits], dscale[fits]
@@ -69,7 +69,7 @@ def _numeric(s: pl.Series) -> pl.Series:
     value = np.zeros(len(rows), np.int64)
     for k in range(int(f_nd.max(initial=0))):
         has = k < f_nd
-        digit = words[np.where(has, f_start + 8 + 2 * k, f_start)].astype(np.int64)
+        digit = values.u16(np.where(has, f_start + 8 + 2 * k, f_start))
         value = np.where(has, value * 10_000 + digit, value)
     stripped = weight[fits] + frac_groups[fits] + 1 - f_nd
     value *= POW10[4 * np.clip(stripped, 0, 4)]

@@ -107,3 +107,9 @@ class RowBuffer:
             ]
         except pl.exceptions.PolarsError as exc:
             raise ValueError(f"a text value is not valid UTF-8: {exc}") from None
+
+
+def large_binary(a: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One contiguous LargeBinary array (int64 offsets): the form the numpy code here reads."""
+    a = a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
+    return a if a.type == pa.large_binary() else a.cast(pa.large_binary())
