@@ -43,6 +43,7 @@ from trempy_nb.capture.slot import (
 from trempy_nb.capture.snapshot import create_slot_with_snapshot
 from trempy_nb.catalog import describe_table
 from trempy_nb.connections import mask
+from trempy_nb.crash import crash_point
 from trempy_nb.db import connect
 from trempy_nb.errors import (
     ConnectionFailed,
@@ -62,12 +63,6 @@ from trempy_nb.writer.ddl import STATE_SCHEMA, add_column, ensure_state_tables, 
 
 HEARTBEAT_EVERY_S = float(os.environ.get("TREMPY_HEARTBEAT_S", "10"))  # idle heartbeat period
 STATS_EVERY_S = 2.0
-
-
-def crash_point(name: str) -> None:
-    """Fault injection: exit hard at a named step when TREMPY_CRASH_AT says so (tests only)."""
-    if os.environ.get("TREMPY_CRASH_AT") == name:
-        os._exit(97)
 
 
 _SLOT_LSN_SET = sql.SQL(

@@ -23,14 +23,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import polars as pl
-from cryptography.fernet import Fernet, InvalidToken
 from psycopg.conninfo import conninfo_to_dict
 
 from trempy_nb.errors import SettingsError
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 __all__ = [
     "ConnectionInfo",
@@ -333,7 +335,12 @@ def _info(name: str, entry: dict[str, Any]) -> ConnectionInfo:
 
 
 def _fernet() -> Fernet:
-    """Fernet from TREMPY_SECRET_KEY, else from $TREMPY_HOME/secret.key (created 0600 once)."""
+    """Fernet from TREMPY_SECRET_KEY, else from $TREMPY_HOME/secret.key (created 0600 once).
+
+    cryptography loads here, when a saved password is used: a task given URIs does not pay its import.
+    """
+    from cryptography.fernet import Fernet
+
     env = os.environ.get("TREMPY_SECRET_KEY")
     if env:
         try:
@@ -500,6 +507,8 @@ def _build(bare: str, entry: dict[str, Any]) -> str:
     token = entry.get("password")
     if not token:
         return bare
+    from cryptography.fernet import InvalidToken
+
     try:
         password = _fernet().decrypt(token.encode()).decode()
     except InvalidToken:

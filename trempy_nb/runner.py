@@ -21,6 +21,7 @@ import polars as pl
 import psycopg
 
 from trempy_nb.connections import mask, resolve
+from trempy_nb.crash import crash_point
 from trempy_nb.db import connect
 from trempy_nb.errors import AlreadyRunning, SlotLost, TrempyError, is_transient
 from trempy_nb.fullload import TableLoadResult, run_full_load, target_spec
@@ -189,10 +190,10 @@ class Runner:
             with session.prepare() as handoff:
                 if handoff.needs_full_load:
                     self.status = "full_load"
-                    _crash_point("full_load_start")
+                    crash_point("full_load_start")
                     tables = self._full_load(store, plans, source, target, handoff.snapshot, handoff.lsn,
                                              handoff.ts)
-                    _crash_point("full_load_before_checkpoint")
+                    crash_point("full_load_before_checkpoint")
                     session.mark_loaded(handoff.lsn)
             changes = session.stream(until_caught_up=self.until_caught_up)
             return tables, changes
@@ -205,7 +206,7 @@ class Runner:
             store.record_error(self.task.name, self.run_id, schema, table, op, error, payload)
 
         def on_done(r: TableLoadResult) -> None:
-            _crash_point("full_load_after_table")  # this table committed, the others maybe not
+            crash_point("full_load_after_table")  # this table committed, the others maybe not
             store.record_stats(self.run_id, self.task.name, r.schema, r.table, "full_load",
                                rows_read=r.rows_read, rows_written=r.rows_written,
                                rows_filtered=r.rows_filtered, rows_failed=r.rows_failed,
@@ -238,7 +239,7 @@ class _Progress:
                                       leave=True, mininterval=0.5, dynamic_ncols=True)
 
     def update(self, key: tuple[str, str], n: int) -> None:
-        _crash_point("full_load_middle")  # rows read and written, the table's transaction open
+        crash_point("full_load_middle")  # rows read and written, the table's transaction open
         with self.lock:
             self.counters.full_load_rows[".".join(key)] += n
             bar = self.bars.get(key)
@@ -256,12 +257,6 @@ class _Progress:
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
-
-
-def _crash_point(name: str) -> None:
-    from trempy_nb.cdc import crash_point
-
-    crash_point(name)
 
 
 def run_task(task: Task, until_caught_up: bool = True, progress: bool = True) -> RunResult:

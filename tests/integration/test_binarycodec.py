@@ -196,6 +196,37 @@ def test_untouched_columns_travel_as_one_uncut_tail_per_row(conn: psycopg.Connec
     assert split_tail(two, len(raw_cols))[raw_cols.index("i2")] is None  # NULL
 
 
+def test_read_columns_the_target_takes_raw_are_cut_out_and_ride_in_the_tail_too(conn: psycopg.Connection) -> None:
+    """A column the plan reads raw (printed by binarytext) and does not write is selected where the
+    tail begins: cut out for the plan, and its field stays in the tail for the target."""
+    conn.execute(f"INSERT INTO src VALUES {VALUES}")
+    riding = ["i8", "num", "b"]  # read (decoded), then sent in the tail as they came
+    rest = [c for c in NAMES if c not in riding and c != "t"]
+    items = [sql.SQL("{}::text").format(sql.Identifier("t"))] + [sql.Identifier(c) for c in riding + rest]
+    query = sql.SQL("SELECT {} FROM src").format(sql.SQL(", ").join(items))
+    names = ["t", *(RAW_PREFIX + c for c in riding)]
+    tail = Tail("rest", len(riding) + len(rest), len(riding))
+    with connect(_uri(conn)) as src:
+        frames = list(iter_binary_frames(src.cursor(), query, names, [True, False, False, False], 64, tail))
+    df = pl.concat(frames)
+    printed = {c: decoder_for(type_name(TYPES[c]))(df.get_column(RAW_PREFIX + c)) for c in riding}  # type: ignore[misc]
+    reference = _frame(conn, "src")
+
+    def bag(values: list[str | None]) -> list[str | None]:
+        return sorted(values, key=lambda v: (v is None, v or ""))
+
+    for c in riding:  # the plan sees exactly COPY text's values
+        assert bag(printed[c].to_list()) == bag(reference.get_column(c).to_list()), c
+    kept = df.filter(printed["b"].is_not_null())  # a filter on a riding column; the tails follow
+    payload, as_text = encode(kept.select("t", "rest"), [encoder_for("text")], tail)  # type: ignore[list-item]
+    assert as_text == []
+    copy_binary(conn.cursor(), sql.Identifier("via_binary"), ["t", *riding, *rest], payload)
+    want = conn.execute("SELECT r::text FROM src AS r WHERE b IS NOT NULL ORDER BY id").fetchall()
+    assert _rows(conn, "via_binary") == [r[0] for r in want] and len(want) == 3
+    fields = split_tail(kept.get_column("rest")[0], tail.fields)  # an error record reads every field back
+    assert len(fields) == tail.fields and describe_raw(fields[2], "boolean") in (True, False)  # type: ignore[arg-type]
+
+
 def test_an_empty_binary_copy_reads_as_an_empty_frame(conn: psycopg.Connection) -> None:
     with connect(_uri(conn)) as src:
         frames = list(iter_binary_frames(src.cursor(), sql.SQL("SELECT id, t FROM src"), ["id", "t"], [False, True]))

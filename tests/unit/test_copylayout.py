@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from trempy_nb.catalog import ColumnInfo, TableInfo
+from trempy_nb.pipeline.binarycodec import Tail
 from trempy_nb.pipeline.copylayout import RAW_PREFIX, base_type, copy_layout
 from trempy_nb.pipeline.plan import compile_plan
 from trempy_nb.settings import TaskSettings
@@ -26,7 +27,7 @@ def _plan(transformations: list[dict], filters: list[dict] | None = None):  # ty
 SOURCE = dict(COLUMNS)
 
 
-def test_untouched_and_read_only_columns_pass_through_raw_written_ones_are_encoded() -> None:
+def test_untouched_and_read_only_columns_ride_in_the_tail_written_ones_are_encoded() -> None:
     plan = _plan(
         [{"priority": 0, "transformation_type": "modify_column_name", "contract": {"column_name": "note", "new_column_name": "memo"}},
          {"priority": 1, "transformation_type": "modify_column_value", "contract": {"operation": "uppercase", "column_name": "name"}},
@@ -38,18 +39,18 @@ def test_untouched_and_read_only_columns_pass_through_raw_written_ones_are_encod
     columns = [c.name for c in plan.target_columns]
     layout = copy_layout(plan, target, columns, SOURCE)
     assert layout is not None
-    # the plan reads name (text), amount (numeric: comes raw once, printed as text here) and span
-    # (interval: as text, and raw again in the tail); id and note (renamed memo) ride in the tail
-    assert layout.select == (("name", True), ("amount", False), ("span", True), ("id", False), ("span", False),
+    # the plan reads name (text), span (interval: as text, and raw again in the tail) and amount
+    # (numeric: comes raw once, printed as text here, and selected where the tail begins, so
+    # that its field is also the target's); id and note (renamed memo) ride in the tail
+    assert layout.select == (("name", True), ("span", True), ("amount", False), ("id", False), ("span", False),
                              ("note", False))
-    assert layout.names == ("name", RAW_PREFIX + "amount", "span") and layout.as_text == (True, False, True)
+    assert layout.names == ("name", "span", RAW_PREFIX + "amount") and layout.as_text == (True, True, False)
     assert layout.decoded == ((RAW_PREFIX + "amount", "amount", "numeric"),)
-    # cut out of each row: name and double encoded, amount's raw value as it came; then the tail
-    assert layout.columns == ("name", "amount", "double", "id", "span", "memo")
-    assert layout.outputs == ("name", RAW_PREFIX + "amount", "double")
-    assert [e is None for e in layout.encoders] == [False, True, False]
-    assert layout.raw_columns == ("id", "span", "memo")
-    assert layout.tail is not None and layout.tail.name == RAW_PREFIX and layout.tail.fields == 3
+    # encoded: name and double; then the tail, which begins with amount's field as it came
+    assert layout.columns == ("name", "double", "amount", "id", "span", "memo")
+    assert layout.outputs == ("name", "double") and len(layout.encoders) == 2
+    assert layout.raw_columns == ("amount", "id", "span", "memo")
+    assert layout.tail == Tail(RAW_PREFIX, 4, 1)
 
 
 def test_a_read_column_the_plan_rewrites_comes_raw_once_and_goes_out_encoded() -> None:

@@ -300,11 +300,14 @@ class Tail:
 
     Why: the columns no step writes only travel from source to target. Kept as one
     slice of the row they are never cut into values, and the target receives the
-    very bytes the source sent.
+    very bytes the source sent. The first `overlap` of them are also cut out as
+    values (the last of the named columns): the plan reads them, the target takes
+    them as they came.
     """
 
     name: str
     fields: int
+    overlap: int = 0
 
 
 def encode(df: pl.DataFrame, encoders: Sequence[Encoder | None],
@@ -367,9 +370,11 @@ def read_copy_binary(buf: bytes | bytearray, ends: np.ndarray, names: Sequence[s
     Columns marked `as_text` come out as String (UTF-8 checked): the source sent them
     as text (`col::text`). The others stay Binary: each value's bytes in the type's
     binary form, to be written to the target as they are. With a `tail`, the fields
-    after `names` stay together, uncut, as one Binary column (see Tail).
+    after `names` (and the last `tail.overlap` of them) stay together, uncut, as one
+    Binary column (see Tail).
     """
     rows = RowBuffer(buf, np.asarray(ends, np.int64))
+    shared = tail.overlap if tail else 0
     n = len(rows)
     first = 0
     if n and bytes(buf[: len(SIGNATURE)]) == SIGNATURE:
@@ -386,8 +391,9 @@ def read_copy_binary(buf: bytes | bytearray, ends: np.ndarray, names: Sequence[s
     msg = np.flatnonzero(keep)
     pos, end = starts[msg], rows.offs[msg + 1]
     ncols = len(names)
-    if len(msg) and (rows.u16(pos) != ncols + (tail.fields if tail else 0)).any():
-        raise ValueError(f"COPY binary rows do not have {ncols + (tail.fields if tail else 0)} fields")
+    fields = ncols - shared + (tail.fields if tail else 0)
+    if len(msg) and (rows.u16(pos) != fields).any():
+        raise ValueError(f"COPY binary rows do not have {fields} fields")
     p = pos + 2
     width = ncols + (1 if tail else 0)
     vstarts = np.empty((width, len(msg)), np.int64)
@@ -402,7 +408,8 @@ def read_copy_binary(buf: bytes | bytearray, ends: np.ndarray, names: Sequence[s
         vstarts[k] = p + 4
         p = p + 4 + lens[k]
     if tail:
-        vstarts[ncols], lens[ncols] = p, end - p
+        vstarts[ncols] = vstarts[ncols - shared] - 4 if shared else p  # a field begins with its length
+        lens[ncols] = end - vstarts[ncols]
         if (lens[ncols] < 4 * tail.fields).any():
             raise ValueError("truncated COPY binary row")
     elif (p != end).any():

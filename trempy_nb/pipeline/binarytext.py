@@ -74,10 +74,9 @@ def _numeric(s: pl.Series) -> pl.Series:
     stripped = weight[fits] + frac_groups[fits] + 1 - f_nd
     value *= POW10[4 * np.clip(stripped, 0, 4)]
     value //= POW10[4 * frac_groups[fits] - f_ds]
-    scales = np.unique(f_ds)
-    if len(rows) == n and len(scales) == 1:  # the common batch: no NULL, one scale, all within int64
-        return _decimal_text(value, sign == NUMERIC_NEG, int(scales[0])).alias(s.name)
-    for scale in scales:
+    if len(rows) == n and f_ds.min() == f_ds.max():  # the common batch: no NULL, one scale, all within int64
+        return _decimal_text(value, sign == NUMERIC_NEG, int(f_ds[0])).alias(s.name)
+    for scale in np.unique(f_ds):
         pick = f_ds == scale
         out = out.scatter(rows[pick], _decimal_text(value[pick], sign[fits][pick] == NUMERIC_NEG, int(scale)))
     for code, name in NUMERIC_SPECIALS.items():

@@ -57,21 +57,22 @@ def _same_type(a: str, b: str) -> bool:
 class CopyLayout:
     """How one transformed table travels: the source SELECT and the target's COPY.
 
-    The source sends first the columns the plan reads, then the raw columns nothing
-    reads; those stay one uncut Tail per row. A read column comes as text (`col::text`),
-    or raw when binarytext can print it as the source would: then the raw value also
-    serves the target when the plan does not write it. The target's COPY lists the
-    columns cut out of the row (encoded or raw), then the tail's, so each row goes out
-    as those fields followed by the tail, byte for byte.
+    The source sends first the columns the plan reads, then the raw columns the target
+    takes as they came; those stay one uncut Tail per row. A read column comes as text
+    (`col::text`), or raw when binarytext can print it as the source would: when the plan
+    does not write it, that raw value is also the target's, and it is selected last of
+    the read columns, where the tail begins (it is cut out for the plan and kept in the
+    tail as well). The target's COPY lists the encoded columns, then the tail's, so each
+    row goes out as those fields followed by the tail, byte for byte.
     """
 
     select: tuple[tuple[str, bool], ...]  # (source column, as text), in SELECT order
     names: tuple[str, ...]  # the frame column of each SELECT item before the tail
     decoded: tuple[tuple[str, str, str], ...]  # (raw frame column, source column, its type): text for the plan
-    outputs: tuple[str, ...]  # per target column cut out of the row, its frame column after the plan
-    encoders: tuple[Encoder | None, ...]  # per such column; None: a raw value, sent as it came
-    columns: tuple[str, ...]  # target columns in COPY order: those cut out, then the tail's
-    tail: Tail | None  # the raw columns nothing reads, or None
+    outputs: tuple[str, ...]  # per target column the plan's output gives, its frame column
+    encoders: tuple[Encoder, ...]  # per such column
+    columns: tuple[str, ...]  # target columns in COPY order: the encoded ones, then the tail's
+    tail: Tail | None  # the columns the target takes raw, or None
 
     @property
     def as_text(self) -> tuple[bool, ...]:
@@ -92,7 +93,7 @@ class CopyLayout:
         )
 
     def shaped(self, out: pl.DataFrame) -> pl.DataFrame:
-        """The plan's output as encode() takes it: the cut-out columns by target name, then the tail."""
+        """The plan's output as encode() takes it: the encoded columns by target name, then the tail."""
         cut = (pl.col(o).alias(c) for o, c in zip(self.outputs, self.columns[: len(self.outputs)], strict=True))
         return out.select(*cut, *([self.tail.name] if self.tail else []))
 
@@ -118,8 +119,9 @@ def copy_layout(plan: TablePlan, target_types: dict[str, str], columns: Sequence
             src = source_of(name)
             if src is not None:
                 read.add(src)
+    riding: dict[str, str] = {}  # target column -> source column the plan reads raw that rides in the tail too
     raw: dict[str, str] = {}  # target column -> source column passed through in binary
-    cut: dict[str, tuple[str, Encoder | None]] = {}  # target column -> (frame column, encoder)
+    cut: dict[str, tuple[str, Encoder]] = {}  # target column -> (frame column, encoder)
     for name in columns:
         src = source_of(name)
         ttype = target_types.get(name)
@@ -128,7 +130,7 @@ def copy_layout(plan: TablePlan, target_types: dict[str, str], columns: Sequence
         if (src is not None and name not in written
                 and _same_type(source_types.get(src, ""), ttype) and base_type(ttype) in BUILTIN):
             if src in read and _decodable(source_types[src]):
-                cut[name] = (RAW_PREFIX + src, None)  # one raw value: the plan's text and the target's bytes
+                riding[name] = src  # one raw value: printed for the plan, and the target's bytes in the tail
             else:
                 raw[name] = src  # a column the plan also reads as text comes twice
             continue
@@ -138,18 +140,18 @@ def copy_layout(plan: TablePlan, target_types: dict[str, str], columns: Sequence
         if src is not None and name not in written:
             read.add(src)
         cut[name] = (name, enc)
-    lead = [c for c in plan.source_columns if c in read]
-    decoded = tuple((RAW_PREFIX + c, c, base_type(source_types[c])) for c in lead if _decodable(source_types[c]))
-    as_raw = {c for _, c, _ in decoded}
-    select = [(c, c not in as_raw) for c in lead] + [(src, False) for src in raw.values()]
+    lead = [c for c in plan.source_columns if c in read and c not in riding.values()]
+    decodable = [c for c in lead if _decodable(source_types[c])] + list(riding.values())
+    decoded = tuple((RAW_PREFIX + c, c, base_type(source_types[c])) for c in decodable)
+    in_tail = list(riding.values()) + list(raw.values())
     return CopyLayout(
-        select=tuple(select),
-        names=tuple(RAW_PREFIX + c if c in as_raw else c for c in lead),
+        select=tuple((c, c not in decodable) for c in lead) + tuple((c, False) for c in in_tail),
+        names=tuple(RAW_PREFIX + c if c in decodable else c for c in [*lead, *riding.values()]),
         decoded=decoded,
         outputs=tuple(o for o, _ in cut.values()),
         encoders=tuple(e for _, e in cut.values()),
-        columns=(*cut, *raw),
-        tail=Tail(RAW_PREFIX, len(raw)) if raw else None,
+        columns=(*cut, *riding, *raw),
+        tail=Tail(RAW_PREFIX, len(in_tail), len(riding)) if in_tail else None,
     )
 
 

@@ -271,22 +271,29 @@ class MathExpression:
             return pl.col(name).cast(pl.Float64, strict=False)
         return pl.col(name).cast(pl.Decimal(PRECISION, min(scale, MAX_SCALE)), strict=False)
 
-    def to_polars(self, scales: Mapping[str, int] | None = None) -> pl.Expr:
-        """The expression over raw-text columns; `scales` gives each numeric column's scale."""
-        scales = scales or {}
+    def to_polars(self, scales: Mapping[str, int] | None = None, parsed: Mapping[str, str] | None = None) -> pl.Expr:
+        """The expression over raw-text columns; `scales` gives each numeric column's scale.
+
+        `parsed` names, per referenced column, a column that already holds its input_expr
+        (with the same scale): the caller parsed the text once to check it, and it is not parsed again.
+        """
+        scales, parsed = scales or {}, parsed or {}
         if self.is_float:
-            return self._float(self.tree)
-        expr, _ = self._decimal(self.tree, scales)
+            return self._float(self.tree, parsed)
+        expr, _ = self._decimal(self.tree, scales, parsed)
         return expr
 
-    def _float(self, node: Node) -> pl.Expr:
+    def _input(self, name: str, scale: int, parsed: Mapping[str, str]) -> pl.Expr:
+        return pl.col(parsed[name]) if name in parsed else self.input_expr(name, scale)
+
+    def _float(self, node: Node, parsed: Mapping[str, str]) -> pl.Expr:
         if isinstance(node, Number):
             return pl.lit(float(node.text), dtype=pl.Float64)
         if isinstance(node, Column):
-            return self.input_expr(node.name)
+            return self._input(node.name, 0, parsed)
         if isinstance(node, Negate):
-            return -self._float(node.operand)
-        left, right = self._float(node.left), self._float(node.right)
+            return -self._float(node.operand, parsed)
+        left, right = self._float(node.left, parsed), self._float(node.right, parsed)
         if node.op == "+":
             return left + right
         if node.op == "-":
@@ -295,19 +302,19 @@ class MathExpression:
             return left * right
         return left / pl.when(right != 0).then(right)
 
-    def _decimal(self, node: Node, scales: Mapping[str, int]) -> tuple[pl.Expr, int]:
+    def _decimal(self, node: Node, scales: Mapping[str, int], parsed: Mapping[str, str]) -> tuple[pl.Expr, int]:
         if isinstance(node, Number):
             scale = len(node.text.partition(".")[2])
             scale = min(scale, MAX_SCALE)
             return pl.lit(node.text).cast(pl.Decimal(PRECISION, scale)), scale
         if isinstance(node, Column):
             scale = min(scales.get(node.name, 0), MAX_SCALE)
-            return self.input_expr(node.name, scale), scale
+            return self._input(node.name, scale, parsed), scale
         if isinstance(node, Negate):
-            expr, scale = self._decimal(node.operand, scales)
+            expr, scale = self._decimal(node.operand, scales, parsed)
             return -expr, scale
-        left, sl = self._decimal(node.left, scales)
-        right, sr = self._decimal(node.right, scales)
+        left, sl = self._decimal(node.left, scales, parsed)
+        right, sr = self._decimal(node.right, scales, parsed)
         if node.op in "+-":
             scale = max(sl, sr)
             left = left.cast(pl.Decimal(PRECISION, scale))

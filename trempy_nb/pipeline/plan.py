@@ -94,10 +94,10 @@ class TablePlan:
     def apply_some(self, df: pl.DataFrame, ctx: BatchContext | None = None) -> pl.DataFrame:
         """Full-load rows when only the columns the plan reads come as text (copylayout.py):
         filter, rename, transform; other columns ride along untouched."""
-        frame = df.filter(self.predicate()) if self.filters else df
+        lazy = df.lazy().filter(self.predicate()) if self.filters else df.lazy()
         if self.renames:
-            frame = frame.rename({s: t for s, t in self.renames if s in frame.columns})
-        return self._transform_steps(frame, ctx)
+            lazy = lazy.rename({s: t for s, t in self.renames if s in df.columns})
+        return self._transform_steps(lazy, ctx)
 
     def apply_changes(self, df: pl.DataFrame, ctx: BatchContext | None = None) -> pl.DataFrame:
         """CDC rows with the meta columns of trempy_nb.changes.
@@ -150,12 +150,18 @@ class TablePlan:
             frame = frame.rename(self.rename_map)
         return self._transform_steps(frame, ctx)
 
-    def _transform_steps(self, frame: pl.DataFrame, ctx: BatchContext | None) -> pl.DataFrame:
-        if self.steps:
-            ctx = ctx or self.context()
-            for step in self.steps:
-                frame = step.apply(frame, ctx)
-        return frame
+    def _transform_steps(self, frame: pl.DataFrame | pl.LazyFrame, ctx: BatchContext | None) -> pl.DataFrame:
+        """The steps in order. A row of steps that are one expression each (Step.expr) runs as one
+        query, with the filter and renames before them: one pass instead of one per step."""
+        ctx = ctx or self.context() if self.steps else ctx
+        pending: list[Step] = []
+        for step in self.steps:
+            if step.expr(ctx) is not None:  # type: ignore[arg-type]
+                pending.append(step)
+                continue
+            frame = step.apply(_run(frame, pending, ctx), ctx)  # type: ignore[arg-type]
+            pending = []
+        return _run(frame, pending, ctx)
 
     def _require_columns(self, df: pl.DataFrame) -> None:
         missing = [c for c in self.source_columns if c not in df.columns]
@@ -202,6 +208,23 @@ class TablePlan:
             "rows_out": df_out.height,
             "rows_filtered": df_in.height - df_out.height,
         }
+
+
+def _run(frame: pl.DataFrame | pl.LazyFrame, steps: list[Step], ctx: BatchContext | None) -> pl.DataFrame:
+    """`frame` with expression steps applied, as one query; on an error, step by step, so that
+    the error names its step."""
+    if not steps and isinstance(frame, pl.DataFrame):
+        return frame
+    lazy = frame.lazy()
+    for step in steps:
+        lazy = lazy.with_columns(step.expr(ctx).alias(step.column))  # type: ignore[arg-type, union-attr]
+    try:
+        return lazy.collect()
+    except pl.exceptions.PolarsError:
+        base = frame.collect() if isinstance(frame, pl.LazyFrame) else frame
+        for step in steps:
+            base = step.apply(base, ctx)  # type: ignore[arg-type]
+        return base
 
 
 def display_expr(raw: pl.Expr, pg_type: str, values: pl.Series | None = None) -> pl.Expr | None:

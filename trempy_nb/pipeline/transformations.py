@@ -135,23 +135,29 @@ class Step:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ValueError(f"{self.label}: {first}") from exc
 
-    def _apply(self, df: pl.DataFrame, ctx: BatchContext) -> pl.DataFrame:  # pragma: no cover
-        raise NotImplementedError
+    def _apply(self, df: pl.DataFrame, ctx: BatchContext) -> pl.DataFrame:
+        expr = self.expr(ctx)
+        if expr is None:  # pragma: no cover - every step has one or the other
+            raise NotImplementedError
+        return df.with_columns(expr.alias(self.column))
+
+    def expr(self, ctx: BatchContext) -> pl.Expr | None:
+        """The written column as one expression over the frame, for steps that need nothing
+        eager (no parse to check): the plan runs a row of such steps as one query."""
+        return None
 
 
 @dataclass(frozen=True)
 class TextCaseStep(Step):
     operation: str = "uppercase"
 
-    def _apply(self, df: pl.DataFrame, ctx: BatchContext) -> pl.DataFrame:
+    def expr(self, ctx: BatchContext) -> pl.Expr:
         col = pl.col(self.column)
         if self.operation == "uppercase":
-            out = col.str.to_uppercase()
-        elif self.operation == "lowercase":
-            out = col.str.to_lowercase()
-        else:
-            out = col.str.strip_chars()
-        return df.with_columns(out.alias(self.column))
+            return col.str.to_uppercase()
+        if self.operation == "lowercase":
+            return col.str.to_lowercase()
+        return col.str.strip_chars()
 
 
 @dataclass(frozen=True)
@@ -175,11 +181,8 @@ _INFINITIES = ("infinity", "-infinity")
 class ConcatStep(Step):
     separator: str = ""
 
-    def _apply(self, df: pl.DataFrame, ctx: BatchContext) -> pl.DataFrame:
-        out = pl.concat_str(
-            [pl.col(c) for c in self.inputs], separator=self.separator, ignore_nulls=True
-        )
-        return df.with_columns(out.alias(self.column))
+    def expr(self, ctx: BatchContext) -> pl.Expr:
+        return pl.concat_str([pl.col(c) for c in self.inputs], separator=self.separator, ignore_nulls=True)
 
 
 @dataclass(frozen=True)
@@ -222,13 +225,13 @@ class MathStep(Step):
     def _apply(self, df: pl.DataFrame, ctx: BatchContext) -> pl.DataFrame:
         assert self.math is not None
         scales = self._scales(df)
-        checks = []
-        for name in self.math.columns:
-            parsed = self.math.input_expr(name, scales.get(name, 0))
-            checks.append((name, _unparsed(pl.col(name), parsed), "number for math_expression"))
-        check_parsed(df, self.label, checks)
-        out = self.math.to_polars(scales)
-        return df.with_columns(out.cast(pl.String).alias(self.column))
+        parsed = {name: f"__trempy_math_{k}" for k, name in enumerate(self.math.columns)}
+        # each input is parsed once: checked, then computed with
+        frame = df.with_columns(self.math.input_expr(c, scales.get(c, 0)).alias(p) for c, p in parsed.items())
+        checks = [(c, _unparsed(pl.col(c), pl.col(p)), "number for math_expression") for c, p in parsed.items()]
+        check_parsed(frame, self.label, checks)
+        out = self.math.to_polars(scales, parsed)
+        return frame.with_columns(out.cast(pl.String).alias(self.column)).drop(list(parsed.values()))
 
     def _scales(self, df: pl.DataFrame) -> dict[str, int]:
         """Declared numeric scales, else the largest scale present in this batch."""
@@ -255,9 +258,9 @@ class ConstantStep(Step):
     value: str | None = None
     now: bool = False
 
-    def _apply(self, df: pl.DataFrame, ctx: BatchContext) -> pl.DataFrame:
+    def expr(self, ctx: BatchContext) -> pl.Expr:
         value = timestamptz_text(ctx.now) if self.now else self.value
-        return df.with_columns(pl.lit(value, dtype=pl.String).alias(self.column))
+        return pl.lit(value, dtype=pl.String)
 
 
 # -- compiling -----------------------------------------------------------------------------

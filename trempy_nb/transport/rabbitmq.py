@@ -892,7 +892,7 @@ def produce(
 
 
 def _crash_point(name: str) -> None:
-    from trempy_nb.cdc import crash_point
+    from trempy_nb.crash import crash_point
 
     crash_point(name)
 
