@@ -20,7 +20,7 @@ from trempy_nb.pipeline.binarycodec import (
     split_tail,
     type_name,
 )
-from trempy_nb.pipeline.binarytext import decoder_for
+from trempy_nb.pipeline.binarytext import decoder_for, numeric_decimal
 from trempy_nb.pipeline.copylayout import RAW_PREFIX, CopyLayout, select_sql
 from trempy_nb.pipeline.textcodec import read_copy_text, write_copy_text
 from trempy_nb.writer.copy import copy_binary, iter_binary_frames
@@ -225,6 +225,29 @@ def test_read_columns_the_target_takes_raw_are_cut_out_and_ride_in_the_tail_too(
     assert _rows(conn, "via_binary") == [r[0] for r in want] and len(want) == 3
     fields = split_tail(kept.get_column("rest")[0], tail.fields)  # an error record reads every field back
     assert len(fields) == tail.fields and describe_raw(fields[2], "boolean") in (True, False)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("values", "scale", "decimal"), [
+    (["0.00", "-0.01", "12.50", None, "9999999999.99", "-9999999999.99", "123.40"], 2, True),
+    (["1", "-7", None, None], 0, True),
+    ([None, None], 3, True),
+    (["1.50", "NaN"], 2, False),  # NaN has no Decimal: the batch goes as text
+    (["1.5", "2.25"], 2, False),  # an unconstrained column's scales differ
+    (["123456789012345678.12"], 2, False),  # beyond int64
+])
+def test_numeric_values_become_the_decimals_their_text_parses_to(
+        conn: psycopg.Connection, values: list[str | None], scale: int, decimal: bool) -> None:
+    conn.execute("CREATE TABLE nums (k integer, v numeric)")
+    conn.cursor().executemany("INSERT INTO nums VALUES (%s, %s::numeric)", list(enumerate(values)))
+    query = sql.SQL("SELECT v FROM nums ORDER BY k")
+    with connect(_uri(conn)) as src:
+        raw = pl.concat(iter_binary_frames(src.cursor(), query, ["v"], [False])).get_column("v")
+    got = numeric_decimal(raw, scale)
+    if not decimal:
+        assert got is None
+        return
+    assert got is not None and got.dtype == pl.Decimal(38, scale)
+    assert got.to_list() == pl.Series(values, dtype=pl.String).cast(pl.Decimal(38, scale)).to_list()
 
 
 def test_an_empty_binary_copy_reads_as_an_empty_frame(conn: psycopg.Connection) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg
@@ -178,6 +179,36 @@ def test_filters_and_transformations_match_sql(source_uri: str, target_uri: str,
     got = _rows(target_uri, "SELECT id, last_name, department, raise FROM employees.dim_employee ORDER BY id")
     assert got == expected
     assert r.rows_read == 3000 and r.rows_written == len(expected) and r.rows_filtered == 3000 - len(expected)
+
+
+def test_a_numeric_only_math_reads_is_computed_exactly(source_uri: str, target_uri: str, trempy_home: Path) -> None:
+    """A numeric(p,s) column only math_expression reads comes raw and goes to the math as Decimal
+    values (no text in between, copylayout.typed): the results and the column itself land exactly
+    as SQL computes and stores them, NULLs, negatives, zero and the ends of numeric(12,2) included."""
+    _exec(source_uri, """
+        CREATE SCHEMA acct;
+        CREATE TABLE acct.ledger (id integer PRIMARY KEY, amt numeric(12,2), qty integer, memo text);
+        INSERT INTO acct.ledger SELECT i, CASE WHEN i % 11 = 0 THEN NULL ELSE ((i * 7919) % 200001 - 100000) / 100.0 END,
+               i % 5 - 2, 'm' || i FROM generate_series(1, 4000) i;
+        INSERT INTO acct.ledger VALUES (5001, 9999999999.99, 3, 'top'), (5002, -9999999999.99, 3, 'bottom'),
+               (5003, 0, 1, 'zero'), (5004, -0.01, 1, 'cent');
+    """)
+    t = {"schema_name": "acct", "table_name": "ledger"}
+    doc = _settings(source_uri, target_uri, [("acct", "ledger")])
+    doc["transformations"] = [
+        {**t, "priority": 1, "transformation_type": "modify_column_value", "contract": {"operation": "uppercase", "column_name": "memo"}},
+        {**t, "priority": 2, "transformation_type": "create_column",
+         "contract": {"operation": "math_expression", "new_column_name": "total", "expression": "amt * 3 - 1"}},
+        {**t, "priority": 2, "transformation_type": "create_column",
+         "contract": {"operation": "math_expression", "new_column_name": "scaled", "expression": "amt * qty / 7"}},
+    ]
+    Task.from_settings(doc).run(progress=False)
+    want = _rows(source_uri, "SELECT id, amt, upper(memo), amt * 3 - 1, amt * qty / 7 FROM acct.ledger ORDER BY id")
+    got = _rows(target_uri, "SELECT id, amt, memo, total, scaled FROM acct.ledger ORDER BY id")
+    assert len(got) == 4004
+    for g, w in zip(got, want, strict=True):
+        assert g[:4] == w[:4], (g, w)
+        assert (g[4] is None) == (w[4] is None) and (g[4] is None or abs(g[4] - w[4]) < Decimal("1e-12")), (g, w)
 
 
 def test_scd2_full_load_opens_first_versions(source_uri: str, target_uri: str, trempy_home: Path) -> None:

@@ -80,3 +80,22 @@ def test_base_type_drops_typmods_and_arrays() -> None:
     assert base_type("character varying(20)[]") == "character varying"
     assert base_type("numeric(12, 2)") == "numeric"
     assert base_type("timestamp(3) with time zone") == "timestamp with time zone"
+
+
+def test_a_numeric_only_exact_math_reads_goes_to_it_as_decimal() -> None:
+    math = {"priority": 2, "transformation_type": "create_column",
+            "contract": {"operation": "math_expression", "new_column_name": "double", "expression": "amount * 2"}}
+    plan = _plan([math])
+    columns = [c.name for c in plan.target_columns]
+    target = {c.name: c.pg_type for c in plan.target_columns}
+    layout = copy_layout(plan, target, columns, SOURCE)
+    assert layout is not None and layout.typed == (("amount", 2),)
+    # a filter, or another step, reads the text: amount stays text for everyone
+    read_by_filter = _plan([math], [{"column_name": "amount", "filter_type": "greater_than", "value": 1}])
+    assert copy_layout(read_by_filter, target, columns, SOURCE).typed == ()  # type: ignore[union-attr]
+    concat = {"priority": 2, "transformation_type": "create_column",
+              "contract": {"operation": "concat", "new_column_name": "label", "depends_on": ["name", "amount"]}}
+    read_by_concat = _plan([math, concat])
+    target2 = {c.name: c.pg_type for c in read_by_concat.target_columns}
+    columns2 = [c.name for c in read_by_concat.target_columns]
+    assert copy_layout(read_by_concat, target2, columns2, SOURCE).typed == ()  # type: ignore[union-attr]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import decimal
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -41,32 +42,43 @@ def _bool(s: pl.Series) -> pl.Series:
     ).to_series().alias(s.name)
 
 
-def _numeric(s: pl.Series) -> pl.Series:
-    """numeric_send's form (ndigits, weight, sign, dscale, base-10000 digits; all 16-bit) as numeric_out's text.
+@dataclass
+class _Numerics:
+    """A batch of numeric_send values (ndigits, weight, sign, dscale, base-10000 digits; all
+    16-bit), those of up to 18 digits computed as int64: value x 10^dscale, exactly."""
 
-    Values of up to 18 digits are computed as int64 (value x 10^dscale) and printed with
-    dscale decimals; NaN and the infinities by their names; longer values one by one.
-    """
+    n: int
+    valid: np.ndarray  # row numbers of the non-NULL values
+    sign: np.ndarray  # per valid value
+    fits: np.ndarray  # per valid value: not special, and within int64
+    scaled: np.ndarray  # per fitting value: its magnitude x 10^dscale
+    dscale: np.ndarray  # per fitting value
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self.valid[self.fits]
+
+
+def _numerics(s: pl.Series) -> _Numerics:
     arr = large_binary(s.to_arrow())
     n = len(arr)
     valid = np.flatnonzero(arr.is_valid().to_numpy(zero_copy_only=False))
-    out = pl.Series(s.name, [], dtype=pl.String).extend_constant(None, n)
-    if not len(valid):
-        return out
     offsets = np.frombuffer(arr.buffers()[1], np.int64, n + 1, arr.offset * 8)
-    values = RowBuffer(arr.buffers()[2], offsets[1:])  # positions below are into the data buffer
     start = offsets[:-1][valid]
+    if not len(valid):
+        empty = np.zeros(0, np.int64)
+        return _Numerics(n, valid, empty, empty.astype(bool), empty, empty)
+    values = RowBuffer(arr.buffers()[2], offsets[1:])  # positions below are into the data buffer
     ndigits, weight = values.u16(start), values.u16(start + 2).astype(np.int16).astype(np.int64)
     sign, dscale = values.u16(start + 4), values.u16(start + 6)
     special = sign >= 0xC000
     frac_groups = (dscale + 3) // 4
     fits = ~special & (4 * (weight + 1 + frac_groups) <= INT64_DIGITS)
     fits |= ~special & (ndigits == 0)
-    rows = valid[fits]
     f_start, f_nd, f_ds = start[fits], ndigits[fits], dscale[fits]
     # Horner over the digits sent (base 10000), then the groups PostgreSQL stripped as zeros,
-    # then down to dscale: value x 10^dscale, exactly
-    value = np.zeros(len(rows), np.int64)
+    # then down to dscale
+    value = np.zeros(len(f_start), np.int64)
     for k in range(int(f_nd.max(initial=0))):
         has = k < f_nd
         digit = values.u16(np.where(has, f_start + 8 + 2 * k, f_start))
@@ -74,6 +86,47 @@ def _numeric(s: pl.Series) -> pl.Series:
     stripped = weight[fits] + frac_groups[fits] + 1 - f_nd
     value *= POW10[4 * np.clip(stripped, 0, 4)]
     value //= POW10[4 * frac_groups[fits] - f_ds]
+    return _Numerics(n, valid, sign, fits, value, f_ds)
+
+
+def numeric_decimal(s: pl.Series, scale: int) -> pl.Series | None:
+    """numeric_send values as a Decimal(38, scale) column, when every value has that display
+    scale and fits int64 (a numeric(p, scale) column's usual batch); else None.
+
+    Why: a math_expression parses its numeric inputs into Decimal; for a column only such
+    steps read, this skips printing the text and parsing it back.
+    """
+    num = _numerics(s)
+    if len(num.scaled) != len(num.valid) or (len(num.valid) and (num.dscale != scale).any()):
+        return None
+    words = np.zeros((num.n, 2), np.int64)  # decimal128: little-endian two's complement
+    value = np.where(num.sign[num.fits] == NUMERIC_NEG, -num.scaled, num.scaled)
+    words[num.valid, 0] = value
+    words[num.valid, 1] = value >> 63
+    mask = None
+    if len(num.valid) != num.n:
+        flags = np.zeros(num.n, bool)
+        flags[num.valid] = True
+        mask = pa.array(flags).buffers()[1]
+    arr = pa.Array.from_buffers(pa.decimal128(38, scale), num.n, [mask, pa.py_buffer(words)],
+                                null_count=num.n - len(num.valid))
+    return pl.Series(s.name, arr)
+
+
+def _numeric(s: pl.Series) -> pl.Series:
+    """numeric_send's form as numeric_out's text.
+
+    Values of up to 18 digits are computed as int64 (value x 10^dscale) and printed with
+    dscale decimals; NaN and the infinities by their names; longer values one by one.
+    """
+    num = _numerics(s)
+    n, valid, sign = num.n, num.valid, num.sign
+    out = pl.Series(s.name, [], dtype=pl.String).extend_constant(None, n)
+    if not len(valid):
+        return out
+    rows, value, f_ds = num.rows, num.scaled, num.dscale
+    special = sign >= 0xC000
+    fits = num.fits
     if len(rows) == n and f_ds.min() == f_ds.max():  # the common batch: no NULL, one scale, all within int64
         return _decimal_text(value, sign == NUMERIC_NEG, int(f_ds[0])).alias(s.name)
     for scale in np.unique(f_ds):

@@ -13,15 +13,17 @@ Pure: decides from the plan and the target's column types; no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import polars as pl
 from psycopg import sql
 
 from trempy_nb.pipeline.binarycodec import Encoder, Tail, encoder_for, type_name
-from trempy_nb.pipeline.binarytext import decoder_for
+from trempy_nb.pipeline.binarytext import decoder_for, numeric_decimal
+from trempy_nb.pipeline.mathexpr import MAX_SCALE
 from trempy_nb.pipeline.plan import TablePlan
+from trempy_nb.pipeline.transformations import MathStep
 
 RAW_PREFIX = "__trempy_raw__"
 
@@ -73,6 +75,7 @@ class CopyLayout:
     encoders: tuple[Encoder, ...]  # per such column
     columns: tuple[str, ...]  # target columns in COPY order: the encoded ones, then the tail's
     tail: Tail | None  # the columns the target takes raw, or None
+    typed: tuple[tuple[str, int], ...] = ()  # (source column, scale): numeric read only by math, as Decimal
 
     @property
     def as_text(self) -> tuple[bool, ...]:
@@ -84,13 +87,17 @@ class CopyLayout:
         return self.columns[len(self.outputs):]
 
     def decode(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """The text the plan reads, from the columns that came raw."""
+        """The text the plan reads, from the columns that came raw (or, for `typed` columns, the
+        Decimal values math_expression would parse that text into: it casts either alike)."""
         if not self.decoded:
             return frame
-        return frame.with_columns(
-            decoder_for(kind)(frame.get_column(raw)).alias(col)  # type: ignore[misc]
-            for raw, col, kind in self.decoded
-        )
+        typed = dict(self.typed)
+        columns = []
+        for raw, col, kind in self.decoded:
+            values = frame.get_column(raw)
+            decimal = numeric_decimal(values, typed[col]) if col in typed else None
+            columns.append((decimal if decimal is not None else decoder_for(kind)(values)).alias(col))  # type: ignore[misc]
+        return frame.with_columns(columns)
 
     def shaped(self, out: pl.DataFrame) -> pl.DataFrame:
         """The plan's output as encode() takes it: the encoded columns by target name, then the tail."""
@@ -152,7 +159,28 @@ def copy_layout(plan: TablePlan, target_types: dict[str, str], columns: Sequence
         encoders=tuple(e for _, e in cut.values()),
         columns=(*cut, *riding, *raw),
         tail=Tail(RAW_PREFIX, len(in_tail), len(riding)) if in_tail else None,
+        typed=tuple(_math_only(plan, [c for c in riding.values() if base_type(source_types[c]) == "numeric"],
+                               source_of)),
     )
+
+
+def _math_only(plan: TablePlan, candidates: Sequence[str], source_of: Callable[[str], str | None]) -> list[tuple[str, int]]:
+    """The candidate source columns that only exact (Decimal) math_expression steps read, all with
+    one declared scale that Decimal arithmetic keeps."""
+    found = []
+    filtered = {f.column.name for f in plan.filters}
+    for col in candidates:
+        scales: set[int | None] = set()
+        for step in plan.steps:
+            for name in step.inputs:
+                if source_of(name) != col:
+                    continue
+                exact = isinstance(step, MathStep) and step.math is not None and not step.math.is_float
+                scales.add(dict(step.declared_scales).get(name) if exact else None)  # type: ignore[attr-defined]
+        if (col not in filtered and len(scales) == 1 and (scale := scales.pop()) is not None
+                and scale <= MAX_SCALE):
+            found.append((col, scale))
+    return found
 
 
 def _decodable(pg_type: str) -> bool:
