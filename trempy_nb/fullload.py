@@ -268,7 +268,7 @@ def _load_through_pipeline(plan: TablePlan, scur: psycopg.Cursor, tcur: psycopg.
     def shaped(frame: pl.DataFrame) -> pl.DataFrame:
         if layout is None:
             return plan.apply(frame).select(writer.columns)
-        return layout.shaped(plan.apply_some(layout.decode(frame)))
+        return layout.apply(plan, frame)
 
     def transformed() -> Iterator[tuple[pl.DataFrame, Any]]:
         for frame in _prefetch(frames):

@@ -90,6 +90,7 @@ def test_a_numeric_only_exact_math_reads_goes_to_it_as_decimal() -> None:
     target = {c.name: c.pg_type for c in plan.target_columns}
     layout = copy_layout(plan, target, columns, SOURCE)
     assert layout is not None and layout.typed == (("amount", 2),)
+    assert layout.decimals == ("double",)  # nothing reads the result: it goes to the encoder as Decimal
     # a filter, or another step, reads the text: amount stays text for everyone
     read_by_filter = _plan([math], [{"column_name": "amount", "filter_type": "greater_than", "value": 1}])
     assert copy_layout(read_by_filter, target, columns, SOURCE).typed == ()  # type: ignore[union-attr]
@@ -99,3 +100,15 @@ def test_a_numeric_only_exact_math_reads_goes_to_it_as_decimal() -> None:
     target2 = {c.name: c.pg_type for c in read_by_concat.target_columns}
     columns2 = [c.name for c in read_by_concat.target_columns]
     assert copy_layout(read_by_concat, target2, columns2, SOURCE).typed == ()  # type: ignore[union-attr]
+
+
+def test_a_math_result_another_step_reads_stays_text() -> None:
+    plan = _plan([
+        {"priority": 2, "transformation_type": "create_column",
+         "contract": {"operation": "math_expression", "new_column_name": "double", "expression": "amount * 2"}},
+        {"priority": 3, "transformation_type": "create_column",
+         "contract": {"operation": "concat", "new_column_name": "label", "depends_on": ["name", "double"]}},
+    ])
+    target = {c.name: c.pg_type for c in plan.target_columns}
+    layout = copy_layout(plan, target, [c.name for c in plan.target_columns], SOURCE)
+    assert layout is not None and layout.decimals == ()

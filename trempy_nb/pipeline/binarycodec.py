@@ -144,38 +144,67 @@ def _numeric(s: pl.Series) -> pa.Array:
     left and the fraction on the right to whole groups of four. PostgreSQL strips
     leading and trailing zero digits on receipt, so the value and its display
     scale (dscale = the text's fraction digits) come out as from the text. NaN and
-    the infinities are a sign code with (ignored) zero digits.
+    the infinities are a sign code with (ignored) zero digits. A Decimal column (a
+    math_expression's result, copylayout.CopyLayout.typed_outputs) is taken as its
+    values, with its scale as the display scale, as its text would give.
     """
-    n = s.len()
+    if isinstance(s.dtype, pl.Decimal):
+        fast = _decimal_groups(s)
+        return _numeric_out(*fast, None, _valid(s)) if fast is not None else _numeric(s.cast(pl.String))
     text, special = s, None
     fast = _numeric_uniform(text)  # the common batch has no NaN or infinity: try it as it is
     if fast is None:
         text, special = _specials(s, {"NaN": 0xC000, "Infinity": 0xD000, "-Infinity": 0xF000})
         fast = _numeric_uniform(text) if special is not None else None
-    if fast is not None:
-        groups, int_groups, dscale, neg = fast
-        out = np.empty((n, 4 + groups.shape[1]), dtype=">i2")
-        out[:, 3] = dscale
-    else:
-        groups, int_groups, flen, neg = _numeric_any(text)
-        out = np.empty((n, 4 + groups.shape[1]), dtype=">i2")
-        out[:, 3] = flen
+    return _numeric_out(*(fast if fast is not None else _numeric_any(text)), special, _valid(s))
+
+
+def _numeric_out(groups: np.ndarray, int_groups: int, dscale: int | np.ndarray, neg: np.ndarray,
+                 special: np.ndarray | None, valid: np.ndarray) -> pa.Array:
+    """The binary values from their base-10000 digit groups (the same count in every row)."""
+    out = np.empty((len(valid), 4 + groups.shape[1]), dtype=">i2")
     out[:, 0] = groups.shape[1]
     out[:, 1] = int_groups - 1
     out[:, 2] = np.where(neg, 0x4000, 0).astype(np.uint16).view(np.int16)
+    out[:, 3] = dscale
     out[:, 4:] = groups
     if special is not None:
         rows = special != 0
         out[rows, 2] = special[rows].astype(np.uint16).view(np.int16)
         out[rows, 3] = 0
         out[rows, 4:] = 0
-    return _fixed(out, _valid(s))
+    return _fixed(out, valid)
+
+
+def _int64_groups(v: np.ndarray, dscale: int) -> tuple[np.ndarray, int, int, np.ndarray] | None:
+    """Values given as value x 10^dscale in int64, as digit groups; None if padding the fraction
+    to whole groups could leave int64."""
+    frac_groups = -(-dscale // 4)
+    scale = 10 ** (4 * frac_groups - dscale)  # to whole groups of four fraction digits
+    if v.min(initial=0) > INT64_MIN and int(np.abs(v).max(initial=0)) < INT64_MAX // scale:
+        mag = np.abs(v) * scale
+        ngroups = max(frac_groups + 1, -(-len(str(int(mag.max(initial=0)))) // 4))
+        groups = np.stack([(mag // 10_000**k) % 10_000 for k in reversed(range(ngroups))], axis=1)
+        return groups.astype(np.int16), ngroups - frac_groups, dscale, v < 0
+    return None
+
+
+def _decimal_groups(s: pl.Series) -> tuple[np.ndarray, int, int, np.ndarray] | None:
+    """A Decimal column's digit groups, when every value fits int64 (else None)."""
+    arr = s.to_arrow()
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    words = np.frombuffer(arr.buffers()[1], np.int64, 2 * len(arr), arr.offset * 16).reshape(-1, 2)
+    valid = _valid(s)
+    low, high = words[:, 0], words[:, 1]
+    if not (high == low >> 63)[valid].all():  # the high word only extends the sign: within int64
+        return None
+    return _int64_groups(np.where(valid, low, 0), arr.type.scale)
 
 
 def _numeric_uniform(text: pl.Series) -> tuple[np.ndarray, int, int, np.ndarray] | None:
     """The common case, every value with the same number of decimals (numeric(p,s) columns,
-    computed values): the digits as one Int128, split into base-10000 groups arithmetically.
-    None when the batch needs the general path."""
+    computed values): the digits as int64 (or one Int128), split into base-10000 groups
+    arithmetically. None when the batch needs the general path."""
     dot = text.str.find(".", literal=True)
     scales = (text.str.len_bytes().cast(pl.Int64) - dot.cast(pl.Int64) - 1).fill_null(0)
     lo, hi = scales.min(), scales.max()
@@ -187,12 +216,9 @@ def _numeric_uniform(text: pl.Series) -> tuple[np.ndarray, int, int, np.ndarray]
     scale = 10 ** (4 * frac_groups - dscale)  # to whole groups of four fraction digits
     small = digits.cast(pl.Int64, strict=False)  # up to 18 digits: numpy does the arithmetic
     if small.null_count() == text.null_count():
-        v = small.fill_null(0).to_numpy()
-        if v.min(initial=0) > INT64_MIN and int(np.abs(v).max(initial=0)) < INT64_MAX // scale:
-            mag = np.abs(v) * scale
-            ngroups = max(frac_groups + 1, -(-len(str(int(mag.max(initial=0)))) // 4))
-            groups = np.stack([(mag // 10_000**k) % 10_000 for k in reversed(range(ngroups))], axis=1)
-            return groups.astype(np.int16), ngroups - frac_groups, dscale, v < 0
+        found = _int64_groups(small.fill_null(0).to_numpy(), dscale)
+        if found is not None:
+            return found
     value = digits.cast(pl.Int128, strict=False)
     if value.null_count() != text.null_count():
         return None  # not plain digits, or more than 38 of them
@@ -329,7 +355,7 @@ def encode(df: pl.DataFrame, encoders: Sequence[Encoder | None],
         s = df.get_column(name)
         if enc is None:
             value = s.to_arrow()
-        elif s.dtype != pl.String:
+        elif s.dtype != pl.String and not (isinstance(s.dtype, pl.Decimal) and enc is _numeric):
             raise TypeError(f"column {s.name} is {s.dtype}, expected String (PostgreSQL text)")
         else:
             try:

@@ -14,7 +14,7 @@ Pure: decides from the plan and the target's column types; no I/O.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import polars as pl
 from psycopg import sql
@@ -76,6 +76,7 @@ class CopyLayout:
     columns: tuple[str, ...]  # target columns in COPY order: the encoded ones, then the tail's
     tail: Tail | None  # the columns the target takes raw, or None
     typed: tuple[tuple[str, int], ...] = ()  # (source column, scale): numeric read only by math, as Decimal
+    decimals: tuple[str, ...] = ()  # exact math results nothing else reads: encoded from Decimal, no text
 
     @property
     def as_text(self) -> tuple[bool, ...]:
@@ -98,6 +99,11 @@ class CopyLayout:
             decimal = numeric_decimal(values, typed[col]) if col in typed else None
             columns.append((decimal if decimal is not None else decoder_for(kind)(values)).alias(col))  # type: ignore[misc]
         return frame.with_columns(columns)
+
+    def apply(self, plan: TablePlan, frame: pl.DataFrame) -> pl.DataFrame:
+        """A batch as read from the source, through the plan, as encode() takes it."""
+        ctx = replace(plan.context(), decimals=frozenset(self.decimals))
+        return self.shaped(plan.apply_some(self.decode(frame), ctx))
 
     def shaped(self, out: pl.DataFrame) -> pl.DataFrame:
         """The plan's output as encode() takes it: the encoded columns by target name, then the tail."""
@@ -161,7 +167,19 @@ def copy_layout(plan: TablePlan, target_types: dict[str, str], columns: Sequence
         tail=Tail(RAW_PREFIX, len(in_tail), len(riding)) if in_tail else None,
         typed=tuple(_math_only(plan, [c for c in riding.values() if base_type(source_types[c]) == "numeric"],
                                source_of)),
+        decimals=tuple(_unread_results(plan, {c for c, (_, enc) in cut.items() if enc is encoder_for("numeric")})),
     )
+
+
+def _unread_results(plan: TablePlan, numeric_outputs: set[str]) -> list[str]:
+    """The exact math results that go to a numeric target column and that no later step reads."""
+    found = []
+    for k, step in enumerate(plan.steps):
+        if (isinstance(step, MathStep) and step.math is not None and not step.math.is_float
+                and step.column in numeric_outputs
+                and not any(step.column in (*later.inputs, later.column) for later in plan.steps[k + 1:])):
+            found.append(step.column)
+    return found
 
 
 def _math_only(plan: TablePlan, candidates: Sequence[str], source_of: Callable[[str], str | None]) -> list[tuple[str, int]]:

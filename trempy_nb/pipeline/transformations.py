@@ -52,9 +52,11 @@ _INT8 = (-(2**63), 2**63 - 1)
 
 @dataclass(frozen=True)
 class BatchContext:
-    """What a batch shares: one 'now' (UTC), so every row of a batch gets the same time."""
+    """What a batch shares: one 'now' (UTC), so every row of a batch gets the same time; and the
+    columns exact math may leave as Decimal, whose only reader is the COPY binary encoder."""
 
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+    decimals: frozenset[str] = frozenset()
 
     @property
     def today(self) -> dt.date:
@@ -231,7 +233,9 @@ class MathStep(Step):
         checks = [(c, _unparsed(pl.col(c), pl.col(p)), "number for math_expression") for c, p in parsed.items()]
         check_parsed(frame, self.label, checks)
         out = self.math.to_polars(scales, parsed)
-        return frame.with_columns(out.cast(pl.String).alias(self.column)).drop(list(parsed.values()))
+        if self.math.is_float or self.column not in ctx.decimals:
+            out = out.cast(pl.String)
+        return frame.with_columns(out.alias(self.column)).drop(list(parsed.values()))
 
     def _scales(self, df: pl.DataFrame) -> dict[str, int]:
         """Declared numeric scales, else the largest scale present in this batch."""
