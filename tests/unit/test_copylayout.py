@@ -112,14 +112,3 @@ def test_a_math_result_another_step_reads_stays_text() -> None:
     target = {c.name: c.pg_type for c in plan.target_columns}
     layout = copy_layout(plan, target, [c.name for c in plan.target_columns], SOURCE)
     assert layout is not None and layout.decimals == ()
-
-
-def test_an_integer_filters_concat_and_math_read_comes_as_integers() -> None:
-    steps = [{"priority": 2, "transformation_type": "create_column",
-              "contract": {"operation": "concat", "new_column_name": "label", "depends_on": ["name", "id"]}},
-             {"priority": 2, "transformation_type": "create_column",
-              "contract": {"operation": "math_expression", "new_column_name": "next", "expression": "id + 1"}}]
-    plan = _plan(steps, [{"column_name": "id", "filter_type": "greater_than", "value": 1}])
-    target = {c.name: c.pg_type for c in plan.target_columns}
-    layout = copy_layout(plan, target, [c.name for c in plan.target_columns], SOURCE)
-    assert layout is not None and ("id", None) in layout.typed

@@ -29,17 +29,9 @@ INT64_DIGITS = 18  # every number of up to 18 digits fits int64
 POW10 = np.array([10**k for k in range(INT64_DIGITS + 1)], np.int64)
 
 
-INTEGERS = {"smallint": pl.Int16(), "integer": pl.Int32(), "bigint": pl.Int64()}
-
-
-def integer_values(s: pl.Series, base_type: str) -> pl.Series:
-    """int2/int4/int8 binary values as Polars integers."""
-    return s.bin.reinterpret(dtype=INTEGERS[base_type], endianness="big").alias(s.name)
-
-
-def _integer(base_type: str) -> Decoder:
+def _integer(dtype: pl.DataType) -> Decoder:
     def dec(s: pl.Series) -> pl.Series:
-        return integer_values(s, base_type).cast(pl.String)
+        return s.bin.reinterpret(dtype=dtype, endianness="big").cast(pl.String).alias(s.name)
 
     return dec
 
@@ -200,9 +192,9 @@ def numeric_text(value: bytes) -> str:
 
 
 _DECODERS: dict[str, Decoder] = {
-    "smallint": _integer("smallint"),
-    "integer": _integer("integer"),
-    "bigint": _integer("bigint"),
+    "smallint": _integer(pl.Int16()),
+    "integer": _integer(pl.Int32()),
+    "bigint": _integer(pl.Int64()),
     "boolean": _bool,
     "numeric": _numeric,
 }

@@ -20,10 +20,10 @@ import polars as pl
 from psycopg import sql
 
 from trempy_nb.pipeline.binarycodec import Encoder, Tail, encoder_for, type_name
-from trempy_nb.pipeline.binarytext import INTEGERS, decoder_for, integer_values, numeric_decimal
+from trempy_nb.pipeline.binarytext import decoder_for, numeric_decimal
 from trempy_nb.pipeline.mathexpr import MAX_SCALE
 from trempy_nb.pipeline.plan import TablePlan
-from trempy_nb.pipeline.transformations import ConcatStep, MathStep
+from trempy_nb.pipeline.transformations import MathStep
 
 RAW_PREFIX = "__trempy_raw__"
 
@@ -75,9 +75,7 @@ class CopyLayout:
     encoders: tuple[Encoder, ...]  # per such column
     columns: tuple[str, ...]  # target columns in COPY order: the encoded ones, then the tail's
     tail: Tail | None  # the columns the target takes raw, or None
-    # (source column, scale) of columns the plan gets as values, not text (see _typed_inputs):
-    # numeric as Decimal(38, scale), integers (scale None) as Polars integers
-    typed: tuple[tuple[str, int | None], ...] = ()
+    typed: tuple[tuple[str, int], ...] = ()  # (source column, scale): numeric read only by math, as Decimal
     decimals: tuple[str, ...] = ()  # exact math results nothing else reads: encoded from Decimal, no text
 
     @property
@@ -90,18 +88,16 @@ class CopyLayout:
         return self.columns[len(self.outputs):]
 
     def decode(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """The text the plan reads, from the columns that came raw; for `typed` columns, the values
-        its readers would parse that text into (they cast either alike)."""
+        """The text the plan reads, from the columns that came raw (or, for `typed` columns, the
+        Decimal values math_expression would parse that text into: it casts either alike)."""
         if not self.decoded:
             return frame
         typed = dict(self.typed)
         columns = []
         for raw, col, kind in self.decoded:
             values = frame.get_column(raw)
-            value = None
-            if col in typed:
-                value = integer_values(values, kind) if kind in INTEGERS else numeric_decimal(values, typed[col] or 0)
-            columns.append((value if value is not None else decoder_for(kind)(values)).alias(col))  # type: ignore[misc]
+            decimal = numeric_decimal(values, typed[col]) if col in typed else None
+            columns.append((decimal if decimal is not None else decoder_for(kind)(values)).alias(col))  # type: ignore[misc]
         return frame.with_columns(columns)
 
     def apply(self, plan: TablePlan, frame: pl.DataFrame) -> pl.DataFrame:
@@ -169,7 +165,8 @@ def copy_layout(plan: TablePlan, target_types: dict[str, str], columns: Sequence
         encoders=tuple(e for _, e in cut.values()),
         columns=(*cut, *riding, *raw),
         tail=Tail(RAW_PREFIX, len(in_tail), len(riding)) if in_tail else None,
-        typed=tuple(_typed_inputs(plan, list(riding.values()), source_of, source_types)),
+        typed=tuple(_math_only(plan, [c for c in riding.values() if base_type(source_types[c]) == "numeric"],
+                               source_of)),
         decimals=tuple(_unread_results(plan, {c for c, (_, enc) in cut.items() if enc is encoder_for("numeric")})),
     )
 
@@ -185,36 +182,21 @@ def _unread_results(plan: TablePlan, numeric_outputs: set[str]) -> list[str]:
     return found
 
 
-def _typed_inputs(plan: TablePlan, candidates: Sequence[str], source_of: Callable[[str], str | None],
-                  source_types: dict[str, str]) -> list[tuple[str, int | None]]:
-    """The candidate source columns whose every reader takes their values as well as their text.
-
-    Why: each reader of a numeric or integer column parses its text back into a number. An
-    integer column that only filters, concat (which prints it as PostgreSQL does) and math read
-    can come as integers; a numeric(p,s) column that only exact math reads, as Decimal(38, s).
-    """
-    found: list[tuple[str, int | None]] = []
+def _math_only(plan: TablePlan, candidates: Sequence[str], source_of: Callable[[str], str | None]) -> list[tuple[str, int]]:
+    """The candidate source columns that only exact (Decimal) math_expression steps read, all with
+    one declared scale that Decimal arithmetic keeps."""
+    found = []
     filtered = {f.column.name for f in plan.filters}
     for col in candidates:
-        kind = base_type(source_types[col])
-        if kind not in INTEGERS and kind != "numeric":
-            continue
         scales: set[int | None] = set()
-        fits = kind in INTEGERS or col not in filtered
         for step in plan.steps:
             for name in step.inputs:
                 if source_of(name) != col:
                     continue
                 exact = isinstance(step, MathStep) and step.math is not None and not step.math.is_float
-                if kind in INTEGERS:
-                    fits = fits and isinstance(step, (MathStep, ConcatStep))
-                elif exact:
-                    scales.add(dict(step.declared_scales).get(name))  # type: ignore[attr-defined]
-                else:
-                    fits = False
-        if fits and kind in INTEGERS:
-            found.append((col, None))
-        elif fits and len(scales) == 1 and (scale := scales.pop()) is not None and scale <= MAX_SCALE:
+                scales.add(dict(step.declared_scales).get(name) if exact else None)  # type: ignore[attr-defined]
+        if (col not in filtered and len(scales) == 1 and (scale := scales.pop()) is not None
+                and scale <= MAX_SCALE):
             found.append((col, scale))
     return found
 
