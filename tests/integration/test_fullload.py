@@ -181,10 +181,11 @@ def test_filters_and_transformations_match_sql(source_uri: str, target_uri: str,
     assert r.rows_read == 3000 and r.rows_written == len(expected) and r.rows_filtered == 3000 - len(expected)
 
 
-def test_a_numeric_only_math_reads_is_computed_exactly(source_uri: str, target_uri: str, trempy_home: Path) -> None:
-    """A numeric(p,s) column only math_expression reads comes raw and goes to the math as Decimal
-    values (no text in between, copylayout.typed): the results and the column itself land exactly
-    as SQL computes and stores them, NULLs, negatives, zero and the ends of numeric(12,2) included."""
+def test_numbers_read_as_values_compute_exactly(source_uri: str, target_uri: str, trempy_home: Path) -> None:
+    """A numeric(p,s) column only math_expression reads goes to the math as Decimal values, and a
+    math result nothing else reads to the encoder as Decimal (no text in between: copylayout.typed,
+    decimals), beside an integer a filter, concat and math read as text. All lands as SQL computes
+    it: NULLs, negatives, zero and the ends of numeric(12,2) included."""
     _exec(source_uri, """
         CREATE SCHEMA acct;
         CREATE TABLE acct.ledger (id integer PRIMARY KEY, amt numeric(12,2), qty integer, memo text);
@@ -195,20 +196,24 @@ def test_a_numeric_only_math_reads_is_computed_exactly(source_uri: str, target_u
     """)
     t = {"schema_name": "acct", "table_name": "ledger"}
     doc = _settings(source_uri, target_uri, [("acct", "ledger")])
+    doc["filters"] = [{**t, "column_name": "qty", "filter_type": "greater_than", "value": -2}]
     doc["transformations"] = [
         {**t, "priority": 1, "transformation_type": "modify_column_value", "contract": {"operation": "uppercase", "column_name": "memo"}},
         {**t, "priority": 2, "transformation_type": "create_column",
          "contract": {"operation": "math_expression", "new_column_name": "total", "expression": "amt * 3 - 1"}},
         {**t, "priority": 2, "transformation_type": "create_column",
          "contract": {"operation": "math_expression", "new_column_name": "scaled", "expression": "amt * qty / 7"}},
+        {**t, "priority": 2, "transformation_type": "create_column",
+         "contract": {"operation": "concat", "new_column_name": "label", "depends_on": ["memo", "qty"], "separator": "/"}},
     ]
     Task.from_settings(doc).run(progress=False)
-    want = _rows(source_uri, "SELECT id, amt, upper(memo), amt * 3 - 1, amt * qty / 7 FROM acct.ledger ORDER BY id")
-    got = _rows(target_uri, "SELECT id, amt, memo, total, scaled FROM acct.ledger ORDER BY id")
-    assert len(got) == 4004
+    want = _rows(source_uri, "SELECT id, amt, upper(memo), amt * 3 - 1, concat_ws('/', upper(memo), qty), qty,"
+                             " amt * qty / 7 FROM acct.ledger WHERE qty > -2 ORDER BY id")
+    got = _rows(target_uri, "SELECT id, amt, memo, total, label, qty, scaled FROM acct.ledger ORDER BY id")
+    assert len(got) == len(want) > 3000
     for g, w in zip(got, want, strict=True):
-        assert g[:4] == w[:4], (g, w)
-        assert (g[4] is None) == (w[4] is None) and (g[4] is None or abs(g[4] - w[4]) < Decimal("1e-12")), (g, w)
+        assert g[:6] == w[:6], (g, w)
+        assert (g[6] is None) == (w[6] is None) and (g[6] is None or abs(g[6] - w[6]) < Decimal("1e-12")), (g, w)
 
 
 def test_scd2_full_load_opens_first_versions(source_uri: str, target_uri: str, trempy_home: Path) -> None:
