@@ -58,11 +58,22 @@ class RowBuffer:
     def series(self) -> pl.Series:
         """Every message as a Binary value (views of the buffer, made once)."""
         if self._series is None:
-            arrow = pa.LargeBinaryArray.from_buffers(
-                pa.large_binary(), len(self), [None, pa.py_buffer(self.offs), pa.py_buffer(self.buf)]
-            )
-            self._series = pl.Series("m", arrow)
+            self._series = pl.Series("m", self._views())
         return self._series
+
+    def _views(self) -> pa.Array:
+        """The messages as an Arrow binary_view array over the buffer: Polars' own layout, so it
+        takes them without copying (a LargeBinary array it would copy into views)."""
+        n, start = len(self), self.offs[:-1]
+        size = np.diff(self.offs)
+        if len(self.buf) >= 2**31 or n == 0 or size.min() <= 12:  # offsets are 32-bit; short ones go inline
+            return pa.LargeBinaryArray.from_buffers(
+                pa.large_binary(), n, [None, pa.py_buffer(self.offs), pa.py_buffer(self.buf)])
+        prefix = np.ndarray((len(self.arr) - 3,), "<u4", buffer=self.arr, strides=(1,))[start]
+        views = np.empty((n, 2), np.uint64)  # little-endian: length, 4-byte prefix; buffer 0, offset
+        views[:, 0] = size.astype(np.uint64) | (prefix.astype(np.uint64) << np.uint64(32))
+        views[:, 1] = start.astype(np.uint64) << np.uint64(32)
+        return pa.Array.from_buffers(pa.binary_view(), n, [None, pa.py_buffer(views), pa.py_buffer(self.buf)])
 
     def slices(self, msg: np.ndarray | None, starts: np.ndarray, lens: np.ndarray) -> pl.DataFrame:
         """A frame with the messages (`m`) of `msg` (None: all) and each value's offset inside its message."""
@@ -70,7 +81,7 @@ class RowBuffer:
         cols: dict[str, object] = {"m": self.series() if msg is None else self.series().gather(pl.Series(msg))}
         for k in range(starts.shape[0]):
             cols[f"s{k}"] = starts[k] - base
-            cols[f"l{k}"] = lens[k]
+            cols[f"l{k}"] = lens[k].astype(np.uint64)  # bin.slice takes lengths as UInt64
         return pl.DataFrame(cols)
 
     def columns(
