@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import polars as pl
@@ -195,7 +196,7 @@ class _Writer:
             tail = row.pop(self.layout.tail.name)
             row.update(zip(self.layout.raw_columns, split_tail(tail, self.layout.tail.fields), strict=True))
             row = {c: row[c] for c in self.spec.data_columns if c in row}
-        payload = {k: describe_raw(v, self.types.get(k, "")) if isinstance(v, bytes) else v for k, v in row.items()}
+        payload = {k: _readable(v, self.types.get(k, "")) for k, v in row.items()}
         key = {k: payload.get(k) for k in self.spec.key}
         if self.eh.stops_on(self.op):
             raise RowError(
@@ -206,6 +207,15 @@ class _Writer:
         self.result.errors.append(error)
         if self.on_row_error:
             self.on_row_error(self.spec.schema, self.spec.table, self.op, "full_load", payload, error)
+
+
+def _readable(value: Any, pg_type: str) -> Any:
+    """A value of a bad row as its error record stores it (JSON): raw bytes and Decimals as text."""
+    if isinstance(value, bytes):
+        return describe_raw(value, pg_type)
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return value
 
 
 def merge_sql(spec: TargetSpec, at: sql.Composable | None = None) -> list[sql.Composed]:

@@ -300,6 +300,28 @@ def test_bad_row_is_isolated_and_recorded(source_uri: str, target_uri: str, trem
     assert payload["birth_date"].count("-") == 2
 
 
+def test_bad_row_with_decimal_values_is_recorded_readably(source_uri: str, target_uri: str, trempy_home: Path) -> None:
+    """A math input and result that travel as Decimal (copylayout.typed, decimals) still isolate a
+    bad row and record it with the values as text."""
+    _exec(source_uri, EMP_SQL)
+    _exec(target_uri, "CREATE SCHEMA employees; CREATE TABLE employees.employee (id integer PRIMARY KEY, first_name text,"
+                      " last_name text, birth_date date, salary numeric(10,2), hired timestamptz, dept text,"
+                      " double numeric CHECK (double <> 2740))")
+    doc = _settings(source_uri, target_uri, [("employees", "employee")], full_load_settings={"truncate_before_insert": True})
+    doc["transformations"] = [{"schema_name": "employees", "table_name": "employee", "priority": 2,
+                               "transformation_type": "create_column",
+                               "contract": {"operation": "math_expression", "new_column_name": "double",
+                                            "expression": "salary * 2"}}]
+    doc["error_handling"] = {"stop_if_insert_error": False}
+    bad = _rows(source_uri, "SELECT count(*) FROM employees.employee WHERE salary = 1370")[0][0]
+    task = Task.from_settings(doc)
+    assert task.run(progress=False).tables[0].rows_failed == bad >= 1
+    assert _rows(target_uri, "SELECT count(*), sum(double) FROM employees.employee") == \
+        _rows(source_uri, "SELECT count(*), sum(salary * 2) FROM employees.employee WHERE salary <> 1370")
+    payload = json.loads(task.errors()["payload"][0])
+    assert payload["double"] == "2740.00" and payload["salary"] == "1370.00"
+
+
 def test_bad_row_stops_when_asked_and_writes_nothing(source_uri: str, target_uri: str, trempy_home: Path) -> None:
     doc = _bad_row_setup(source_uri, target_uri)
     with pytest.raises(RowError, match="stop_if_insert_error"):
