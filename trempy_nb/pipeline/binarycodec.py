@@ -145,7 +145,7 @@ def _numeric(s: pl.Series) -> pa.Array:
     leading and trailing zero digits on receipt, so the value and its display
     scale (dscale = the text's fraction digits) come out as from the text. NaN and
     the infinities are a sign code with (ignored) zero digits. A Decimal column (a
-    math_expression's result, copylayout.CopyLayout.typed_outputs) is taken as its
+    math_expression's result, copylayout.CopyLayout.decimals) is taken as its
     values, with its scale as the display scale, as its text would give.
     """
     if isinstance(s.dtype, pl.Decimal):

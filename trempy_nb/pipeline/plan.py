@@ -153,7 +153,8 @@ class TablePlan:
     def _transform_steps(self, frame: pl.DataFrame | pl.LazyFrame, ctx: BatchContext | None) -> pl.DataFrame:
         """The steps in order. A row of steps that are one expression each (Step.expr) runs as one
         query, with the filter and renames before them: one pass instead of one per step."""
-        ctx = ctx or self.context() if self.steps else ctx
+        if ctx is None and self.steps:
+            ctx = self.context()
         pending: list[Step] = []
         for step in self.steps:
             if step.expr(ctx) is not None:  # type: ignore[arg-type]
