@@ -175,8 +175,7 @@ def _unread_results(plan: TablePlan, numeric_outputs: set[str]) -> list[str]:
     """The exact math results that go to a numeric target column and that no later step reads."""
     found = []
     for k, step in enumerate(plan.steps):
-        if (isinstance(step, MathStep) and step.math is not None and not step.math.is_float
-                and step.column in numeric_outputs
+        if (isinstance(step, MathStep) and step.exact and step.column in numeric_outputs
                 and not any(step.column in (*later.inputs, later.column) for later in plan.steps[k + 1:])):
             found.append(step.column)
     return found
@@ -193,7 +192,7 @@ def _math_only(plan: TablePlan, candidates: Sequence[str], source_of: Callable[[
             for name in step.inputs:
                 if source_of(name) != col:
                     continue
-                exact = isinstance(step, MathStep) and step.math is not None and not step.math.is_float
+                exact = isinstance(step, MathStep) and step.exact
                 scales.add(dict(step.declared_scales).get(name) if exact else None)  # type: ignore[attr-defined]
         if (col not in filtered and len(scales) == 1 and (scale := scales.pop()) is not None
                 and scale <= MAX_SCALE):

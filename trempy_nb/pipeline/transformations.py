@@ -224,6 +224,11 @@ class MathStep(Step):
         tuple[str, int | None], ...
     ] = ()  # numeric inputs: (column, typmod scale)
 
+    @property
+    def exact(self) -> bool:
+        """Decimal arithmetic (no float input): its inputs and result can travel as Decimal."""
+        return self.math is not None and not self.math.is_float
+
     def _apply(self, df: pl.DataFrame, ctx: BatchContext) -> pl.DataFrame:
         assert self.math is not None
         scales = self._scales(df)
@@ -233,7 +238,7 @@ class MathStep(Step):
         checks = [(c, _unparsed(pl.col(c), pl.col(p)), "number for math_expression") for c, p in parsed.items()]
         check_parsed(frame, self.label, checks)
         out = self.math.to_polars(scales, parsed)
-        if self.math.is_float or self.column not in ctx.decimals:
+        if not self.exact or self.column not in ctx.decimals:
             out = out.cast(pl.String)
         return frame.with_columns(out.alias(self.column)).drop(list(parsed.values()))
 
