@@ -11,14 +11,14 @@ from typing import Any
 
 import psycopg
 
+from trempy_nb.errors import ConnectionFailed
+from trempy_nb.redact import mask
+
 SESSION_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres -c extra_float_digits=3"
 
 
 def connect(uri: str, *, autocommit: bool = False, application_name: str = "trempy_nb", **kwargs: Any) -> psycopg.Connection:
     """psycopg.connect with canonical session settings; errors never carry the password."""
-    from trempy_nb.connections import mask  # local import: connections imports db helpers
-    from trempy_nb.errors import ConnectionFailed
-
     try:
         return psycopg.connect(
             uri,

@@ -61,8 +61,8 @@ import psycopg
 from psycopg import sql
 
 from trempy_nb import changes as ch
-from trempy_nb.connections import mask as _mask
 from trempy_nb.errors import ConnectionFailed, TerminalError, TrempyError, is_transient
+from trempy_nb.redact import mask as _mask
 from trempy_nb.transport import codec
 from trempy_nb.transport.confirms import ConfirmTracker
 
@@ -113,12 +113,9 @@ def broker_url(url: str | None = None) -> str:
     return url or os.environ.get("RABBITMQ_URL") or DEFAULT_URL
 
 
-_AMQP_PW = re.compile(r"(amqps?://[^:/@\s]*:)([^@\s]*)(@)", re.IGNORECASE)
-
-
 def mask(text: Any) -> str:
-    """`connections.mask` plus amqp(s) URLs."""
-    return _mask(_AMQP_PW.sub(lambda m: m.group(1) + "***" + m.group(3), str(text)))
+    """`redact.mask` (which knows amqp(s) URLs too)."""
+    return _mask(text)
 
 
 def max_message_bytes() -> int:
