@@ -25,6 +25,7 @@ from trempy_nb.crash import crash_point
 from trempy_nb.db import connect
 from trempy_nb.errors import AlreadyRunning, SlotLost, TrempyError, is_transient
 from trempy_nb.fullload import TableLoadResult, run_full_load, target_spec
+from trempy_nb.reports import record_targets
 
 if TYPE_CHECKING:
     from trempy_nb.task import RunResult, Task
@@ -173,6 +174,7 @@ class Runner:
         source, target = task.source_uri, task.target_uri
         task.validate()
         plans = task.plans
+        record_targets(store, settings, plans)  # what `history NAME` reads
         rtype = settings.task.replication_type
         with task_lock(source, task.name):
             if rtype == "full_load":
