@@ -35,12 +35,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     a.add_argument("--no-test", action="store_true", help="save without connecting first")
 
     ls = sub.add_parser("list", help="saved connections (never a password)")
-    ls.add_argument("--json", action="store_true", help="a JSON array of objects instead of a table")
+    ls.add_argument(
+        "--json", action="store_true", help="a JSON array of objects instead of a table"
+    )
 
     d = sub.add_parser("delete", help="forget a saved connection")
     d.add_argument("name")
 
-    t = sub.add_parser("test", help="connect with a saved connection (or a URI) and report the server")
+    t = sub.add_parser(
+        "test", help="connect with a saved connection (or a URI) and report the server"
+    )
     t.add_argument("name", help="saved connection name or URI")
     return p
 
@@ -112,7 +116,9 @@ def _test(args: argparse.Namespace) -> int:
     from trempy_nb.db import connect
 
     with connect(resolve(args.name), connect_timeout=10) as conn:
-        row = conn.execute("SELECT current_user, current_database(), current_setting('server_version')").fetchone()
+        row = conn.execute(
+            "SELECT current_user, current_database(), current_setting('server_version')"
+        ).fetchone()
     assert row is not None
     print(mask(f"{args.name}: ok (user {row[0]}, database {row[1]}, PostgreSQL {row[2]})"))
     return 0

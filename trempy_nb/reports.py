@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
+import psycopg
 from psycopg import sql
 
 from trempy_nb.connections import has_literal_password, mask, resolve
@@ -152,7 +154,9 @@ class TargetTable:
         )
 
 
-def targets_of(settings: TaskSettings, plans: Mapping[tuple[str, str], TablePlan]) -> list[TargetTable]:
+def targets_of(
+    settings: TaskSettings, plans: Mapping[tuple[str, str], TablePlan]
+) -> list[TargetTable]:
     """The target tables of a validated task, in its tables' order."""
     cdc = settings.task.cdc_settings
     scd = cdc.scd2_settings
@@ -219,7 +223,9 @@ def recorded_targets(store: MetadataStore, task: str) -> list[TargetTable]:
 def pick_target(task: str, targets: Sequence[TargetTable], table: str | None) -> TargetTable:
     """The target named by `table` (any of its four names), or the first one when None."""
     if not targets:
-        raise SettingsError(f"task {task} has no recorded run: run it first, or give its settings file")
+        raise SettingsError(
+            f"task {task} has no recorded run: run it first, or give its settings file"
+        )
     if table is None:
         return targets[0]
     for t in targets:
@@ -233,29 +239,32 @@ def parse_key(items: Sequence[str], target: TargetTable) -> dict[str, str]:
     """`--key` values into {column: value}.
 
     `COLUMN=VALUE` names a column of the target (repeat it for a composite key); a bare
-    VALUE is the value of the table's key when it has exactly one key column. A value
-    holding '=' is fine after a column name (`--key note=a=b`).
+    VALUE is the value of the table's key when it has exactly one key column. Text before
+    a first '=' that looks like a column name is one (a typo is an error, not a value),
+    so a value holding '=' is written after its column: `--key code=a=b`.
     """
     key: dict[str, str] = {}
     if not items:
         raise SettingsError(_key_help(target, "give the key"))
     for item in items:
         column, sep, value = item.partition("=")
-        if sep and column in target.columns:
-            pass
-        elif len(target.key_columns) == 1 and len(items) == 1:
-            column, value = target.key_columns[0], item
-        elif sep:
+        named = bool(sep) and _COLUMN_RE.fullmatch(column) is not None
+        if named and column not in target.columns:
             raise SettingsError(
                 f"{column!r} is not a column of {target.target_schema}.{target.target_table}"
                 f" ({_key_help(target, 'key')})"
             )
-        else:
-            raise SettingsError(_key_help(target, f"{item!r} is not COLUMN=VALUE"))
+        if not named:
+            if len(target.key_columns) != 1 or len(items) != 1:
+                raise SettingsError(_key_help(target, f"{item!r} is not COLUMN=VALUE"))
+            column, value = target.key_columns[0], item
         if column in key:
             raise SettingsError(f"--key {column} is given twice")
         key[column] = value
     return key
+
+
+_COLUMN_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 
 
 def _key_help(target: TargetTable, lead: str) -> str:
@@ -299,11 +308,20 @@ def history(
         else sql.SQL("")
     )
     query = sql.SQL("SELECT * FROM {} WHERE {} {} LIMIT {}").format(
-        sql.Identifier(target.target_schema, target.target_table), where, order, sql.Literal(int(limit))
+        sql.Identifier(target.target_schema, target.target_table),
+        where,
+        order,
+        sql.Literal(int(limit)),
     )
     params = [v if v is None or isinstance(v, (int, float, bool)) else str(v) for v in key.values()]
     with connect(uri) as conn:
-        cur = conn.execute(query, params)
+        try:
+            cur = conn.execute(query, params)
+        except psycopg.errors.DataError as exc:  # '--key abc' for an integer key, and the like
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise SettingsError(
+                f"key {dict(key)} does not fit {where_name}: {mask(first)}"
+            ) from None
         names = [d.name for d in cur.description or []]
         rows = cur.fetchall()
     try:

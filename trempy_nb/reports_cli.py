@@ -23,7 +23,8 @@ SETTINGS_SUFFIXES = (".json", ".yaml", ".yml")
 KEY_HELP = (
     "the key to show: a bare VALUE when the table has one key column (--key 42), else"
     " COLUMN=VALUE, repeated for a composite key (--key id=42 --key region=eu); any column"
-    " of the target may be named"
+    " of the target may be named; a value holding '=' is written after its column"
+    " (--key code=a=b)"
 )
 TASK_HELP = "task name, or its settings file (.json, .yaml)"
 TABLE_HELP = "one table of the task: source or target, schema.table or table"
@@ -61,7 +62,9 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("task", help=TASK_HELP)
     p.add_argument("--key", action="append", required=True, metavar="[COLUMN=]VALUE", help=KEY_HELP)
     p.add_argument("--table", help=TABLE_HELP + " (default: the task's first table)")
-    p.add_argument("-n", "--limit", type=int, default=1000, help="at most N versions (default 1000)")
+    p.add_argument(
+        "-n", "--limit", type=int, default=1000, help="at most N versions (default 1000)"
+    )
     _json(p)
     p.set_defaults(func=_cmd_history)
 
