@@ -16,6 +16,8 @@ import pytest
 from tests.cdc_helpers import drop_task, execute, rows, run_cli, settings, write_settings
 from trempy_nb.connections import save_connection
 from trempy_nb.embedded import Cluster
+from trempy_nb.notebook import commands
+from trempy_nb.reports import records
 from trempy_nb.task import Task
 
 ALL_OFF = {f"stop_if_{op}_error": False for op in ("insert", "update", "delete", "upsert", "scd2")}
@@ -153,6 +155,12 @@ def test_runs_stats_errors_history(scd2_task: dict[str, Any]) -> None:
     lines = text.splitlines()
     assert len(lines) == 2 + len(db) and "two" in lines[-1] and lines[0].split()[0] == "id"
     assert db[0][2].isoformat() in text
+
+    # the notebook verbs read the same rows through the same functions (this task never ran
+    # in a notebook session: the store knows it from the CLI runs)
+    assert records(commands.runs(name)) == runs
+    assert records(commands.stats(name)) == stats
+    assert records(commands.errors(name, table="t"), json_columns=("payload",)) == errors
 
     # bad input: clear, exit 2, nothing on stdout
     bad = cli("history", name, "--key", "nope=1")
