@@ -201,10 +201,22 @@ def record_targets(
 
 
 def recorded_targets(store: MetadataStore, task: str) -> list[TargetTable]:
-    """The target tables the task's latest run recorded (empty if it never ran)."""
+    """The target tables the task's latest run recorded (empty if it never ran).
+
+    A target recorded masked (written with a literal password) is replaced by the saved
+    task's target when there is one: saving moved that password into a saved connection."""
+    frame = store.targets(task)
+    target = frame["target"][0] if frame.height else ""
+    if frame.height and has_literal_password(target):
+        try:
+            saved = store.load_task(task).get("task", {}).get("target")
+        except SettingsError:
+            saved = None
+        if isinstance(saved, str) and not has_literal_password(saved):
+            target = saved
     return [
         TargetTable(
-            target=r["target"],
+            target=target,
             source_schema=r["source_schema"],
             source_table=r["source_table"],
             target_schema=r["target_schema"],
@@ -216,7 +228,7 @@ def recorded_targets(store: MetadataStore, task: str) -> list[TargetTable]:
             end_col=r["end_col"],
             current_col=r["current_col"],
         )
-        for r in store.targets(task).iter_rows(named=True)
+        for r in frame.iter_rows(named=True)
     ]
 
 

@@ -142,6 +142,12 @@ def test_targets_recorded_without_passwords(store: MetadataStore) -> None:
         match=r"literal password, which is never recorded \(postgresql://u:\*\*\*@h/db\)",
     ):
         reports.history(lit, {"id": 1})
+    # a notebook task saved with that literal password: the store moved it to a connection
+    store.save_task(
+        "lit",
+        {"task": {"task_name": "lit", "source": "src", "target": f"postgresql://u:{PW}@h/db"}},
+    )
+    assert reports.recorded_targets(store, "lit")[0].target == "lit-target"
     store.record_targets("named", "dw", [])  # a later run replaces what an earlier one recorded
     assert reports.recorded_targets(store, "named") == []
     assert PW.encode() not in store.path.read_bytes()
