@@ -174,9 +174,9 @@ class Runner:
         source, target = task.source_uri, task.target_uri
         task.validate()
         plans = task.plans
-        record_targets(store, settings, plans)  # what `history NAME` reads
         rtype = settings.task.replication_type
         with task_lock(source, task.name):
+            record_targets(store, settings, plans)  # what `history NAME` reads
             if rtype == "full_load":
                 self.status = "full_load"
                 return self._full_load(store, plans, source, target, None, None), 0

@@ -156,7 +156,7 @@ class Task:
 
     def history(self, table: str | None, key: dict[str, Any], limit: int = 1000) -> pl.DataFrame:
         """Every version of one key in an SCD2 target (or its row in an upsert target), oldest first."""
-        from trempy_nb import reports  # lazy: start-up speed (a run does not read reports)
+        from trempy_nb import reports  # lazy: start-up speed (validate/preview need no store)
 
         plan = self._plan_for(table)
         target = reports.targets_of(self.settings, {plan.source.key: plan})[0]
@@ -170,14 +170,14 @@ class Task:
 
     def stats(self, table: str | None = None) -> pl.DataFrame:
         """Per-table counters recorded by the task's runs (see `reports.stats`)."""
-        from trempy_nb import reports  # lazy: start-up speed (a run does not read reports)
+        from trempy_nb import reports  # lazy: start-up speed (validate/preview need no store)
         from trempy_nb.metadata import MetadataStore
 
         return reports.stats(MetadataStore(), self.name, table=table)
 
     def errors(self, table: str | None = None, limit: int | None = None) -> pl.DataFrame:
         """Rows that failed and were recorded, oldest first (see `reports.errors`)."""
-        from trempy_nb import reports  # lazy: start-up speed (a run does not read reports)
+        from trempy_nb import reports  # lazy: start-up speed (validate/preview need no store)
         from trempy_nb.metadata import MetadataStore
 
         return reports.errors(MetadataStore(), self.name, table=table, limit=limit)
