@@ -28,7 +28,7 @@ from psycopg import sql
 
 from trempy_nb.connections import has_literal_password, mask, resolve
 from trempy_nb.db import connect
-from trempy_nb.errors import SettingsError, UnknownTask
+from trempy_nb.errors import SettingsError, TrempyError, UnknownTask
 from trempy_nb.metadata import MetadataStore
 
 if TYPE_CHECKING:
@@ -333,6 +333,10 @@ def history(
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise SettingsError(
                 f"key {dict(key)} does not fit {where_name}: {mask(first)}"
+            ) from None
+        except psycopg.errors.UndefinedTable:
+            raise TrempyError(
+                f"{where_name} does not exist on the target (has the task run yet?)"
             ) from None
         names = [d.name for d in cur.description or []]
         rows = cur.fetchall()

@@ -218,6 +218,9 @@ def test_literal_password_target_is_never_recorded(
     assert pw not in by_name.stderr + by_name.stdout
     path = write_settings(tmp_path / "literal.json", doc)
     assert ok_json("history", str(path), "--key", "1") == [{"id": 1, "v": 10}]
+    execute(target_uri, "DROP TABLE public.t")
+    gone = cli("history", str(path), "--key", "1")
+    assert gone.returncode == 1 and "public.t does not exist on the target" in gone.stderr
     assert pw not in "".join(OUTPUTS[-2:])
 
 
