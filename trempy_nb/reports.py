@@ -67,7 +67,7 @@ def check_known(store: MetadataStore, name: str) -> None:
 
 
 def _table_pairs(store: MetadataStore, task: str, table: str) -> set[tuple[str, str | None]]:
-    """(schema or None, table) pairs `table` may be recorded under: as written, and the other
+    """(table, schema or None) pairs `table` may be recorded under: as written, and the other
     side (source <-> target) of the task's recorded tables, since stats name the source table
     and errors the target table."""
     schema, _, name = table.rpartition(".")
