@@ -1,4 +1,4 @@
-"""`trempy-nb`: headless runs, validation, schema, demo.
+"""`trempy-nb`: headless runs, validation, schema, demo, reports (runs, stats, errors, history), connections.
 
 Exit codes: 0 success, 2 invalid settings (message on stderr), 1 runtime
 failure. No traceback unless --debug; no password ever printed.
@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from trempy_nb import __version__
+from trempy_nb import __version__, reports_cli
 from trempy_nb.connections import mask
-from trempy_nb.errors import SettingsError, TrempyError
+from trempy_nb.errors import SettingsError, TrempyError, UnknownTask
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
@@ -102,17 +103,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep", action="store_true", help="keep the embedded cluster running (prints its URI)")
     s.set_defaults(func=_cmd_demo)
 
-    for name, module in (("ai", "trempy_nb.ai.cli"), ("notebook", "trempy_nb.notebook.cli"), ("connect", "trempy_nb.connections_cli")):
+    reports_cli.add_parsers(sub)  # runs, stats, errors, history
+    for name, module in PLUGINS:
         _plug(sub, name, module)
     return p
 
 
+# subcommands that live with their feature (`add_parser(subparsers)` + `run(args)`)
+PLUGINS = (("ai", "trempy_nb.ai.cli"), ("notebook", "trempy_nb.notebook.cli"), ("connect", "trempy_nb.connections_cli"))
+
+
+class PluginError(TrempyError):
+    """A registered subcommand's module cannot be imported: a broken install, never skipped."""
+
+
 def _plug(sub: argparse._SubParsersAction, name: str, module: str) -> None:
-    """Subcommands that live with their feature (`add_parser(subparsers)` + `run(args)`)."""
     try:
-        mod = __import__(module, fromlist=["add_parser", "run"])
-    except ImportError:
-        return
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        raise PluginError(f"subcommand {name!r} cannot be loaded from {module}: {exc}") from exc
     add: Callable[..., argparse.ArgumentParser] = mod.add_parser
     parser = add(sub)
     parser.set_defaults(func=mod.run)
@@ -125,6 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.disable()
     try:
         parser = build_parser()
+    except PluginError as exc:
+        print(f"trempy-nb: error: {mask(str(exc))}", file=sys.stderr)
+        return 1
     finally:
         gc.freeze()
         gc.enable()
@@ -139,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         msg = mask(str(exc))
-        kind = "invalid settings" if isinstance(exc, SettingsError) else "error"
+        kind = "invalid settings" if isinstance(exc, SettingsError) and not isinstance(exc, UnknownTask) else "error"
         print(f"trempy-nb: {kind}: {msg}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:  # a last resort: one line, masked

@@ -20,6 +20,10 @@ class SettingsError(TrempyError):
     exit_code = 2
 
 
+class UnknownTask(SettingsError):
+    """A task name nobody saved or ran (exit code 2; the message lists the known names)."""
+
+
 class ValidationFailed(SettingsError):
     """The settings do not fit the live source (unknown table/column, wrong type...)."""
 

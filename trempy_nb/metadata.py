@@ -31,10 +31,10 @@ from typing import Any, Literal, get_args
 
 import polars as pl
 
-from trempy_nb.connections import home, mask, protect
+from trempy_nb.connections import has_literal_password, home, mask, protect
 from trempy_nb.errors import SettingsError
 
-__all__ = ["COUNTERS", "MetadataStore", "RunKind", "RunStatus"]
+__all__ = ["COUNTERS", "TARGET_FIELDS", "MetadataStore", "RunKind", "RunStatus"]
 
 # a full_load_and_cdc task records one run spanning both phases (the runner passes
 # the task's replication_type), so that name is a run kind too
@@ -107,6 +107,22 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     payload_ref TEXT
 );
 CREATE INDEX IF NOT EXISTS dead_letters_task ON dead_letters (task, id);
+CREATE TABLE IF NOT EXISTS task_targets (
+    task TEXT NOT NULL,
+    source_schema TEXT NOT NULL,
+    source_table TEXT NOT NULL,
+    target TEXT NOT NULL,
+    target_schema TEXT NOT NULL,
+    target_table TEXT NOT NULL,
+    columns TEXT NOT NULL,
+    key_columns TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    start_col TEXT,
+    end_col TEXT,
+    current_col TEXT,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (task, source_schema, source_table)
+);
 """
 
 _S = pl.String
@@ -156,7 +172,25 @@ _FRAMES: dict[str, dict[str, Any]] = {
         "payload_ref": _S,
     },
     "tasks": {"name": _S, "updated_at": _TS},
+    "task_targets": {
+        "task": _S,
+        "source_schema": _S,
+        "source_table": _S,
+        "target": _S,
+        "target_schema": _S,
+        "target_table": _S,
+        "columns": _S,
+        "key_columns": _S,
+        "mode": _S,
+        "start_col": _S,
+        "end_col": _S,
+        "current_col": _S,
+        "updated_at": _TS,
+    },
 }
+
+# the columns of a task_targets row a caller gives (task and updated_at are the store's)
+TARGET_FIELDS = tuple(k for k in _FRAMES["task_targets"] if k not in ("task", "target", "updated_at"))
 
 
 def _retry_locked(fn: Any, timeout: float) -> Any:
@@ -320,6 +354,48 @@ class MetadataStore:
     def list_tasks(self) -> pl.DataFrame:
         """Saved tasks (name, updated_at), by name."""
         return self._frame("tasks", "SELECT name, updated_at FROM tasks ORDER BY name")
+
+    def task_names(self) -> list[str]:
+        """Every task this store knows: saved ones and those with a recorded run, by name."""
+        rows = self._conn().execute(
+            "SELECT name FROM tasks UNION SELECT task FROM runs ORDER BY 1"
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    # ------------------------------------------------------------------ targets
+
+    def record_targets(self, task: str, target: str, tables: list[dict[str, Any]]) -> None:
+        """Replace what a run of `task` writes where: one row per source table (TARGET_FIELDS).
+
+        `history` reads it to find a task's target tables and keys by name alone. `target` is
+        kept as written when it holds no literal password (a saved connection name, a
+        `${VAR}` reference or a password-less URI), else masked: never a password.
+        """
+        ref = mask(target) if has_literal_password(target) else target
+        unknown = {k for t in tables for k in t} - set(TARGET_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown target fields {sorted(unknown)}; known: {', '.join(TARGET_FIELDS)}")
+        now = _now()
+        rows = [
+            (task, ref, *(json.dumps(t[k]) if isinstance(t.get(k), (list, tuple)) else t.get(k) for k in TARGET_FIELDS), now)
+            for t in tables
+        ]
+        with self._write() as conn:
+            conn.execute("DELETE FROM task_targets WHERE task = ?", (task,))
+            conn.executemany(
+                f"INSERT INTO task_targets (task, target, {', '.join(TARGET_FIELDS)}, updated_at) "  # noqa: S608
+                f"VALUES (?, ?, {', '.join('?' for _ in TARGET_FIELDS)}, ?)",
+                rows,
+            )
+
+    def targets(self, task: str) -> pl.DataFrame:
+        """The target tables the latest run of `task` recorded (`columns`, `key_columns`: JSON lists)."""
+        cols = ", ".join(_FRAMES["task_targets"])
+        return self._frame(
+            "task_targets",
+            f"SELECT {cols} FROM task_targets WHERE task = ? ORDER BY source_schema, source_table",  # noqa: S608
+            (task,),
+        )
 
     # ------------------------------------------------------------------ runs
 

@@ -25,6 +25,7 @@ from trempy_nb.crash import crash_point
 from trempy_nb.db import connect
 from trempy_nb.errors import AlreadyRunning, SlotLost, TrempyError, is_transient
 from trempy_nb.fullload import TableLoadResult, run_full_load, target_spec
+from trempy_nb.reports import record_targets
 
 if TYPE_CHECKING:
     from trempy_nb.task import RunResult, Task
@@ -175,6 +176,7 @@ class Runner:
         plans = task.plans
         rtype = settings.task.replication_type
         with task_lock(source, task.name):
+            record_targets(store, settings, plans)  # what `history NAME` reads
             if rtype == "full_load":
                 self.status = "full_load"
                 return self._full_load(store, plans, source, target, None, None), 0

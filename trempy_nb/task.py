@@ -156,41 +156,11 @@ class Task:
 
     def history(self, table: str | None, key: dict[str, Any], limit: int = 1000) -> pl.DataFrame:
         """Every version of one key in an SCD2 target (or its row in an upsert target), oldest first."""
-        from psycopg import sql
+        from trempy_nb import reports  # lazy: start-up speed (validate/preview need no store)
 
-        if not key:
-            raise SettingsError("give the key as COLUMN=VALUE (e.g. id=42)")
         plan = self._plan_for(table)
-        cols = {c.name for c in plan.target_columns}
-        unknown = [k for k in key if k not in cols]
-        if unknown:
-            raise SettingsError(
-                f"{', '.join(unknown)} not a column of {plan.target_schema}.{plan.target_table}"
-                f" (key: {', '.join(plan.target_primary_key)})"
-            )
-        cdc = self.settings.task.cdc_settings
-        where = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in key)
-        order = (
-            sql.SQL("ORDER BY {} NULLS LAST").format(sql.Identifier(cdc.scd2_settings.start_date))
-            if cdc.mode == "scd2"
-            else sql.SQL("")
-        )
-        query = sql.SQL("SELECT * FROM {} WHERE {} {} LIMIT {}").format(
-            sql.Identifier(plan.target_schema, plan.target_table), where, order, sql.Literal(int(limit))
-        )
-        params = [v if v is None or isinstance(v, (int, float, bool)) else str(v) for v in key.values()]
-        with connect(self.target_uri) as conn:
-            cur = conn.execute(query, params)
-            names = [d.name for d in cur.description or []]
-            rows = cur.fetchall()
-        try:
-            return pl.DataFrame(rows, schema=names, orient="row", infer_schema_length=None)
-        except Exception:  # exotic types: show their text
-            return pl.DataFrame(
-                [[None if v is None else str(v) for v in r] for r in rows],
-                schema={n: pl.String for n in names},
-                orient="row",
-            )
+        target = reports.targets_of(self.settings, {plan.source.key: plan})[0]
+        return reports.history(target, key, limit=limit, uri=self.target_uri)
 
     def preview_changes(self, limit: int = 50) -> pl.DataFrame:
         """The next pending changes of the task's slot, transformed, without consuming them."""
@@ -198,15 +168,19 @@ class Task:
 
         return frame_of_pending(self, limit)
 
-    def stats(self) -> pl.DataFrame:
+    def stats(self, table: str | None = None) -> pl.DataFrame:
+        """Per-table counters recorded by the task's runs (see `reports.stats`)."""
+        from trempy_nb import reports  # lazy: start-up speed (validate/preview need no store)
         from trempy_nb.metadata import MetadataStore
 
-        return MetadataStore().stats(task=self.name)
+        return reports.stats(MetadataStore(), self.name, table=table)
 
-    def errors(self) -> pl.DataFrame:
+    def errors(self, table: str | None = None, limit: int | None = None) -> pl.DataFrame:
+        """Rows that failed and were recorded, oldest first (see `reports.errors`)."""
+        from trempy_nb import reports  # lazy: start-up speed (validate/preview need no store)
         from trempy_nb.metadata import MetadataStore
 
-        return MetadataStore().errors(task=self.name)
+        return reports.errors(MetadataStore(), self.name, table=table, limit=limit)
 
     def dead_letters(self) -> pl.DataFrame:
         """Batches given up after max_retries (task, table, LSN range, error, attempts, time).

@@ -141,6 +141,22 @@ def _a_logs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", "-n", type=int, default=200)
 
 
+def _a_errors(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name")
+    p.add_argument("--table", help="only this table (source or target, schema.table or table)")
+    p.add_argument("--limit", "-n", type=int, help="only the latest N errors")
+
+
+def _a_stats(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name")
+    p.add_argument("--table", help="only this table (source or target, schema.table or table)")
+
+
+def _a_runs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name")
+    p.add_argument("--limit", "-n", type=int, help="only the latest N runs")
+
+
 def _a_history(p: argparse.ArgumentParser) -> None:
     p.add_argument("name")
     p.add_argument("table", help="source or target table of the task")
@@ -206,12 +222,12 @@ VERBS: dict[str, Verb] = {
             example="%trempy run hr_to_dw --wait --until-caught-up",
         ),
         Verb("status", "runner status (all runners, or one)", _a_status),
-        Verb("stats", "per-table counters of a task's runs", _name),
+        Verb("stats", "per-table counters of a task's runs", _a_stats),
         Verb("stop", "stop a runner after its current batch", _a_stop),
-        Verb("errors", "rows that failed and were recorded", _name),
+        Verb("errors", "rows that failed and were recorded", _a_errors),
         Verb("dead-letters", "batches given up after max_retries", _name),
         Verb("logs", "the task's log lines", _a_logs),
-        Verb("runs", "the task's runs", _name),
+        Verb("runs", "the task's runs", _a_runs),
         Verb(
             "history",
             "SCD2 versions of one key",
@@ -576,13 +592,13 @@ class Trempy(Magics):
         return cmd.status(a.name)
 
     def _v_stats(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
-        return cmd.stats(a.name)
+        return cmd.stats(a.name, table=a.table)
 
     def _v_stop(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
         return cmd.stop(a.name, when_caught_up=a.when_caught_up)
 
     def _v_errors(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
-        return cmd.errors(a.name)
+        return cmd.errors(a.name, table=a.table, limit=a.limit)
 
     def _v_dead_letters(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
         frame = cmd.dead_letters(a.name)
@@ -594,7 +610,7 @@ class Trempy(Magics):
         return cmd.logs(a.name, a.limit)
 
     def _v_runs(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
-        return cmd.runs(a.name)
+        return cmd.runs(a.name, limit=a.limit)
 
     def _v_history(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
         key: dict[str, Any] = {}

@@ -63,6 +63,7 @@ from psycopg import sql
 from trempy_nb import changes as ch
 from trempy_nb.errors import ConnectionFailed, TerminalError, TrempyError, is_transient
 from trempy_nb.redact import mask as _mask
+from trempy_nb.reports import record_targets
 from trempy_nb.transport import codec
 from trempy_nb.transport.confirms import ConfirmTracker
 
@@ -1499,6 +1500,7 @@ class ConsumerRunner:
         store = MetadataStore()
         run_id = store.start_run(self.task.name, self.task.settings.task.replication_type)
         try:
+            record_targets(store, self.task.settings, self.task.plans)  # what `history NAME` reads
             self.session = CdcSession(
                 self.task,
                 self.task.plans,

@@ -8,6 +8,7 @@ from typing import Any
 
 import polars as pl
 
+from trempy_nb import reports
 from trempy_nb.errors import AlreadyRunning, SettingsError
 from trempy_nb.notebook.commands.session import SESSION, _store, get_task
 from trempy_nb.notebook.render import KeyValues, Note, RunView
@@ -142,13 +143,22 @@ def stop(name: str, when_caught_up: bool = False) -> Any:
     return RunView(result) if result is not None else Note(f"task {name} stopped", "ok")
 
 
-def stats(name: str) -> pl.DataFrame:
+def _known(name: str) -> None:
+    """A task of this session, or one the metadata store knows (saved, or run from anywhere)."""
+    if name not in SESSION.tasks:
+        reports.check_known(_store(), name)
+
+
+def stats(name: str, table: str | None = None) -> pl.DataFrame:
     """Per-table counters recorded by the task's runs."""
-    return get_task(name).stats()
+    _known(name)
+    return reports.stats(_store(), name, table=table)
 
 
-def errors(name: str) -> pl.DataFrame:
-    return get_task(name).errors()
+def errors(name: str, table: str | None = None, limit: int | None = None) -> pl.DataFrame:
+    """Rows that failed and were recorded, oldest first (with limit: the latest ones)."""
+    _known(name)
+    return reports.errors(_store(), name, table=table, limit=limit)
 
 
 def dead_letters(name: str) -> pl.DataFrame:
@@ -165,6 +175,7 @@ def logs(name: str, limit: int = 200) -> pl.DataFrame:
     return _store().logs(task=name, limit=limit)
 
 
-def runs(name: str) -> pl.DataFrame:
-    get_task(name)
-    return _store().runs(task=name)
+def runs(name: str, limit: int | None = None) -> pl.DataFrame:
+    """The task's runs, newest first."""
+    _known(name)
+    return reports.runs(_store(), name, limit=limit)
