@@ -31,12 +31,8 @@ from psycopg import sql
 from trempy_nb.connections import mask
 from trempy_nb.db import connect
 from trempy_nb.errors import RowError, TrempyError, is_transient
-from trempy_nb.pipeline.binarycodec import describe_raw, encode, split_tail
-from trempy_nb.pipeline.copylayout import CopyLayout, copy_layout, select_sql
-from trempy_nb.pipeline.plan import TablePlan
-from trempy_nb.pipeline.textcodec import write_copy_text
-from trempy_nb.settings import TaskSettings
-from trempy_nb.writer.copy import (
+from trempy_nb.pgcopy.binarycodec import describe_raw, encode, split_tail
+from trempy_nb.pgcopy.copyio import (
     copy_binary,
     copy_frame,
     iter_binary_frames,
@@ -44,6 +40,10 @@ from trempy_nb.writer.copy import (
     select_query,
     stream_copy,
 )
+from trempy_nb.pgcopy.textcodec import write_copy_text
+from trempy_nb.pipeline.copylayout import CopyLayout, copy_layout, select_sql
+from trempy_nb.pipeline.plan import TablePlan
+from trempy_nb.settings import TaskSettings
 from trempy_nb.writer.ddl import (
     STATE_SCHEMA,
     TargetSpec,

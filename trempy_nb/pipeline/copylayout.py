@@ -19,8 +19,8 @@ from dataclasses import dataclass, replace
 import polars as pl
 from psycopg import sql
 
-from trempy_nb.pipeline.binarycodec import Encoder, Tail, encoder_for, type_name
-from trempy_nb.pipeline.binarytext import decoder_for, numeric_decimal
+from trempy_nb.pgcopy.binarycodec import Encoder, Tail, encoder_for, type_name
+from trempy_nb.pgcopy.binarytext import decoder_for, numeric_decimal
 from trempy_nb.pipeline.mathexpr import MAX_SCALE
 from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.pipeline.transformations import MathStep

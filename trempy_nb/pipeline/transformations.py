@@ -32,7 +32,7 @@ from typing import Any
 import polars as pl
 
 from trempy_nb.errors import ValidationFailed
-from trempy_nb.pgtypes import numeric_scale, type_category
+from trempy_nb.pgtypes import numeric_scale, timestamp_text, timestamptz_text, type_category
 from trempy_nb.pipeline.filters import numeric_text
 from trempy_nb.pipeline.mathexpr import MathExpression, compile_math
 from trempy_nb.settings import (
@@ -61,22 +61,6 @@ class BatchContext:
     @property
     def today(self) -> dt.date:
         return self.now.astimezone(dt.timezone.utc).date()
-
-
-def timestamptz_text(value: dt.datetime) -> str:
-    """A datetime as PostgreSQL prints timestamptz in a UTC session: '2024-01-02 03:04:05.5+00'."""
-    value = value.astimezone(dt.timezone.utc)
-    return timestamp_text(value.replace(tzinfo=None)) + "+00"
-
-
-def timestamp_text(value: dt.datetime) -> str:
-    """A naive datetime as PostgreSQL prints timestamp: fraction only when non-zero, trimmed."""
-    text = value.strftime("%Y-%m-%d %H:%M:%S")
-    if value.microsecond:
-        text += "." + f"{value.microsecond:06d}".rstrip("0")
-    if value.year < 1000:
-        text = f"{value.year:04d}" + text[len(str(value.year)) :]
-    return text
 
 
 # -- parsing raw text for transformations ------------------------------------------------
