@@ -31,12 +31,8 @@ from psycopg import sql
 from trempy_nb.connections import mask
 from trempy_nb.db import connect
 from trempy_nb.errors import RowError, TrempyError, is_transient
-from trempy_nb.pipeline.binarycodec import describe_raw, encode, split_tail
-from trempy_nb.pipeline.copylayout import CopyLayout, copy_layout, select_sql
-from trempy_nb.pipeline.plan import TablePlan
-from trempy_nb.pipeline.textcodec import write_copy_text
-from trempy_nb.settings import TaskSettings
-from trempy_nb.writer.copy import (
+from trempy_nb.pgcopy.binarycodec import describe_raw, encode, split_tail
+from trempy_nb.pgcopy.copyio import (
     copy_binary,
     copy_frame,
     iter_binary_frames,
@@ -44,6 +40,10 @@ from trempy_nb.writer.copy import (
     select_query,
     stream_copy,
 )
+from trempy_nb.pgcopy.textcodec import write_copy_text
+from trempy_nb.pipeline.copylayout import CopyLayout, copy_layout, select_sql
+from trempy_nb.pipeline.plan import TablePlan
+from trempy_nb.settings import TaskSettings
 from trempy_nb.writer.ddl import (
     STATE_SCHEMA,
     TargetSpec,
@@ -51,6 +51,7 @@ from trempy_nb.writer.ddl import (
     ensure_target,
     key_sql,
 )
+from trempy_nb.writer.sql import merge_sql
 
 #: Bytes of COPY text per pipeline batch (TREMPY_CHUNK_MB): bigger batches amortise per-batch costs,
 #: smaller ones bound memory (about 6 batches are in flight across the three stages).
@@ -216,44 +217,6 @@ def _readable(value: Any, pg_type: str) -> Any:
     if isinstance(value, Decimal):
         return format(value, "f")
     return value
-
-
-def merge_sql(spec: TargetSpec, at: sql.Composable | None = None) -> list[sql.Composed]:
-    """Staging -> target when the target is not empty: upsert on the key, or SCD2 close + open."""
-    t, s = spec.ident, sql.Identifier("trempy_stage")
-    at = at if at is not None else sql.SQL("now()")
-    cols = [sql.Identifier(c) for c in spec.data_columns]
-    col_list = sql.SQL(", ").join(cols)
-    keys = [sql.Identifier(k) for k in spec.key]
-    on_key = sql.SQL(" AND ").join(sql.SQL("t.{k} = s.{k}").format(k=k) for k in keys)
-    if not spec.scd2:
-        non_key = [c for c in spec.data_columns if c not in spec.key]
-        if non_key:
-            action = sql.SQL("DO UPDATE SET {}").format(
-                sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in non_key)
-            )
-        else:
-            action = sql.SQL("DO NOTHING")
-        return [
-            sql.SQL("INSERT INTO {t} ({cols}) SELECT {cols} FROM {s} ON CONFLICT ({keys}) {action}").format(
-                t=t, s=s, cols=col_list, keys=sql.SQL(", ").join(keys), action=action
-            )
-        ]
-    cur_col = sql.Identifier(spec.current_col)
-    t_row = sql.SQL(", ").join(sql.SQL("t.{}").format(c) for c in cols)
-    s_row = sql.SQL(", ").join(sql.SQL("s.{}").format(c) for c in cols)
-    close = sql.SQL(
-        "UPDATE {t} AS t SET {end} = {at}, {cur} = false FROM {s} AS s"
-        " WHERE {on_key} AND t.{cur} AND ROW({t_row}) IS DISTINCT FROM ROW({s_row})"
-    ).format(t=t, s=s, end=sql.Identifier(spec.end_col), cur=cur_col, on_key=on_key, t_row=t_row, s_row=s_row, at=at)
-    open_ = sql.SQL(
-        "INSERT INTO {t} ({cols}, {start}, {end}, {cur}) SELECT {s_cols}, {at}, NULL, true FROM {s} AS s"
-        " WHERE NOT EXISTS (SELECT 1 FROM {t} AS t WHERE {on_key} AND t.{cur})"
-    ).format(
-        t=t, s=s, cols=col_list, s_cols=s_row, start=sql.Identifier(spec.start_col),
-        end=sql.Identifier(spec.end_col), cur=cur_col, on_key=on_key, at=at,
-    )
-    return [close, open_]
 
 
 def _load_through_pipeline(plan: TablePlan, scur: psycopg.Cursor, tcur: psycopg.Cursor, spec: TargetSpec,

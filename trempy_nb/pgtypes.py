@@ -2,11 +2,13 @@
 
 The pipeline holds every value as PostgreSQL text; the category decides how a
 column may be parsed for a filter, a transformation or a preview, and which
-operators make sense on it.
+operators make sense on it. The text PostgreSQL prints for a timestamp is here
+too: transformations write it, and the COPY binary codec reads it back for errors.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Literal, get_args
 
@@ -159,3 +161,22 @@ def polars_dtype(category: str, pg_type: str | None = None) -> pl.DataType | Non
     if category == "time":
         return pl.Time()
     return None
+
+
+# -- the text PostgreSQL prints -------------------------------------------------------------
+
+
+def timestamptz_text(value: dt.datetime) -> str:
+    """A datetime as PostgreSQL prints timestamptz in a UTC session: '2024-01-02 03:04:05.5+00'."""
+    value = value.astimezone(dt.timezone.utc)
+    return timestamp_text(value.replace(tzinfo=None)) + "+00"
+
+
+def timestamp_text(value: dt.datetime) -> str:
+    """A naive datetime as PostgreSQL prints timestamp: fraction only when non-zero, trimmed."""
+    text = value.strftime("%Y-%m-%d %H:%M:%S")
+    if value.microsecond:
+        text += "." + f"{value.microsecond:06d}".rstrip("0")
+    if value.year < 1000:
+        text = f"{value.year:04d}" + text[len(str(value.year)) :]
+    return text

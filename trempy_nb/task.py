@@ -15,10 +15,10 @@ import polars as pl
 from trempy_nb.connections import mask, resolve
 from trempy_nb.db import connect
 from trempy_nb.errors import SettingsError, TrempyError
+from trempy_nb.pgcopy.copyio import iter_frames, select_query
 from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.settings import TaskSettings, parse_settings
 from trempy_nb.validation import ValidatedTask, validate_live
-from trempy_nb.writer.copy import iter_frames, select_query
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pytest
 from psycopg import sql
 
 from trempy_nb.db import connect
-from trempy_nb.pipeline.binarycodec import (
+from trempy_nb.pgcopy.binarycodec import (
     Tail,
     describe_raw,
     encode,
@@ -20,10 +20,10 @@ from trempy_nb.pipeline.binarycodec import (
     split_tail,
     type_name,
 )
-from trempy_nb.pipeline.binarytext import decoder_for, numeric_decimal
+from trempy_nb.pgcopy.binarytext import decoder_for, numeric_decimal
+from trempy_nb.pgcopy.copyio import copy_binary, iter_binary_frames
+from trempy_nb.pgcopy.textcodec import read_copy_text, write_copy_text
 from trempy_nb.pipeline.copylayout import RAW_PREFIX, CopyLayout, select_sql
-from trempy_nb.pipeline.textcodec import read_copy_text, write_copy_text
-from trempy_nb.writer.copy import copy_binary, iter_binary_frames
 
 TYPES = {
     "i2": "smallint", "i4": "integer", "i8": "bigint", "num": "numeric", "num2": "numeric(12,2)",

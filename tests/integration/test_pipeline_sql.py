@@ -14,9 +14,9 @@ from psycopg import sql
 
 from trempy_nb.catalog import describe_table
 from trempy_nb.db import connect
+from trempy_nb.pgcopy.textcodec import read_copy_text, write_copy_text
 from trempy_nb.pipeline.filters import filter_expr, filters_to_sql
 from trempy_nb.pipeline.plan import compile_plan
-from trempy_nb.pipeline.textcodec import read_copy_text, write_copy_text
 from trempy_nb.pipeline.transformations import BatchContext
 from trempy_nb.settings import FilterSpec, TaskSettings
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from trempy_nb.catalog import ColumnInfo, TableInfo
-from trempy_nb.pipeline.binarycodec import Tail
+from trempy_nb.pgcopy.binarycodec import Tail
 from trempy_nb.pipeline.copylayout import RAW_PREFIX, base_type, copy_layout
 from trempy_nb.pipeline.plan import compile_plan
 from trempy_nb.settings import TaskSettings

@@ -322,6 +322,29 @@ def test_swap_column_names() -> None:
     assert out["first_name"].to_list() == FRAME["last_name"].to_list()
 
 
+def test_plan_tells_what_it_reads_writes_and_may_hand_over_as_decimal() -> None:
+    rules = [
+        structural("modify_column_name", column_name="last_name", new_column_name="surname"),
+        value("uppercase", "surname"),
+        create("math_expression", "pay", expression="salary * 2"),
+        create("math_expression", "net", expression="salary - 1"),
+        create("math_expression", "ratio", priority=3, expression="bonus * rate"),
+        create("concat", "label", priority=4, depends_on=["first_name", "net"]),
+    ]
+    plan = compile_plan(settings(rules, [{"column_name": "active", "filter_type": "is_not_null"}]), TABLE)
+    assert plan.source_column("surname") == "last_name"
+    assert plan.source_column("last_name") is None  # renamed away
+    assert plan.source_column("pay") is None and plan.source_column("id") == "id"
+    assert plan.writes == {"surname", "pay", "net", "ratio", "label"}
+    assert plan.reads == {"last_name", "salary", "bonus", "rate", "first_name", "active"}
+    # salary: only exact math reads it, at its declared scale; bonus has no declared scale, and
+    # rate makes its math inexact (float)
+    assert plan.decimal_inputs == {"salary": 2}
+    assert plan.decimal_results == ("pay",)  # net is read by label, ratio is a float
+    filtered = compile_plan(settings(rules, [{"column_name": "salary", "filter_type": "is_not_null"}]), TABLE)
+    assert filtered.decimal_inputs == {}  # the filter reads salary's text
+
+
 def test_order_is_priority_then_list_order() -> None:
     # the concat (priority 2) sees the uppercase (priority 1) though it comes first in the list
     out = run(

@@ -6,7 +6,7 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trempy_nb.pipeline.textcodec import (
+from trempy_nb.pgcopy.textcodec import (
     decode_copy_text,
     encode_copy_text,
     read_copy_text,

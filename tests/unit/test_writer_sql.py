@@ -64,6 +64,9 @@ def all_statements() -> list[sql.Composable]:
         w.scd2_close_sql(s.ident, STG, s),
         w.scd2_open_sql(s.ident, STG, s.data_columns, s),
         w.scd2_close_all_sql(s.ident, s),
+        w.scd2_open_missing_sql(s.ident, STG, s.data_columns, s, sql.SQL("now()")),
+        *w.merge_sql(u, sql.Literal("2024-01-02 03:04:05+00")),
+        *w.merge_sql(s),
         w.state_exists_sql(),
         w.checkpoint_select_sql(True),
         w.checkpoint_upsert_sql(),
@@ -145,6 +148,48 @@ def test_scd2_close_then_open_use_validity_columns() -> None:
     assert opened.endswith("WHERE s.\"_trempy_op\" <> 'D'")
     close_all = render(w.scd2_close_all_sql(s.ident, s))
     assert close_all.count("%s") == 1 and close_all.endswith('WHERE "Cur Rent"')
+
+
+def test_cdc_upsert_counts_what_the_plain_upsert_does() -> None:
+    u = spec()
+    plain = render(w.upsert_insert_sql(u.ident, STG, u.data_columns, u.key))
+    assert plain.startswith('INSERT INTO "Sch""ema; x"."Ta ble"";--" AS t ("Mixed Case", ')
+    assert 'SELECT s."Mixed Case", s."semi;colon", ' in plain
+    assert render(w.upsert_sql(u.ident, STG, u.data_columns, u.key)) == (
+        f"WITH w AS ({plain} RETURNING (t.xmax = 0) AS ins)"
+        " SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM w"
+    )
+
+
+def test_full_load_merge_upserts_from_its_staging_table() -> None:
+    u = spec()
+    (stmt,) = w.merge_sql(u)
+    assert render(stmt) == render(w.upsert_insert_sql(u.ident, sql.Identifier("trempy_stage"), u.data_columns, u.key))
+    assert 'FROM "trempy_stage" AS s ON CONFLICT ("Mixed Case", "quo""te") DO UPDATE SET' in render(stmt)
+    (other,) = w.merge_sql(u, staging=sql.Identifier("elsewhere"))
+    assert 'FROM "elsewhere" AS s' in render(other)
+
+
+def test_full_load_merge_scd2_closes_changed_versions_and_opens_missing_ones_at_load_time() -> None:
+    s = spec("scd2")
+    close, opened = (render(q) for q in w.merge_sql(s, sql.Literal("2024-01-02 03:04:05+00")))
+    cols = ['"Mixed Case"', '"semi;colon"', '"quo""te"', '"drop table x; --"', '"sp ace"']
+    t_row, s_row = (", ".join(f"{alias}.{c}" for c in cols) for alias in ("t", "s"))
+    table = '"Sch""ema; x"."Ta ble"";--"'
+    on_key = 't."Mixed Case" = s."Mixed Case" AND t."quo""te" = s."quo""te"'
+    at = "'2024-01-02 03:04:05+00'"
+    assert close == (
+        f'UPDATE {table} AS t SET "end""e" = {at}, "Cur Rent" = false FROM "trempy_stage" AS s'
+        f' WHERE ROW({t_row}) IS DISTINCT FROM ROW({s_row}) AND t."Cur Rent" AND {on_key}'
+    )
+    assert opened == (
+        f'INSERT INTO {table} ({", ".join(cols)}, "start;s", "end""e", "Cur Rent")'
+        f' SELECT {s_row}, {at}, NULL, true FROM "trempy_stage" AS s'
+        f' WHERE NOT EXISTS (SELECT 1 FROM {table} AS t WHERE {on_key} AND t."Cur Rent")'
+    )
+    # without a load time, both happen at now(); CDC closes at each event's own commit time
+    assert all("now()" in render(q) for q in w.merge_sql(s))
+    assert 'SET "end""e" = s."_trempy_ts"' in render(w.scd2_close_sql(s.ident, STG, s))
 
 
 def test_checkpoint_statements() -> None:

@@ -6,6 +6,12 @@ types and returns a `TablePlan` whose `apply`/`apply_changes` turn a source
 batch into a target batch.
 """
 
+from trempy_nb.pgcopy.textcodec import (
+    decode_copy_text,
+    encode_copy_text,
+    read_copy_text,
+    write_copy_text,
+)
 from trempy_nb.pipeline.filters import (
     CompiledFilter,
     allowed_filter_types,
@@ -15,12 +21,6 @@ from trempy_nb.pipeline.filters import (
 )
 from trempy_nb.pipeline.mathexpr import MathExpression, MathSyntaxError, compile_math
 from trempy_nb.pipeline.plan import TablePlan, compile_plan, compile_plans
-from trempy_nb.pipeline.textcodec import (
-    decode_copy_text,
-    encode_copy_text,
-    read_copy_text,
-    write_copy_text,
-)
 from trempy_nb.pipeline.transformations import BatchContext
 
 __all__ = [

@@ -13,17 +13,15 @@ Pure: decides from the plan and the target's column types; no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import polars as pl
 from psycopg import sql
 
-from trempy_nb.pipeline.binarycodec import Encoder, Tail, encoder_for, type_name
-from trempy_nb.pipeline.binarytext import decoder_for, numeric_decimal
-from trempy_nb.pipeline.mathexpr import MAX_SCALE
+from trempy_nb.pgcopy.binarycodec import Encoder, Tail, encoder_for, type_name
+from trempy_nb.pgcopy.binarytext import decoder_for, numeric_decimal
 from trempy_nb.pipeline.plan import TablePlan
-from trempy_nb.pipeline.transformations import MathStep
 
 RAW_PREFIX = "__trempy_raw__"
 
@@ -114,29 +112,15 @@ class CopyLayout:
 def copy_layout(plan: TablePlan, target_types: dict[str, str], columns: Sequence[str],
                 source_types: dict[str, str]) -> CopyLayout | None:
     """The layout for writing `columns` (target names), or None when the table must go as COPY text."""
-    origin = {t: s for s, t in plan.renames}  # target name -> source name, renamed columns
-    renamed = set(origin.values())
-    sources = set(plan.source_columns)
-    written = {step.column for step in plan.steps}
-    if any(c.startswith(RAW_PREFIX) for c in sources | set(columns) | written):
+    written = plan.writes
+    if any(c.startswith(RAW_PREFIX) for c in {*plan.source_columns, *columns, *written}):
         return None
-
-    def source_of(name: str) -> str | None:
-        if name in origin:
-            return origin[name]
-        return name if name in sources and name not in renamed else None
-
-    read: set[str] = {f.column.name for f in plan.filters}
-    for step in plan.steps:
-        for name in (*step.inputs, step.column):
-            src = source_of(name)
-            if src is not None:
-                read.add(src)
+    read = set(plan.reads)
     riding: dict[str, str] = {}  # target column -> source column the plan reads raw that rides in the tail too
     raw: dict[str, str] = {}  # target column -> source column passed through in binary
     cut: dict[str, tuple[str, Encoder]] = {}  # target column -> (frame column, encoder)
     for name in columns:
-        src = source_of(name)
+        src = plan.source_column(name)
         ttype = target_types.get(name)
         if ttype is None:
             return None
@@ -157,6 +141,8 @@ def copy_layout(plan: TablePlan, target_types: dict[str, str], columns: Sequence
     decodable = [c for c in lead if _decodable(source_types[c])] + list(riding.values())
     decoded = tuple((RAW_PREFIX + c, c, base_type(source_types[c])) for c in decodable)
     in_tail = list(riding.values()) + list(raw.values())
+    as_decimal = plan.decimal_inputs  # numeric columns only exact math reads: as Decimal, not text
+    numeric_outputs = {c for c, (_, enc) in cut.items() if enc is encoder_for("numeric")}
     return CopyLayout(
         select=tuple((c, c not in decodable) for c in lead) + tuple((c, False) for c in in_tail),
         names=tuple(RAW_PREFIX + c if c in decodable else c for c in [*lead, *riding.values()]),
@@ -165,39 +151,10 @@ def copy_layout(plan: TablePlan, target_types: dict[str, str], columns: Sequence
         encoders=tuple(e for _, e in cut.values()),
         columns=(*cut, *riding, *raw),
         tail=Tail(RAW_PREFIX, len(in_tail), len(riding)) if in_tail else None,
-        typed=tuple(_math_only(plan, [c for c in riding.values() if base_type(source_types[c]) == "numeric"],
-                               source_of)),
-        decimals=tuple(_unread_results(plan, {c for c, (_, enc) in cut.items() if enc is encoder_for("numeric")})),
+        typed=tuple((c, as_decimal[c]) for c in riding.values()
+                    if base_type(source_types[c]) == "numeric" and c in as_decimal),
+        decimals=tuple(c for c in plan.decimal_results if c in numeric_outputs),
     )
-
-
-def _unread_results(plan: TablePlan, numeric_outputs: set[str]) -> list[str]:
-    """The exact math results that go to a numeric target column and that no later step reads."""
-    found = []
-    for k, step in enumerate(plan.steps):
-        if (isinstance(step, MathStep) and step.exact and step.column in numeric_outputs
-                and not any(step.column in (*later.inputs, later.column) for later in plan.steps[k + 1:])):
-            found.append(step.column)
-    return found
-
-
-def _math_only(plan: TablePlan, candidates: Sequence[str], source_of: Callable[[str], str | None]) -> list[tuple[str, int]]:
-    """The candidate source columns that only exact (Decimal) math_expression steps read, all with
-    one declared scale that Decimal arithmetic keeps."""
-    found = []
-    filtered = {f.column.name for f in plan.filters}
-    for col in candidates:
-        scales: set[int | None] = set()
-        for step in plan.steps:
-            for name in step.inputs:
-                if source_of(name) != col:
-                    continue
-                exact = isinstance(step, MathStep) and step.exact
-                scales.add(dict(step.declared_scales).get(name) if exact else None)  # type: ignore[attr-defined]
-        if (col not in filtered and len(scales) == 1 and (scale := scales.pop()) is not None
-                and scale <= MAX_SCALE):
-            found.append((col, scale))
-    return found
 
 
 def _decodable(pg_type: str) -> bool:

@@ -74,6 +74,55 @@ class TablePlan:
     def target_name(self, source_column: str) -> str:
         return self.rename_map.get(source_column, source_column)
 
+    # -- what the plan reads and writes (pipeline/copylayout.py lays out the COPYs from these) --
+    def source_column(self, name: str) -> str | None:
+        """The source column a column of the plan's output carries (`name` after renames), or
+        None for a column a step creates."""
+        for source, target in self.renames:
+            if target == name:
+                return source
+        renamed = {source for source, _ in self.renames}
+        return name if name in self.source_columns and name not in renamed else None
+
+    @property
+    def writes(self) -> frozenset[str]:
+        """The columns steps write, modified or created (names after renames: renames come first)."""
+        return frozenset(step.column for step in self.steps)
+
+    @property
+    def reads(self) -> frozenset[str]:
+        """The source columns a filter or a step reads."""
+        found = {f.column.name for f in self.filters}
+        for step in self.steps:
+            for name in (*step.inputs, step.column):
+                source = self.source_column(name)
+                if source is not None:
+                    found.add(source)
+        return frozenset(found)
+
+    @property
+    def decimal_inputs(self) -> dict[str, int]:
+        """Source columns only exact math reads (no filter, no other step), each with the one
+        scale every such step reads it at: they may reach the plan as Decimal values."""
+        filtered = {f.column.name for f in self.filters}
+        found: dict[str, int] = {}
+        for col in self.source_columns:
+            scales = {step.decimal_scale(name) for step in self.steps
+                      for name in step.inputs if self.source_column(name) == col}
+            if col not in filtered and len(scales) == 1 and (scale := scales.pop()) is not None:
+                found[col] = scale
+        return found
+
+    @property
+    def decimal_results(self) -> tuple[str, ...]:
+        """Columns exact math writes that no later step reads or rewrites: they may stay Decimal
+        for their only reader, the COPY binary encoder (BatchContext.decimals)."""
+        return tuple(
+            step.column for k, step in enumerate(self.steps)
+            if step.decimal_result
+            and not any(step.column in (*later.inputs, later.column) for later in self.steps[k + 1:])
+        )
+
     # -- rows ----------------------------------------------------------------------------
     def predicate(self) -> pl.Expr:
         """All filters as one boolean expression over source (raw-text) columns."""

@@ -32,9 +32,9 @@ from typing import Any
 import polars as pl
 
 from trempy_nb.errors import ValidationFailed
-from trempy_nb.pgtypes import numeric_scale, type_category
+from trempy_nb.pgtypes import numeric_scale, timestamp_text, timestamptz_text, type_category
 from trempy_nb.pipeline.filters import numeric_text
-from trempy_nb.pipeline.mathexpr import MathExpression, compile_math
+from trempy_nb.pipeline.mathexpr import MAX_SCALE, MathExpression, compile_math
 from trempy_nb.settings import (
     CreateConcat,
     CreateDateDiffYears,
@@ -61,22 +61,6 @@ class BatchContext:
     @property
     def today(self) -> dt.date:
         return self.now.astimezone(dt.timezone.utc).date()
-
-
-def timestamptz_text(value: dt.datetime) -> str:
-    """A datetime as PostgreSQL prints timestamptz in a UTC session: '2024-01-02 03:04:05.5+00'."""
-    value = value.astimezone(dt.timezone.utc)
-    return timestamp_text(value.replace(tzinfo=None)) + "+00"
-
-
-def timestamp_text(value: dt.datetime) -> str:
-    """A naive datetime as PostgreSQL prints timestamp: fraction only when non-zero, trimmed."""
-    text = value.strftime("%Y-%m-%d %H:%M:%S")
-    if value.microsecond:
-        text += "." + f"{value.microsecond:06d}".rstrip("0")
-    if value.year < 1000:
-        text = f"{value.year:04d}" + text[len(str(value.year)) :]
-    return text
 
 
 # -- parsing raw text for transformations ------------------------------------------------
@@ -147,6 +131,17 @@ class Step:
         """The written column as one expression over the frame, for steps that need nothing
         eager (no parse to check): the plan runs a row of such steps as one query."""
         return None
+
+    def decimal_scale(self, name: str) -> int | None:
+        """The scale at which this step reads input `name` as an exact Decimal, or None: it
+        reads the text (every step but exact math)."""
+        return None
+
+    @property
+    def decimal_result(self) -> bool:
+        """The written column may stay a Decimal (BatchContext.decimals) for a reader that
+        takes one (only exact math)."""
+        return False
 
 
 @dataclass(frozen=True)
@@ -228,6 +223,15 @@ class MathStep(Step):
     def exact(self) -> bool:
         """Decimal arithmetic (no float input): its inputs and result can travel as Decimal."""
         return self.math is not None and not self.math.is_float
+
+    def decimal_scale(self, name: str) -> int | None:
+        """The declared scale of numeric input `name`, when Decimal arithmetic keeps it."""
+        scale = dict(self.declared_scales).get(name) if self.exact else None
+        return scale if scale is not None and scale <= MAX_SCALE else None
+
+    @property
+    def decimal_result(self) -> bool:
+        return self.exact
 
     def _apply(self, df: pl.DataFrame, ctx: BatchContext) -> pl.DataFrame:
         assert self.math is not None

@@ -27,11 +27,11 @@ from psycopg import pq, sql
 
 from trempy_nb.changes import LSN, OP, SEQ, TS, UNCHANGED
 from trempy_nb.errors import RowError, TerminalError, is_transient
+from trempy_nb.pgcopy.copyio import copy_frame
 from trempy_nb.settings import ErrorHandling
 from trempy_nb.writer import sql as wsql
 from trempy_nb.writer.checkpoint import read_checkpoint, state_tables_exist, write_checkpoint
 from trempy_nb.writer.collapse import Rows, Truncate, plan_table
-from trempy_nb.writer.copy import copy_frame
 from trempy_nb.writer.ddl import TargetSpec, ensure_state_tables
 
 RowErrorCallback = Callable[[TargetSpec, str, dict[str, Any], str], None]

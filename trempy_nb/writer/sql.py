@@ -1,9 +1,9 @@
-"""SQL text for the apply step: pure builders returning `psycopg.sql.Composed`, no I/O.
+"""SQL text for writing the target: pure builders returning `psycopg.sql.Composed`, no I/O.
 
 Every name goes through `sql.Identifier`; values travel as bind parameters
 (`%s`) or through the staging table, never inside the SQL text. `apply.py`
-runs these statements in one target transaction; tests render them with
-`as_string`.
+runs these statements in one target transaction (CDC), and the full load merges
+its staged batches with `merge_sql`; tests render them with `as_string`.
 
 Staging tables are created `AS SELECT <target columns> FROM target WITH NO
 DATA`: that copies the column types (COPY then parses the text values with
@@ -119,17 +119,14 @@ def upsert_delete_sql(
     )
 
 
-def upsert_sql(
+def upsert_insert_sql(
     target: sql.Identifier,
     staging: sql.Identifier,
     columns: Sequence[str],
     key: Sequence[str],
 ) -> sql.Composed:
-    """INSERT ... ON CONFLICT (key) DO UPDATE; returns one row (inserted, updated).
-
-    `xmax = 0` on the returned row tells a fresh insert from an update. The
-    staging rows must hold each key once (collapse.py guarantees it).
-    """
+    """INSERT the staged rows ... ON CONFLICT (key) DO UPDATE the non-key columns (DO NOTHING
+    when every column is key). The staging rows must hold each key once."""
     non_key = [c for c in columns if c not in key]
     if non_key:
         action = sql.SQL("DO UPDATE SET {}").format(
@@ -140,10 +137,25 @@ def upsert_sql(
     else:
         action = sql.SQL("DO NOTHING")
     return sql.SQL(
-        "WITH w AS (INSERT INTO {} AS t ({}) SELECT {} FROM {} AS s ON CONFLICT ({}) {}"
-        " RETURNING (t.xmax = 0) AS ins)"
-        " SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM w"
+        "INSERT INTO {} AS t ({}) SELECT {} FROM {} AS s ON CONFLICT ({}) {}"
     ).format(target, _cols(columns), _qualified(_S, columns), staging, _cols(key), action)
+
+
+def upsert_sql(
+    target: sql.Identifier,
+    staging: sql.Identifier,
+    columns: Sequence[str],
+    key: Sequence[str],
+) -> sql.Composed:
+    """The upsert (upsert_insert_sql), returning one row (inserted, updated).
+
+    `xmax = 0` on the returned row tells a fresh insert from an update. The
+    staging rows must hold each key once (collapse.py guarantees it).
+    """
+    return sql.SQL(
+        "WITH w AS ({} RETURNING (t.xmax = 0) AS ins)"
+        " SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM w"
+    ).format(upsert_insert_sql(target, staging, columns, key))
 
 
 def delete_all_sql(target: sql.Identifier) -> sql.Composed:
@@ -152,18 +164,29 @@ def delete_all_sql(target: sql.Identifier) -> sql.Composed:
 
 
 def scd2_close_sql(
-    target: sql.Identifier, staging: sql.Identifier, spec: TargetSpec
+    target: sql.Identifier,
+    staging: sql.Identifier,
+    spec: TargetSpec,
+    at: sql.Composable | None = None,
+    when: sql.Composable | None = None,
 ) -> sql.Composed:
-    """Close the current version of every key whose first batch event is staged, at that event's commit time."""
+    """Close the current version of every key with a staged row matching `when`, at `at`.
+
+    CDC's defaults: the staged row is its key's first event in the batch
+    (`s._trempy_first`), and the version closes at that event's commit time
+    (`s._trempy_ts`). `when` and `at` may name the target row as `t`, the staged one as `s`.
+    """
+    at = at if at is not None else sql.SQL("s.{}").format(sql.Identifier(S_TS))
+    when = when if when is not None else sql.SQL("s.{}").format(sql.Identifier(S_FIRST))
     return sql.SQL(
-        "UPDATE {} AS t SET {} = s.{}, {} = false FROM {} AS s WHERE s.{} AND t.{} AND {}"
+        "UPDATE {} AS t SET {} = {}, {} = false FROM {} AS s WHERE {} AND t.{} AND {}"
     ).format(
         target,
         sql.Identifier(spec.end_col),
-        sql.Identifier(S_TS),
+        at,
         sql.Identifier(spec.current_col),
         staging,
-        sql.Identifier(S_FIRST),
+        when,
         sql.Identifier(spec.current_col),
         _key_match(spec.key),
     )
@@ -190,6 +213,33 @@ def scd2_open_sql(
     )
 
 
+def scd2_open_missing_sql(
+    target: sql.Identifier,
+    staging: sql.Identifier,
+    columns: Sequence[str],
+    spec: TargetSpec,
+    at: sql.Composable,
+) -> sql.Composed:
+    """A current version, starting at `at`, for every staged key that has none (a new key, or
+    one whose changed version scd2_close_sql just closed)."""
+    return sql.SQL(
+        "INSERT INTO {} ({}, {}, {}, {}) SELECT {}, {}, NULL, true FROM {} AS s"
+        " WHERE NOT EXISTS (SELECT 1 FROM {} AS t WHERE {} AND t.{})"
+    ).format(
+        target,
+        _cols(columns),
+        sql.Identifier(spec.start_col),
+        sql.Identifier(spec.end_col),
+        sql.Identifier(spec.current_col),
+        _qualified(_S, columns),
+        at,
+        staging,
+        target,
+        _key_match(spec.key),
+        sql.Identifier(spec.current_col),
+    )
+
+
 def scd2_close_all_sql(target: sql.Identifier, spec: TargetSpec) -> sql.Composed:
     """TRUNCATE on an SCD2 target: close every current version. One parameter: the close time (NULL = now())."""
     return sql.SQL(
@@ -200,6 +250,27 @@ def scd2_close_all_sql(target: sql.Identifier, spec: TargetSpec) -> sql.Composed
         sql.Identifier(spec.current_col),
         sql.Identifier(spec.current_col),
     )
+
+
+def merge_sql(
+    spec: TargetSpec,
+    at: sql.Composable | None = None,
+    staging: sql.Identifier = sql.Identifier("trempy_stage"),
+) -> list[sql.Composed]:
+    """A full load's staged batch into a target that already has rows (fullload.py's staging
+    table by default): upsert on the key; or SCD2: close the current versions the staged rows
+    change, then open a version for every staged key left without one, both at `at` (the
+    load's time; now() when None)."""
+    if not spec.scd2:
+        return [upsert_insert_sql(spec.ident, staging, spec.data_columns, spec.key)]
+    at = at if at is not None else sql.SQL("now()")
+    changed = sql.SQL("ROW({}) IS DISTINCT FROM ROW({})").format(
+        _qualified(_T, spec.data_columns), _qualified(_S, spec.data_columns)
+    )
+    return [
+        scd2_close_sql(spec.ident, staging, spec, at, changed),
+        scd2_open_missing_sql(spec.ident, staging, spec.data_columns, spec, at),
+    ]
 
 
 # --- checkpoint -------------------------------------------------------------------------------

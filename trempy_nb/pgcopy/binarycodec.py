@@ -29,9 +29,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from trempy_nb.pipeline.binarytext import numeric_text
-from trempy_nb.pipeline.rowbuffer import RowBuffer, large_binary
-from trempy_nb.pipeline.transformations import timestamp_text
+from trempy_nb.pgcopy.binarytext import numeric_text
+from trempy_nb.pgcopy.rowbuffer import RowBuffer, large_binary
+from trempy_nb.pgtypes import timestamp_text
 
 #: PostgreSQL's epoch (2000-01-01) from the Unix epoch.
 PG_EPOCH_US = 946_684_800_000_000
@@ -145,7 +145,7 @@ def _numeric(s: pl.Series) -> pa.Array:
     leading and trailing zero digits on receipt, so the value and its display
     scale (dscale = the text's fraction digits) come out as from the text. NaN and
     the infinities are a sign code with (ignored) zero digits. A Decimal column (a
-    math_expression's result, copylayout.CopyLayout.decimals) is taken as its
+    math_expression result the full load keeps as Decimal, pipeline/copylayout.py) is taken as its
     values, with its scale as the display scale, as its text would give.
     """
     if isinstance(s.dtype, pl.Decimal):
@@ -343,7 +343,7 @@ def encode(df: pl.DataFrame, encoders: Sequence[Encoder | None],
     A column with encoder None is already in binary form (a Binary column of each
     value's bytes) and passes as is. A String column whose values do not all convert
     exactly travels as its text bytes: the caller loads such a batch through a table
-    where those columns are text, and PostgreSQL parses them (writer/copy.copy_binary).
+    where those columns are text, and PostgreSQL parses them (copyio.copy_binary).
     With a `tail`, that column (the last) is appended to each row as it is.
     One Arrow kernel joins each row from its fields: no Python per row.
     """

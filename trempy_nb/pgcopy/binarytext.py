@@ -5,7 +5,7 @@ a column the plan only reads, asking the source for `col::text` as well as the r
 value costs the source a text conversion and a second field per row (measured: a
 fifth of its CPU in the benchmark). For the types below the raw value alone comes,
 and it is turned into the very text the source would have sent here, with numpy
-and Polars. Types not listed keep `col::text` (copylayout.py).
+and Polars. Types not listed keep `col::text` (pipeline/copylayout.py chooses).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from trempy_nb.pipeline.rowbuffer import RowBuffer, large_binary
+from trempy_nb.pgcopy.rowbuffer import RowBuffer, large_binary
 
 Decoder = Callable[[pl.Series], pl.Series]
 

@@ -3,7 +3,7 @@
 Reading yields chunks of COPY rows: *text* format cut on line boundaries (text
 format escapes newlines, so one line is one row), or *binary* format with the
 end of each row (libpq hands over one row per message). Writing sends a Polars
-frame as COPY text, or an encoded COPY binary stream (pipeline/binarycodec.py).
+frame as COPY text, or an encoded COPY binary stream (binarycodec.py).
 Pass-through tables skip Python rows entirely and stream COPY binary from
 source to target.
 """
@@ -19,8 +19,8 @@ import polars as pl
 import psycopg
 from psycopg import pq, sql
 
-from trempy_nb.pipeline.binarycodec import Tail, read_copy_binary
-from trempy_nb.pipeline.textcodec import read_copy_text, write_copy_text
+from trempy_nb.pgcopy.binarycodec import Tail, read_copy_binary
+from trempy_nb.pgcopy.textcodec import read_copy_text, write_copy_text
 
 CHUNK_BYTES = 16 * 1024 * 1024
 
