@@ -19,8 +19,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -163,6 +165,41 @@ class FilterSpec(_Strict):
     lower: Scalar | None = None
     upper: Scalar | None = None
     values: list[Scalar] | None = None
+    or_group: str | None = Field(
+        default=None,
+        max_length=63,
+        description=(
+            "Name of an OR group. Filters of one table that share an or_group are combined with OR; "
+            "groups and filters without one are combined with AND. Leave it out for a plain (AND) "
+            "filter. Example: two filters with \"or_group\": \"dept_or_pay\" (department_id equals 10; "
+            "salary greater_than 9000) and one without (hire_date is_not_null) keep the rows where "
+            "(department_id = 10 OR salary > 9000) AND hire_date IS NOT NULL. A group may hold one "
+            "filter; the name belongs to one table."
+        ),
+        examples=["dept_or_pay"],
+    )
+
+    @field_validator("or_group")
+    @classmethod
+    def _named_group(cls, name: str | None) -> str | None:
+        if name is None:
+            return None
+        if not name.strip():
+            raise ValueError(
+                "an OR group needs a name (e.g. \"dept_or_pay\"); leave or_group out for a filter "
+                "that is simply ANDed"
+            )
+        if name != name.strip():
+            raise ValueError(f"group name {name!r} starts or ends with a space; write {name.strip()!r}")
+        return name
+
+    @model_serializer(mode="wrap")
+    def _without_unset_group(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A filter without a group dumps as before or_group existed (saved documents do not change)."""
+        out: dict[str, Any] = handler(self)
+        if out.get("or_group") is None:
+            out.pop("or_group", None)
+        return out
 
     @model_validator(mode="after")
     def _inputs_fit(self) -> FilterSpec:
