@@ -177,6 +177,7 @@ class FilterSpec(_Strict):
             "filter; the name belongs to one table."
         ),
         examples=["dept_or_pay"],
+        json_schema_extra={"minLength": 1, "pattern": r"^\S([\s\S]*\S)?$"},  # what _named_group checks
     )
 
     @field_validator("or_group")

@@ -7,6 +7,7 @@ import json
 import re
 from typing import Any
 
+import jsonschema  # in the dev extras through nbformat
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -244,3 +245,15 @@ def test_bad_group_names_are_refused_with_the_field_path(name: Any, message: str
 def test_json_schema_describes_or_group_with_an_example() -> None:
     field = json_schema()["$defs"]["FilterSpec"]["properties"]["or_group"]
     assert "combined with OR" in field["description"] and field["examples"] == ["dept_or_pay"]
+
+
+@pytest.mark.parametrize("name", ["g", "dept or pay", "ünï", "", " g", "g ", "\t", None])
+def test_json_schema_and_model_agree_on_group_names(name: Any) -> None:
+    doc = _grouped_doc(name)
+    try:
+        parse_settings(doc)
+        model_ok = True
+    except SettingsError:
+        model_ok = False
+    schema_ok = jsonschema.Draft202012Validator(json_schema()).is_valid(doc)
+    assert model_ok == schema_ok == (name is None or name == name.strip() != "")
