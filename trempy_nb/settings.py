@@ -387,6 +387,22 @@ class TaskSettings(_Strict):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _groups_stay_in_one_table(self) -> TaskSettings:
+        """An OR group combines filters of one table (rows of two tables are never ORed)."""
+        first: dict[str, tuple[int, FilterSpec]] = {}
+        for i, f in enumerate(self.filters):
+            if f.or_group is None:
+                continue
+            j, other = first.setdefault(f.or_group, (i, f))
+            if other.table_key != f.table_key:
+                raise ValueError(
+                    f"filters[{i}].or_group: group {f.or_group!r} already holds filters[{j}] of table "
+                    f"{other.schema_name}.{other.table_name}; a group combines filters of one table, "
+                    f"give the filters of {f.schema_name}.{f.table_name} a group name of their own"
+                )
+        return self
+
     # convenience ------------------------------------------------------------------
     @property
     def name(self) -> str:
@@ -426,6 +442,9 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
         nested = re.match(r"^contract: (contract[.\[]\S*?): (.*)$", msg)
         if nested:  # errors of a typed contract keep their own sub-path
             lines.append(f"{format_loc(loc, prefix)}.{nested.group(1)}: {nested.group(2)}")
+            continue
+        if not loc and not prefix and re.match(r"^[a-z_]+(\[\d+\])?(\.[a-z_]+)*: ", msg):
+            lines.append(msg)  # a document-level rule that names its own field path
             continue
         if err["type"] == "extra_forbidden":
             msg = "unknown key (not part of the settings contract)"

@@ -257,3 +257,17 @@ def test_json_schema_and_model_agree_on_group_names(name: Any) -> None:
         model_ok = False
     schema_ok = jsonschema.Draft202012Validator(json_schema()).is_valid(doc)
     assert model_ok == schema_ok == (name is None or name == name.strip() != "")
+
+
+def test_a_group_name_belongs_to_one_table() -> None:
+    doc = _grouped_doc("g", "g")
+    other = {"schema_name": "employees", "table_name": "department"}
+    doc["tables"].append(other)
+    doc["filters"].append({**other, "column_name": "name", "filter_type": "is_null", "or_group": "g"})
+    with pytest.raises(SettingsError) as err:
+        parse_settings(doc)
+    assert str(err.value).startswith(
+        "filters[2].or_group: group 'g' already holds filters[0] of table employees.employee"
+    ), str(err.value)
+    doc["filters"][2]["or_group"] = "g_dept"
+    assert parse_settings(doc).filters[2].or_group == "g_dept"
