@@ -587,6 +587,8 @@ def predicate_sql(compiled: Sequence[CompiledFilter]) -> sql.Composed:
     Pure (no connection): for a query that embeds the filter among other clauses, such as
     a diff of source and target, where threading parameters through is awkward. Values
     are the same canonical text as `combine_sql`'s parameters, written as quoted literals.
+    Execute the query without parameters: a `%` inside a value (LIKE patterns) is data, and
+    psycopg would read it as a placeholder if parameters were passed too.
     """
     if not compiled:
         return sql.Composed([sql.SQL("TRUE")])
