@@ -19,8 +19,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -163,6 +165,42 @@ class FilterSpec(_Strict):
     lower: Scalar | None = None
     upper: Scalar | None = None
     values: list[Scalar] | None = None
+    or_group: str | None = Field(
+        default=None,
+        max_length=63,
+        description=(
+            "Name of an OR group. Filters of one table that share an or_group are combined with OR; "
+            "groups and filters without one are combined with AND. Leave it out for a plain (AND) "
+            "filter. Example: two filters with \"or_group\": \"dept_or_pay\" (department_id equals 10; "
+            "salary greater_than 9000) and one without (hire_date is_not_null) keep the rows where "
+            "(department_id = 10 OR salary > 9000) AND hire_date IS NOT NULL. A group may hold one "
+            "filter; the name belongs to one table."
+        ),
+        examples=["dept_or_pay"],
+        json_schema_extra={"minLength": 1, "pattern": r"^\S([\s\S]*\S)?$"},  # what _named_group checks
+    )
+
+    @field_validator("or_group")
+    @classmethod
+    def _named_group(cls, name: str | None) -> str | None:
+        if name is None:
+            return None
+        if not name.strip():
+            raise ValueError(
+                "an OR group needs a name (e.g. \"dept_or_pay\"); leave or_group out for a filter "
+                "that is simply ANDed"
+            )
+        if name != name.strip():
+            raise ValueError(f"group name {name!r} starts or ends with a space; write {name.strip()!r}")
+        return name
+
+    @model_serializer(mode="wrap")
+    def _without_unset_group(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A filter without a group dumps as before or_group existed (saved documents do not change)."""
+        out: dict[str, Any] = handler(self)
+        if out.get("or_group") is None:
+            out.pop("or_group", None)
+        return out
 
     @model_validator(mode="after")
     def _inputs_fit(self) -> FilterSpec:
@@ -349,6 +387,22 @@ class TaskSettings(_Strict):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _groups_stay_in_one_table(self) -> TaskSettings:
+        """An OR group combines filters of one table (rows of two tables are never ORed)."""
+        first: dict[str, tuple[int, FilterSpec]] = {}
+        for i, f in enumerate(self.filters):
+            if f.or_group is None:
+                continue
+            j, other = first.setdefault(f.or_group, (i, f))
+            if other.table_key != f.table_key:
+                raise ValueError(
+                    f"filters[{i}].or_group: group {f.or_group!r} already holds filters[{j}] of table "
+                    f"{other.schema_name}.{other.table_name}; a group combines filters of one table, "
+                    f"give the filters of {f.schema_name}.{f.table_name} a group name of their own"
+                )
+        return self
+
     # convenience ------------------------------------------------------------------
     @property
     def name(self) -> str:
@@ -388,6 +442,9 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
         nested = re.match(r"^contract: (contract[.\[]\S*?): (.*)$", msg)
         if nested:  # errors of a typed contract keep their own sub-path
             lines.append(f"{format_loc(loc, prefix)}.{nested.group(1)}: {nested.group(2)}")
+            continue
+        if not loc and not prefix and re.match(r"^[a-z_]+(\[\d+\])?(\.[a-z_]+)*: ", msg):
+            lines.append(msg)  # a document-level rule that names its own field path
             continue
         if err["type"] == "extra_forbidden":
             msg = "unknown key (not part of the settings contract)"

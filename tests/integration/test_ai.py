@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = {ex["task_name"]: ex for ex in load_examples()}
 UPSERT = EXAMPLES["fl_cdc_upsert_employees"]
 SCD2 = EXAMPLES["fl_cdc_scd2_employees"]
+GROUPED = EXAMPLES["fl_cdc_upsert_senior_or_rich"]
 
 HR_DDL = """
 CREATE SCHEMA employees;
@@ -100,7 +101,7 @@ def password_of(uri: str) -> str:
 # --- the happy path ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("example", [UPSERT, SCD2], ids=["upsert", "scd2"])
+@pytest.mark.parametrize("example", [UPSERT, SCD2, GROUPED], ids=["upsert", "scd2", "or_group"])
 def test_good_answer_becomes_expected_settings(
     chat: ChatServer, hr: str, target_uri: str, example: dict[str, Any]
 ) -> None:
@@ -175,6 +176,19 @@ def test_invalid_operator_triggers_one_repair_round_with_validator_errors(
     assert follow_up[2]["content"] == json.dumps(bad)
     for line in validator_errors:
         assert line in follow_up[3]["content"]
+
+
+def test_empty_or_group_is_repaired_with_the_field_path(
+    chat: ChatServer, hr: str, target_uri: str
+) -> None:
+    bad = copy.deepcopy(GROUPED["settings"])
+    bad["filters"][1]["or_group"] = ""  # the model meant "or" but left the group unnamed
+    chat.script(bad, GROUPED["settings"])
+    result = create_task(GROUPED["prompt"], hr, target_uri, GROUPED["task_name"])
+    assert result.ok and result.rounds == 2, result.errors
+    assert result.settings == expected(GROUPED, hr, target_uri)
+    follow_up = chat.requests[1].messages[-1]["content"]
+    assert "- filters[1].or_group: an OR group needs a name" in follow_up
 
 
 def test_unknown_column_is_repaired(chat: ChatServer, hr: str, target_uri: str) -> None:
@@ -459,12 +473,13 @@ def test_tutorial_covers_every_name_of_the_settings_model() -> None:
         "target_table_name",
         "column_names",
         "scd2_settings",
+        "or_group",
     ):
         assert field in raw
 
 
 def test_seed_examples_validate_against_the_live_source(hr: str) -> None:
-    assert set(EXAMPLES) == {"fl_cdc_upsert_employees", "fl_cdc_scd2_employees"}
+    assert set(EXAMPLES) == {"fl_cdc_upsert_employees", "fl_cdc_scd2_employees", "fl_cdc_upsert_senior_or_rich"}
     for ex in EXAMPLES.values():
         settings = parse_settings(ex["settings"])
         assert settings.to_dict() == ex["settings"]  # stored in normalized form

@@ -193,6 +193,61 @@ def test_filters_rows_move_in_and_out_and_deletes_under_a_non_key_filter(
             assert_scd2_target(target_uri, "public.t_f", exp)
 
 
+def _in_group(r: dict) -> bool:
+    """(v > 50 OR s starts with 'vip') AND id < 1000, computed here, not by the engine."""
+    either = (r["v"] is not None and r["v"] > 50) or (r["s"] is not None and r["s"].startswith("vip"))
+    return either and r["id"] < 1000
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rows_move_in_and_out_across_an_or_group(
+    source_uri: str, target_uri: str, trempy_home: Path, task_name: str, mode: str
+) -> None:
+    """A row enters through one branch of the group, stays while any branch holds, and leaves
+    (a delete on the target, a closed version in SCD2) only when no branch holds."""
+    execute(source_uri, T_SQL)
+    execute(source_uri, "INSERT INTO t SELECT i, i, 'pre' || i FROM generate_series(1, 100) i")
+    tb = {"schema_name": "public", "table_name": "t"}
+    doc = settings(
+        task_name,
+        source_uri,
+        target_uri,
+        rtype="full_load_and_cdc",
+        mode=mode,
+        filters=[
+            {**tb, "column_name": "v", "filter_type": "greater_than", "value": 50, "or_group": "hot"},
+            {**tb, "column_name": "id", "filter_type": "less_than", "value": 1000},
+            {**tb, "column_name": "s", "filter_type": "starts_with", "value": "vip", "or_group": "hot"},
+        ],
+    )
+    with ledger(source_uri) as led:
+        run(doc)
+        led.txn("UPDATE t SET s = 'vip5' WHERE id = 5")  # in through the second branch only
+        led.txn("UPDATE t SET v = 90 WHERE id = 5")  # both branches hold
+        led.txn("UPDATE t SET s = 'plain' WHERE id = 5")  # the first branch still holds: stays
+        led.txn("UPDATE t SET v = 1 WHERE id = 5")  # no branch holds: out
+        led.txn("UPDATE t SET v = 10 WHERE id = 70")  # in by v only: out
+        led.txn("UPDATE t SET v = 10, s = 'vip71' WHERE id = 71")  # swaps branch: stays in
+        led.txn("UPDATE t SET v = NULL, s = 'vip' WHERE id = 3")  # NULL branch, the other holds: in
+        led.txn("UPDATE t SET s = NULL WHERE id = 4")  # stays out
+        led.txn("UPDATE t SET s = 'vip8' WHERE id = 8", "UPDATE t SET s = 'x' WHERE id = 8")  # in and out
+        led.txn("INSERT INTO t VALUES (300, 1, 'vip new'), (301, 1, 'x'), (2000, 99, 'vip big')")
+        led.txn("DELETE FROM t WHERE id IN (71, 90)")  # deletes of rows in, by either branch
+        run(doc, "continue")
+        led.txn("UPDATE t SET s = 'vip again' WHERE id = 5")  # back in after a move-out
+        led.txn("UPDATE t SET id = 1500 WHERE id = 300")  # leaves by the ANDed filter alone
+        run(doc, "continue")
+        if mode == "upsert":
+            exp = expected_upsert(source_uri, pred=_in_group)
+            assert {(3,), (5,)} <= set(exp) and not {(70,), (8,), (300,), (1500,), (2000,)} & set(exp)
+            assert_upsert_target(target_uri, "public.t", exp)
+        else:
+            exp = expected_scd2(led, loaded=True, pred=_in_group)
+            assert_scd2_target(target_uri, "public.t", exp)
+            versions = rows(target_uri, "SELECT count(*), count(*) FILTER (WHERE scd_current) FROM public.t WHERE id = 5")
+            assert versions == [(4, 1)]  # vip5, v=90, plain (closed at v=1), vip again (current)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_primary_key_change(
     source_uri: str, target_uri: str, trempy_home: Path, task_name: str, mode: str

@@ -4,18 +4,22 @@ and the COPY text codec vs a real COPY round trip."""
 from __future__ import annotations
 
 import datetime as dt
+import uuid
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import polars as pl
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg import sql
 
 from trempy_nb.catalog import describe_table
 from trempy_nb.db import connect
 from trempy_nb.pgcopy.textcodec import read_copy_text, write_copy_text
-from trempy_nb.pipeline.filters import filter_expr, filters_to_sql
+from trempy_nb.pipeline.filters import compile_filters, filter_expr, filters_to_sql, predicate_sql
 from trempy_nb.pipeline.plan import compile_plan
 from trempy_nb.pipeline.transformations import BatchContext
 from trempy_nb.settings import FilterSpec, TaskSettings
@@ -254,3 +258,141 @@ def test_params_are_never_formatted_into_sql(emp: tuple[str, Any, pl.DataFrame])
             sql.SQL("SELECT count(*) FROM hr.emp WHERE {}").format(where), params
         ).fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM hr.emp").fetchone() == (6,)
+
+
+# -- OR groups: the grouped predicate in Polars, in SQL with parameters, in SQL inline ---------
+
+MORE_ROWS = """
+INSERT INTO hr.emp SELECT i,
+  CASE WHEN i % 5 = 0 THEN NULL ELSE (ARRAY['Ana', 'bob', 'Carol', '', 'Dan'])[1 + i % 5] END,
+  CASE WHEN i % 7 = 0 THEN NULL ELSE 'Ca_' || i END,
+  CASE WHEN i % 6 = 0 THEN NULL ELSE (ARRAY['AB', 'CD', 'ZZ'])[1 + i % 3] END,
+  CASE WHEN i % 4 = 0 THEN NULL ELSE round((i * 617 % 12000)::numeric / 1.7, 2) - 1000 END,
+  (i * 37 % 200)::numeric / 4 - 20,
+  CASE WHEN i % 9 = 0 THEN NULL ELSE i * 1.5 - 20 END,
+  (i % 5) - 1.5,
+  date '1990-01-01' + i * 300,
+  timestamp '2023-03-15' + i * interval '17 days 3 hours',
+  timestamptz '1999-12-31 00:00+00' + i * interval '200 days 5 hours',
+  CASE i % 3 WHEN 0 THEN NULL WHEN 1 THEN true ELSE false END
+FROM generate_series(7, 60) i;
+"""
+
+
+@pytest.fixture(scope="module")
+def emp_once(pg_cluster: Any) -> Iterator[tuple[psycopg.Connection, Any, pl.DataFrame]]:
+    """hr.emp with 60 rows, created once for this module's grouped-filter tests (read only)."""
+    uri = pg_cluster.create_database(f"grp_{uuid.uuid4().hex[:10]}")
+    with connect(uri, autocommit=True) as conn:
+        conn.execute(SETUP)
+        conn.execute(MORE_ROWS)
+        table = describe_table(conn, "hr", "emp")
+        with conn.cursor().copy("COPY hr.emp TO STDOUT") as copy:
+            data = b"".join(bytes(chunk) for chunk in copy)
+        yield conn, table, read_copy_text(data, table.column_names)
+
+
+def _ids_three_ways(
+    conn: psycopg.Connection, table: Any, frame: pl.DataFrame, specs: list[FilterSpec]
+) -> tuple[list[int], list[int], list[int]]:
+    """(Polars, SQL with bound parameters, SQL with the values inline) ids, in id order."""
+    where, params = filters_to_sql(specs, table)
+    select = sql.SQL("SELECT id FROM hr.emp WHERE {} ORDER BY id")
+    bound = [r[0] for r in conn.execute(select.format(where), params).fetchall()]
+    inline = predicate_sql(compile_filters(specs, table))
+    literal = [r[0] for r in conn.execute(select.format(inline)).fetchall()]
+    in_polars = [int(x) for x in frame.filter(filter_expr(specs, table)).sort(pl.col("id").cast(pl.Int64))["id"]]
+    return in_polars, bound, literal
+
+
+def _by_set_algebra(conn: psycopg.Connection, table: Any, specs: list[FilterSpec]) -> list[int]:
+    """The grouped predicate's rows computed independently: each filter alone in SQL, a group
+    is the union of its filters' rows, the result the intersection of the groups and the
+    ungrouped filters (all rows when there is no filter)."""
+    every = {r[0] for r in conn.execute("SELECT id FROM hr.emp").fetchall()}
+    terms: dict[Any, set[int]] = {}
+    for i, spec in enumerate(specs):
+        where, params = filters_to_sql([spec], table)
+        hit = {r[0] for r in conn.execute(sql.SQL("SELECT id FROM hr.emp WHERE {}").format(where), params)}
+        key = ("group", spec.or_group) if spec.or_group is not None else ("alone", i)
+        terms[key] = terms.get(key, set()) | hit
+    out = set(every)
+    for rows in terms.values():
+        out &= rows
+    return sorted(out)
+
+
+def _g(group: str | None, column: str, filter_type: str, inputs: dict[str, Any]) -> FilterSpec:
+    return _spec(column, filter_type, {**inputs, "or_group": group})
+
+
+GROUPED_CASES: list[list[FilterSpec]] = [
+    # department-style: (salary = 5000 OR rate > 0) AND active IS NOT NULL
+    [_g("pay", "salary", "equals", {"value": 5000}), _g("pay", "rate", "greater_than", {"value": 0}),
+     _g(None, "active", "is_not_null", {})],
+    # a group of one, and NULL in one branch: (first_name IS NULL) AND (code = 'AB' OR bonus < 0)
+    [_g("one", "first_name", "is_null", {}), _g("g", "code", "equals", {"value": "AB"}),
+     _g("g", "bonus", "less_than", {"value": 0})],
+    # two groups interleaved with ungrouped filters, every family of filter type
+    [_g("a", "last_name", "starts_with", {"value": "Ca_"}), _g(None, "id", "not_between", {"lower": 20, "upper": 30}),
+     _g("b", "hired", "date_between", {"lower": "2023-03-15", "upper": "2024-06-30"}),
+     _g("a", "first_name", "in", {"values": ["Ana", "bob"]}), _g("b", "updated", "date_less_than", {"value": "2005-01-01"}),
+     _g("b", "score", "equals", {"value": 1.1}), _g("a", "born", "greater_than", {"value": "2030-01-01"})],
+    # negative operators inside a group keep NULL out of each branch
+    [_g("neg", "first_name", "not_in", {"values": ["Ana"]}), _g("neg", "last_name", "not_contains", {"value": "1"}),
+     _g("neg", "salary", "not_equals", {"value": "5000.00"})],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", range(len(GROUPED_CASES)))
+def test_grouped_filters_select_the_same_rows_in_polars_and_sql(
+    emp_once: tuple[psycopg.Connection, Any, pl.DataFrame], case: int
+) -> None:
+    conn, table, frame = emp_once
+    specs = GROUPED_CASES[case]
+    in_polars, bound, literal = _ids_three_ways(conn, table, frame, specs)
+    expected = _by_set_algebra(conn, table, specs)
+    assert in_polars == bound == literal == expected
+    assert 0 < len(expected) < frame.height  # each case keeps some rows and drops some
+
+
+@st.composite
+def grouped_filter_sets(draw: Any) -> list[FilterSpec]:
+    """1 to 6 filters drawn from FILTERS (every type), each in no group or one of three."""
+    picks = draw(st.lists(st.sampled_from(FILTERS), min_size=1, max_size=6))
+    groups = draw(st.lists(st.sampled_from([None, "a", "b", "c"]), min_size=len(picks), max_size=len(picks)))
+    return [_g(g, column, filter_type, inputs) for (column, filter_type, inputs), g in zip(picks, groups, strict=True)]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(specs=grouped_filter_sets())
+def test_random_grouped_filter_sets_agree_between_polars_and_the_sql_push_down(
+    emp_once: tuple[psycopg.Connection, Any, pl.DataFrame], specs: list[FilterSpec]
+) -> None:
+    conn, table, frame = emp_once
+    in_polars, bound, literal = _ids_three_ways(conn, table, frame, specs)
+    assert in_polars == bound == literal == _by_set_algebra(conn, table, specs)
+
+
+def test_preview_pushes_the_grouped_predicate_down(source_uri: str, trempy_home: Any) -> None:
+    """Task.preview with a limit returns the first rows that satisfy the groups (SQL side)."""
+    from trempy_nb.task import Task
+
+    with connect(source_uri, autocommit=True) as conn:
+        conn.execute(SETUP)
+        conn.execute(MORE_ROWS)
+    group = [{"schema_name": "hr", "table_name": "emp", **f} for f in (
+        {"column_name": "salary", "filter_type": "equals", "value": 5000, "or_group": "g"},
+        {"column_name": "id", "filter_type": "greater_than", "value": 55, "or_group": "g"},
+        {"column_name": "active", "filter_type": "is_not_null"},
+    )]  # fmt: skip
+    task = Task.from_settings({
+        "task": {"task_name": "grp_preview", "source": source_uri, "target": source_uri},
+        "tables": [{"schema_name": "hr", "table_name": "emp"}], "filters": group,
+    })  # fmt: skip
+    shown = sorted(task.preview(limit=100)["id"].to_list())
+    with connect(source_uri) as conn:
+        want = [r[0] for r in conn.execute(
+            "SELECT id FROM hr.emp WHERE (salary = 5000 OR id > 55) AND active IS NOT NULL ORDER BY id")]
+    assert shown == want and len(want) >= 3
+    assert len(task.preview(limit=2)) == 2

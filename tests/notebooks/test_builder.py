@@ -220,3 +220,74 @@ def test_dashboard_without_widgets_is_html_and_text(hr: dict) -> None:
     assert "succeeded" in bundle["text/plain"] and "<progress" in bundle["text/html"]
     assert result.status == "succeeded"
     assert isinstance(dash.counts(), pl.DataFrame)
+
+
+def _grouped_settings() -> dict[str, Any]:
+    doc = hr_settings("t_groups", "upsert")
+    emp = {"schema_name": "employees", "table_name": "employee"}
+    doc["filters"] = [
+        {**emp, "column_name": "department_id", "filter_type": "equals", "value": 10, "or_group": "dept_or_pay"},
+        {**emp, "column_name": "hire_date", "filter_type": "is_not_null"},
+        {**emp, "column_name": "salary", "filter_type": "greater_than", "value": 9000, "or_group": "dept_or_pay"},
+        {**emp, "column_name": "email", "filter_type": "is_not_null", "or_group": "solo"},
+    ]
+    return doc
+
+
+def test_or_groups_round_trip_through_the_form(hr: dict) -> None:
+    doc = _grouped_settings()
+    canonical = parse_settings(doc).to_dict()
+    builder = TaskBuilder(doc)
+    assert builder.settings == canonical
+    assert [f.get("or_group") for f in builder.settings["filters"]] == ["dept_or_pay", None, "dept_or_pay", "solo"]
+    assert builder.groups == ["dept_or_pay", "solo"]
+    assert builder.valid, builder.messages
+    assert TaskBuilder(builder.settings).settings == canonical
+    assert "(department_id equals 10 OR salary greater_than 9000) AND hire_date is_not_null AND email" in (
+        builder.w_logic.value
+    )
+    # the form's preview keeps exactly the rows of the grouped predicate
+    rows = builder.task().validate().preview("employees.employee", limit=1000)
+    assert rows.height > 0
+    assert all(
+        (r["department_id"] == 10 or (r["salary"] is not None and r["salary"] > 9000))
+        and r["hire_date"] is not None and r["email"] is not None
+        for r in rows.iter_rows(named=True)
+    )
+
+
+def test_add_a_group_and_move_filters_into_it_and_out(hr: dict) -> None:
+    doc = hr_settings("t_move", "upsert")
+    emp = {"schema_name": "employees", "table_name": "employee"}
+    doc["filters"] = [
+        {**emp, "column_name": "department_id", "filter_type": "equals", "value": 10},
+        {**emp, "column_name": "salary", "filter_type": "greater_than", "value": 9000},
+    ]
+    b = TaskBuilder(doc)
+    assert b.valid and "department_id equals 10 AND salary greater_than 9000" in b.w_logic.value
+    # typed name + button, as a user does it
+    b.w_group_name.value = "dept_or_pay"
+    b.b_add_group.click()
+    assert b.groups == ["dept_or_pay"] and b.w_group_name.value == ""
+    assert ("dept_or_pay", "dept_or_pay") in b.filter_rows[1].group.options
+    assert "or_group" not in b.settings["filters"][0]  # an empty group is not in the document
+    b.filter_rows[0].group.value = "dept_or_pay"  # a group of one filter is accepted
+    assert b.valid, b.messages
+    assert b.settings["filters"][0]["or_group"] == "dept_or_pay"
+    b.move_filter(1, "dept_or_pay")
+    assert [f.get("or_group") for f in b.settings["filters"]] == ["dept_or_pay", "dept_or_pay"]
+    assert "(department_id equals 10 OR salary greater_than 9000)" in b.w_logic.value
+    # an unnamed group gets a free name; a filter added later can join it
+    name = b.add_group()
+    assert name == "group_1" and b.groups == ["dept_or_pay", "group_1"]
+    f = b.add_filter({**emp, "column_name": "email", "filter_type": "is_null"})
+    assert ("group_1", "group_1") in f.group.options
+    b.move_filter(f, "group_1")
+    b.move_filter(0, None)  # back among the ANDed filters
+    assert [x.get("or_group") for x in b.settings["filters"]] == [None, "dept_or_pay", "group_1"]
+    assert b.valid, b.messages
+    assert TaskBuilder(b.settings).settings == b.settings
+    # a duplicate name is a message, not a traceback
+    b.w_group_name.value = "group_1"
+    b.b_add_group.click()
+    assert any("already exists" in m for m in b.messages)

@@ -12,9 +12,11 @@ from trempy_nb.errors import ValidationFailed
 from trempy_nb.pipeline.filters import (
     allowed_filter_types,
     compile_filter,
+    compile_filters,
     filter_expr,
     filters_to_sql,
     numeric_key,
+    predicate_sql,
 )
 from trempy_nb.settings import FilterSpec
 
@@ -301,3 +303,72 @@ def test_hostile_column_names_are_quoted() -> None:
     )
     assert query.as_string() == '("we""ird; drop" = %s)'
     assert params == ["1"]
+
+
+# -- OR groups -----------------------------------------------------------------------------
+
+
+def grouped(group: str | None, column: str, filter_type: str, **inputs: Any) -> FilterSpec:
+    return FilterSpec(
+        schema_name="public",
+        table_name="emp",
+        column_name=column,
+        filter_type=filter_type,
+        or_group=group,
+        **inputs,
+    )
+
+
+def test_filters_sharing_a_group_are_ored_and_groups_anded() -> None:
+    # salary = 5000 -> 1, 4; name IS NULL -> 3; active = t -> 1, 4; id <= 3 -> 1, 2, 3
+    rich_or_unnamed = [grouped("g", "salary", "equals", value=5000), grouped("g", "name", "is_null")]
+    assert ids(*rich_or_unnamed) == [1, 3, 4]
+    assert ids(*rich_or_unnamed, grouped(None, "id", "less_than_or_equal", value=3)) == [1, 3]
+    # two groups: (salary = 5000 OR name IS NULL) AND (active = f OR id = 4)
+    two = [*rich_or_unnamed, grouped("h", "active", "equals", value=False), grouped("h", "id", "equals", value=4)]
+    assert ids(*two) == [4]
+    # a group of one filter is that filter
+    assert ids(grouped("alone", "active", "equals", value=True)) == [1, 4]
+    # the same name on another table's filters is another group: here only this table's count
+    assert ids(grouped("g", "salary", "equals", value=5000)) == [1, 4]
+
+
+def test_null_never_satisfies_a_branch_but_another_branch_can() -> None:
+    # row 5 has a NULL salary: NULL > 1 is unknown, so only the other branch can keep it
+    specs = [grouped("g", "salary", "greater_than", value=1), grouped("g", "name", "equals", value="")]
+    assert ids(*specs) == [1, 2, 3, 4, 5]
+    specs = [grouped("g", "salary", "greater_than", value=1), grouped("g", "name", "equals", value="x")]
+    assert ids(*specs) == [1, 2, 3, 4]
+
+
+def test_grouped_sql_follows_the_first_member_and_binds_parameters_in_order() -> None:
+    filters = [
+        grouped("g", "salary", "greater_than", value=5000),
+        grouped(None, "id", "is_not_null"),
+        grouped("g", "name", "in", values=["a", "b"]),
+        grouped("solo", "small", "less_than", value=3),
+    ]
+    text, params = _sql_text(filters)
+    assert text == (
+        '(("salary" > %s) OR ("name"::text IN (%s, %s))) AND ("id" IS NOT NULL) AND ("small" < %s)'
+    )
+    assert params == ["5000", "a", "b", "3"]
+    # without groups the SQL is what it always was
+    text, params = _sql_text([grouped(None, "salary", "greater_than", value=5000)])
+    assert (text, params) == ('("salary" > %s)', ["5000"])
+
+
+def test_predicate_sql_is_pure_with_values_inline() -> None:
+    compiled = compile_filters(
+        [
+            grouped("g", "name", "contains", value="o'k%"),
+            grouped("g", "born", "date_between", lower="2000-01-01", upper="2000-12-31"),
+            grouped(None, "salary", "not_equals", value="10.50"),
+        ],
+        TABLE,
+    )
+    assert predicate_sql(compiled).as_string() == (
+        "((\"name\"::text LIKE  E'%o''k\\\\%%' ESCAPE '\\') OR "  # psycopg writes E'' for a backslash
+        "(\"born\" BETWEEN '2000-01-01'::date AND '2000-12-31'::date)) AND (\"salary\" <> '10.50')"
+    )
+    assert predicate_sql([]).as_string() == "TRUE"

@@ -509,3 +509,29 @@ def test_display_casts_losslessly() -> None:
     assert shown["t"].to_list() == [Decimal("201.0"), Decimal("0.0"), Decimal("24.0")]
     empty = plan.display(plan.apply(FRAME.head(0), CTX))
     assert empty.height == 0 and empty.schema["id"] == pl.Int64
+
+
+def test_apply_changes_moves_rows_across_an_or_group() -> None:
+    """(salary > 5000 OR first_name = 'b') AND bonus IS NOT NULL: a row moves out only when it
+    leaves every branch of the group; an unchanged (TOAST) column lets its branch pass."""
+    plan = compile_plan(
+        settings(
+            filters=[
+                {"column_name": "salary", "filter_type": "greater_than", "value": 5000, "or_group": "g"},
+                {"column_name": "bonus", "filter_type": "is_not_null"},
+                {"column_name": "first_name", "filter_type": "equals", "value": "b", "or_group": "g"},
+            ]
+        ),
+        TABLE,
+    )
+    out = plan.apply_changes(_changes(), CTX)
+    # 1: salary 6000 passes; 2: salary 10 but first_name 'b' passes (the other branch);
+    # 3: a delete passes through; 4: salary unchanged (TOAST) counts as passing, bonus '3'
+    assert out[OP].to_list() == ["I", "U", "D", "U"]
+    changes = _changes().with_columns(pl.lit("z").alias("first_name"))
+    out = plan.apply_changes(changes, CTX)
+    # now row 2 leaves both branches (10 <= 5000, 'z' <> 'b'): a delete of its key
+    assert out[OP].to_list() == ["I", "D", "D", "U"]
+    assert out["first_name"].to_list() == ["z", None, "z", "z"]  # moved out: nulled; a delete keeps its row
+    bonus_gone = changes.with_columns(pl.lit(None, dtype=pl.String).alias("bonus"))
+    assert plan.apply_changes(bonus_gone, CTX)[OP].to_list() == ["D", "D", "D", "D"]  # the AND term fails

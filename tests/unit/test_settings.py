@@ -7,6 +7,7 @@ import json
 import re
 from typing import Any
 
+import jsonschema  # in the dev extras through nbformat
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -197,3 +198,76 @@ def test_random_documents_validate_or_fail_with_a_path(doc: Any) -> None:
         parse_settings(doc if isinstance(doc, dict) else {"task": doc})
     except SettingsError as exc:
         assert _PATH.search(str(exc)), str(exc)
+
+
+# -- OR groups -------------------------------------------------------------------------------
+
+
+def _grouped_doc(*groups: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(BASE)
+    doc["filters"] = [
+        {**T, "column_name": f"c{i}", "filter_type": "is_not_null", **({} if g is None else {"or_group": g})}
+        for i, g in enumerate(groups)
+    ]
+    return doc
+
+
+def test_or_group_is_optional_and_a_group_of_one_is_accepted() -> None:
+    s = parse_settings(_grouped_doc(None, "dept_or_pay", "dept_or_pay", "solo"))
+    assert [f.or_group for f in s.filters] == [None, "dept_or_pay", "dept_or_pay", "solo"]
+    assert TaskSettings.model_validate(s.to_dict()) == s
+
+
+def test_a_document_without_groups_dumps_as_before() -> None:
+    dumped = parse_settings(BASE).to_dict()
+    assert "or_group" not in dumped["filters"][0]
+    assert set(dumped["filters"][0]) == {"schema_name", "table_name", "column_name", "filter_type",
+                                         "value", "lower", "upper", "values"}  # fmt: skip
+    assert parse_settings(_grouped_doc("g")).to_dict()["filters"][0]["or_group"] == "g"
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("", "filters[2].or_group: an OR group needs a name"),
+        ("   ", "filters[2].or_group: an OR group needs a name"),
+        (" g", "filters[2].or_group: group name ' g' starts or ends with a space"),
+        ("g" * 64, "filters[2].or_group: String should have at most 63 characters"),
+        (7, "filters[2].or_group: Input should be a valid string"),
+    ],
+)
+def test_bad_group_names_are_refused_with_the_field_path(name: Any, message: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        parse_settings(_grouped_doc(None, "g", name))
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_json_schema_describes_or_group_with_an_example() -> None:
+    field = json_schema()["$defs"]["FilterSpec"]["properties"]["or_group"]
+    assert "combined with OR" in field["description"] and field["examples"] == ["dept_or_pay"]
+
+
+@pytest.mark.parametrize("name", ["g", "dept or pay", "ünï", "", " g", "g ", "\t", None])
+def test_json_schema_and_model_agree_on_group_names(name: Any) -> None:
+    doc = _grouped_doc(name)
+    try:
+        parse_settings(doc)
+        model_ok = True
+    except SettingsError:
+        model_ok = False
+    schema_ok = jsonschema.Draft202012Validator(json_schema()).is_valid(doc)
+    assert model_ok == schema_ok == (name is None or name == name.strip() != "")
+
+
+def test_a_group_name_belongs_to_one_table() -> None:
+    doc = _grouped_doc("g", "g")
+    other = {"schema_name": "employees", "table_name": "department"}
+    doc["tables"].append(other)
+    doc["filters"].append({**other, "column_name": "name", "filter_type": "is_null", "or_group": "g"})
+    with pytest.raises(SettingsError) as err:
+        parse_settings(doc)
+    assert str(err.value).startswith(
+        "filters[2].or_group: group 'g' already holds filters[0] of table employees.employee"
+    ), str(err.value)
+    doc["filters"][2]["or_group"] = "g_dept"
+    assert parse_settings(doc).filters[2].or_group == "g_dept"

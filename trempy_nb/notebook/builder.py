@@ -10,6 +10,7 @@ as a connection first and the form shows that connection's name.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -42,6 +43,7 @@ from trempy_nb.settings import (
 )
 
 _NO_PW = "(choose)"
+_NO_GROUP = "(none: AND)"
 
 
 def _text_of(value: Any) -> str:
@@ -112,6 +114,11 @@ class FilterRow(_Row):
         self.values = W.Text(
             description="values", placeholder="a, b, c", layout=W.Layout(width="240px")
         )
+        self.group = W.Dropdown(
+            description="OR group",
+            layout=W.Layout(width="230px"),
+            tooltip="filters of one table in the same OR group are combined with OR",
+        )
         self.ui = W.HBox(
             [
                 self.table,
@@ -121,6 +128,7 @@ class FilterRow(_Row):
                 self.lower,
                 self.upper,
                 self.values,
+                self.group,
                 self.remove,
             ],
             layout=W.Layout(flex_flow="row wrap"),
@@ -139,10 +147,11 @@ class FilterRow(_Row):
             self._fill_ops(spec.get("filter_type") if spec else None)
             for k in ("value", "lower", "upper", "values"):
                 getattr(self, k).value = _text_of(self.orig.get(k))
+            self.fill_groups((spec or {}).get("or_group") or "")
         self.table.observe(lambda _c: self._on_table(), names="value")
         self.column.observe(lambda _c: self._on_column(), names="value")
         self.op.observe(lambda _c: self._on_op(), names="value")
-        self.watch(self.value, self.lower, self.upper, self.values)
+        self.watch(self.value, self.lower, self.upper, self.values, self.group)
         self._on_op(notify=False)
 
     def category(self) -> str:
@@ -172,6 +181,13 @@ class FilterRow(_Row):
             self.op.value = current
         elif ops:
             self.op.value = ops[0]
+
+    def fill_groups(self, wanted: str | None = None) -> None:
+        """The builder's OR groups as choices; keeps the current one unless told otherwise."""
+        current = (self.group.value or "") if wanted is None else wanted
+        names = [*self.b.groups, *([current] if current and current not in self.b.groups else [])]
+        self.group.options = [(_NO_GROUP, ""), *((n, n) for n in names)]
+        self.group.value = current
 
     def _on_table(self) -> None:
         with self.b._quiet():
@@ -217,6 +233,8 @@ class FilterRow(_Row):
             out["upper"] = self._value("upper", self.upper, conv)
         elif op not in ("is_null", "is_not_null"):
             out["value"] = self._value("value", self.value, conv)
+        if self.group.value:
+            out["or_group"] = self.group.value
         return out
 
 
@@ -381,6 +399,30 @@ class TransformationRow(_Row):
         }
 
 
+def filter_logic_html(filters: list[dict[str, Any]]) -> str:
+    """What the filters keep, per table, in words: `(a OR b) AND c` (groups ORed inside, ANDed
+    with each other and with the ungrouped filters), so a misplaced filter shows at a glance."""
+    tables: dict[str, list[list[str]]] = {}
+    slots: dict[tuple[str, str], list[str]] = {}
+    for f in filters:
+        table = f"{f.get('schema_name')}.{f.get('table_name')}"
+        inputs = [f.get(k) for k in ("value", "lower", "upper", "values") if f.get(k) is not None]
+        text = " ".join([str(f.get("column_name") or "?"), str(f.get("filter_type") or "?"), *map(_text_of, inputs)])
+        terms = tables.setdefault(table, [])
+        group = f.get("or_group")
+        if group and (table, group) in slots:
+            slots[(table, group)].append(text)
+            continue
+        terms.append([text])
+        if group:
+            slots[(table, group)] = terms[-1]
+    lines = []
+    for table, terms in tables.items():
+        parts = [t[0] if len(t) == 1 else "(" + " OR ".join(t) + ")" for t in terms]
+        lines.append(f"<code>{html.escape(table)}</code> keeps rows where {html.escape(' AND '.join(parts))}")
+    return "<br>".join(lines)
+
+
 class TaskBuilder:
     """Build or edit a task in a form; Preview, Save and Run call the public API."""
 
@@ -411,6 +453,7 @@ class TaskBuilder:
         self.dashboard: Any = None
         self.filter_rows: list[FilterRow] = []
         self.transformation_rows: list[TransformationRow] = []
+        self.groups: list[str] = []  # OR group names offered to filter rows (used or not yet)
         self._build()
         if isinstance(settings, TaskSettings):
             settings = settings.to_dict()
@@ -481,6 +524,12 @@ class TaskBuilder:
         self.b_add_filter = W.Button(description="Add filter", icon="plus")
         self.b_add_transformation = W.Button(description="Add transformation", icon="plus")
         self.b_add_filter.on_click(lambda _b: self.add_filter())
+        self.w_group_name = W.Text(
+            placeholder="new OR group name (optional)", layout=W.Layout(width="260px")
+        )
+        self.b_add_group = W.Button(description="Add OR group", icon="code-fork")
+        self.b_add_group.on_click(lambda _b: self._guard(lambda: self.add_group(self.w_group_name.value)))
+        self.w_logic = W.HTML()
         self.b_add_transformation.on_click(lambda _b: self.add_transformation())
         self.w_messages = W.HTML()
         self.w_preview_table = W.Dropdown(description="preview", layout=W.Layout(width="300px"))
@@ -549,7 +598,13 @@ class TaskBuilder:
             children=[
                 general,
                 run_box,
-                W.VBox([self.filters_box, self.b_add_filter]),
+                W.VBox(
+                    [
+                        self.filters_box,
+                        W.HBox([self.b_add_filter, self.w_group_name, self.b_add_group]),
+                        self.w_logic,
+                    ]
+                ),
                 W.VBox([self.transformations_box, self.b_add_transformation]),
             ]
         )
@@ -681,6 +736,30 @@ class TaskBuilder:
         self._changed()
         return row
 
+    def add_group(self, name: str | None = None) -> str:
+        """Offer a new OR group to every filter row (`group_1`, `group_2`... when unnamed);
+        it enters the document once a filter is moved into it (`move_filter`)."""
+        name = (name or "").strip()
+        if not name:
+            taken = set(self.groups) | {r.group.value for r in self.filter_rows}
+            name = next(f"group_{i}" for i in range(1, len(taken) + 2) if f"group_{i}" not in taken)
+        if name in self.groups:
+            raise ValueError(f"OR group {name!r} already exists")
+        self.groups.append(name)
+        with self._quiet():
+            for row in self.filter_rows:
+                row.fill_groups()
+            self.w_group_name.value = ""
+        self._changed()
+        return name
+
+    def move_filter(self, row: FilterRow | int, group: str | None) -> None:
+        """Put a filter (row or its index) into an OR group, or back among the ANDed ones (None)."""
+        target = self.filter_rows[row] if isinstance(row, int) else row
+        if group and group not in self.groups:
+            self.add_group(group)
+        target.group.value = group or ""
+
     def add_transformation(self, spec: dict[str, Any] | None = None) -> TransformationRow:
         row = TransformationRow(self, spec)
         self.transformation_rows.append(row)
@@ -764,6 +843,7 @@ class TaskBuilder:
             self.w_path.value = ""
             self.filter_rows, self.transformation_rows = [], []
             self.filters_box.children, self.transformations_box.children = [], []
+            self.groups = list(dict.fromkeys(f["or_group"] for f in doc.get("filters", []) if f.get("or_group")))
         for f in doc.get("filters", []):
             with self._quiet():
                 row = FilterRow(self, f)
@@ -817,6 +897,7 @@ class TaskBuilder:
     def _changed(self) -> None:
         if self._suspend:
             return
+        self.w_logic.value = filter_logic_html(self.document()["filters"])
         self.check()
 
     def check(self, live: bool | None = None) -> list[str]:
@@ -942,8 +1023,6 @@ class TaskBuilder:
         )
 
     def _repr_html_(self) -> str:
-        import html
-
         return f"<div><b>trempy task builder</b> <code>{html.escape(repr(self))}</code></div>"
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:

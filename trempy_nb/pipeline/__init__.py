@@ -18,6 +18,7 @@ from trempy_nb.pipeline.filters import (
     compile_filters,
     filter_expr,
     filters_to_sql,
+    predicate_sql,
 )
 from trempy_nb.pipeline.mathexpr import MathExpression, MathSyntaxError, compile_math
 from trempy_nb.pipeline.plan import TablePlan, compile_plan, compile_plans
@@ -38,6 +39,7 @@ __all__ = [
     "encode_copy_text",
     "filter_expr",
     "filters_to_sql",
+    "predicate_sql",
     "read_copy_text",
     "write_copy_text",
 ]

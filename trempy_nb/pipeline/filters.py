@@ -3,8 +3,11 @@
 Both forms implement the same semantics as PostgreSQL evaluating the filter on
 the source row: the column is compared in its own type (the raw text is parsed
 by the column's category), NULL never satisfies a comparison (so `not_equals`,
-`not_in`, `not_between` and `not_contains` do not keep NULL rows), and several
-filters on one table are combined with AND.
+`not_in`, `not_between` and `not_contains` do not keep NULL rows). Filters of
+one table that share an `or_group` are combined with OR; the groups and the
+filters without a group are combined with AND (`groups` orders them once, and
+the Polars predicate, the SQL predicate and the CDC move-in/move-out test all
+walk that one order).
 
 numeric values are compared through an order-preserving *string key* built
 from their digits (see `numeric_key`), so equality and ordering are exact at
@@ -312,15 +315,38 @@ def _as_datetime(value: Any, *, aware: bool) -> dt.datetime:
 
 @dataclass(frozen=True)
 class CompiledFilter:
-    """One filter, type-checked: its Polars predicate (never null) and its SQL form."""
+    """One filter, type-checked: its Polars predicate (never null) and its SQL form.
+
+    The SQL form is a template (`{}` for the column, then one `{}` per value) so that it can
+    be rendered with placeholders and bound parameters (`sql`, `params`) or with the values
+    inline as literals (`inline_sql`, for a predicate reused inside a larger query).
+    """
 
     index: int
     spec: FilterSpec
     column: ColumnInfo
     category: TypeCategory
     expr: pl.Expr
-    sql: sql.Composable
+    template: str
+    column_sql: sql.Composable
     params: tuple[Any, ...]
+
+    @property
+    def group(self) -> str | None:
+        return self.spec.or_group
+
+    @property
+    def sql(self) -> sql.Composed:
+        """`(column op %s ...)`: the values go as parameters (`params`, in this order)."""
+        return self._render([sql.Placeholder() for _ in self.params])
+
+    def inline_sql(self) -> sql.Composed:
+        """`(column op 'value' ...)`: the canonical text values as quoted literals of unknown
+        type, which PostgreSQL resolves to the column's type exactly as it does the parameters."""
+        return self._render([sql.Literal(p) for p in self.params])
+
+    def _render(self, values: Sequence[sql.Composable]) -> sql.Composed:
+        return sql.SQL("(" + self.template + ")").format(self.column_sql, *values)
 
 
 FilterInput = FilterSpec | tuple[int, FilterSpec]
@@ -370,14 +396,14 @@ def compile_filter(index: int, spec: FilterSpec, table: TableInfo) -> CompiledFi
     expr: pl.Expr
     params: tuple[Any, ...] = ()
     if ft == "is_null":
-        expr, query = raw.is_null(), sql.SQL("{} IS NULL").format(ident)
+        expr, template, col_sql = raw.is_null(), "{} IS NULL", ident
     elif ft == "is_not_null":
-        expr, query = raw.is_not_null(), sql.SQL("{} IS NOT NULL").format(ident)
+        expr, template, col_sql = raw.is_not_null(), "{} IS NOT NULL", ident
     elif ft in COMPARISON_FILTERS:
         value, param = coerce("value", spec.value)
         op = _OPS[ft]
         expr = _compare(typed, op, lit(value))
-        query = sql.SQL("{} " + op + " %s").format(col_sql)
+        template = "{} " + op + " {}"
         params = (param,)
     elif ft in RANGE_FILTERS:
         lo, lo_param = coerce("lower", spec.lower)
@@ -385,21 +411,21 @@ def compile_filter(index: int, spec: FilterSpec, table: TableInfo) -> CompiledFi
         inside = (typed >= lit(lo)) & (typed <= lit(hi))
         if ft == "between":
             expr = inside
-            query = sql.SQL("{} BETWEEN %s AND %s").format(col_sql)
+            template = "{} BETWEEN {} AND {}"
         else:
             expr = (typed < lit(lo)) | (typed > lit(hi))
-            query = sql.SQL("{} NOT BETWEEN %s AND %s").format(col_sql)
+            template = "{} NOT BETWEEN {} AND {}"
         params = (lo_param, hi_param)
     elif ft in SET_FILTERS:
         coerced = [coerce(f"values[{k}]", v) for k, v in enumerate(spec.values or [])]
         member = pl.any_horizontal([typed == lit(v) for v, _ in coerced])
-        placeholders = sql.SQL(", ").join(sql.Placeholder() for _ in coerced)
+        slots = ", ".join("{}" for _ in coerced)
         if ft == "in":
             expr = member
-            query = sql.SQL("{} IN ({})").format(col_sql, placeholders)
+            template = "{} IN (" + slots + ")"
         else:
             expr = typed.is_not_null() & ~member
-            query = sql.SQL("{} NOT IN ({})").format(col_sql, placeholders)
+            template = "{} NOT IN (" + slots + ")"
         params = tuple(p for _, p in coerced)
     elif ft in TEXT_FILTERS:
         text, _ = coerce("value", spec.value)
@@ -412,29 +438,29 @@ def compile_filter(index: int, spec: FilterSpec, table: TableInfo) -> CompiledFi
             expr, like = typed.str.contains(text, literal=True), "%" + pattern + "%"
         if ft == "not_contains":
             expr = ~expr
-            query = sql.SQL("{} NOT LIKE %s ESCAPE '\\'").format(col_sql)
+            template = "{} NOT LIKE {} ESCAPE '\\'"
         else:
-            query = sql.SQL("{} LIKE %s ESCAPE '\\'").format(col_sql)
+            template = "{} LIKE {} ESCAPE '\\'"
         params = (like,)
     elif ft in DATE_FILTERS:
         day_expr = typed if category == "date" else typed.dt.date()
         if category == "date":
-            day_sql: sql.Composable = ident
+            col_sql = ident
         elif category == "timestamp":
-            day_sql = sql.SQL("{}::date").format(ident)
+            col_sql = sql.SQL("{}::date").format(ident)
         else:
-            day_sql = sql.SQL("({} AT TIME ZONE 'UTC')::date").format(ident)
+            col_sql = sql.SQL("({} AT TIME ZONE 'UTC')::date").format(ident)
         if ft == "date_between":
             lo, lo_param = coerce("lower", spec.lower, "date")
             hi, hi_param = coerce("upper", spec.upper, "date")
             expr = (day_expr >= pl.lit(lo)) & (day_expr <= pl.lit(hi))
-            query = sql.SQL("{} BETWEEN %s::date AND %s::date").format(day_sql)
+            template = "{} BETWEEN {}::date AND {}::date"
             params = (lo_param, hi_param)
         else:
             day, param = coerce("value", spec.value, "date")
             op = {"date_equals": "=", "date_greater_than": ">", "date_less_than": "<"}[ft]
             expr = _compare(day_expr, op, pl.lit(day))
-            query = sql.SQL("{} " + op + " %s::date").format(day_sql)
+            template = "{} " + op + " {}::date"
             params = (param,)
     else:  # pragma: no cover - FilterSpec only admits the types above
         raise ValidationFailed(f"{path}.filter_type: unknown filter type '{ft}'")
@@ -444,7 +470,8 @@ def compile_filter(index: int, spec: FilterSpec, table: TableInfo) -> CompiledFi
         column=column,
         category=category,
         expr=expr.fill_null(False),
-        sql=sql.SQL("({})").format(query),
+        template=template,
+        column_sql=col_sql,
         params=params,
     )
 
@@ -497,11 +524,34 @@ def compile_filters(filters: Sequence[FilterInput], table: TableInfo) -> list[Co
     return [compile_filter(i, f, table) for i, f in _indexed(filters)]
 
 
-def combine(compiled: Sequence[CompiledFilter]) -> pl.Expr:
-    """AND of compiled filters (True when there are none)."""
+def groups(compiled: Sequence[CompiledFilter]) -> list[tuple[CompiledFilter, ...]]:
+    """The terms of the AND, in document order: one per filter without an or_group, one per
+    or_group (its filters, combined with OR) at the place of the group's first filter."""
+    terms: list[list[CompiledFilter]] = []
+    by_name: dict[str, list[CompiledFilter]] = {}
+    for c in compiled:
+        if c.group is None:
+            terms.append([c])
+        elif c.group in by_name:
+            by_name[c.group].append(c)
+        else:
+            by_name[c.group] = [c]
+            terms.append(by_name[c.group])
+    return [tuple(t) for t in terms]
+
+
+def combine(
+    compiled: Sequence[CompiledFilter], term: Callable[[CompiledFilter], pl.Expr] | None = None
+) -> pl.Expr:
+    """The grouped predicate: AND of the groups, OR inside one (True when there are none).
+
+    `term` gives each filter's expression (default: its own `expr`); the change applier
+    widens it to let a filter on an unchanged TOAST column pass."""
     if not compiled:
         return pl.lit(True)
-    return pl.all_horizontal([c.expr for c in compiled])
+    of = term or (lambda c: c.expr)
+    ands = [of(g[0]) if len(g) == 1 else pl.any_horizontal([of(c) for c in g]) for g in groups(compiled)]
+    return ands[0] if len(ands) == 1 else pl.all_horizontal(ands)
 
 
 def filter_expr(filters: Sequence[FilterInput], table: TableInfo) -> pl.Expr:
@@ -509,13 +559,40 @@ def filter_expr(filters: Sequence[FilterInput], table: TableInfo) -> pl.Expr:
     return combine(compile_filters(filters, table))
 
 
+def _grouped_sql(
+    compiled: Sequence[CompiledFilter], render: Callable[[CompiledFilter], sql.Composed]
+) -> tuple[sql.Composed, list[CompiledFilter]]:
+    """The grouped predicate as SQL, and the filters in the order they appear in it."""
+    terms = groups(compiled)
+    parts: list[sql.Composable] = []
+    for g in terms:
+        if len(g) == 1:
+            parts.append(render(g[0]))
+        else:
+            parts.append(sql.SQL("({})").format(sql.SQL(" OR ").join(render(c) for c in g)))
+    return sql.Composed([sql.SQL(" AND ").join(parts)]), [c for g in terms for c in g]
+
+
 def combine_sql(compiled: Sequence[CompiledFilter]) -> tuple[sql.Composable, list[Any]]:
+    """The grouped predicate with placeholders, and its parameters in placeholder order."""
     if not compiled:
         return sql.SQL("TRUE"), []
-    params: list[Any] = []
-    for c in compiled:
-        params.extend(c.params)
-    return sql.SQL(" AND ").join(c.sql for c in compiled), params
+    query, order = _grouped_sql(compiled, lambda c: c.sql)
+    return query, [p for c in order for p in c.params]
+
+
+def predicate_sql(compiled: Sequence[CompiledFilter]) -> sql.Composed:
+    """The grouped predicate as one self-contained SQL boolean expression, values inline.
+
+    Pure (no connection): for a query that embeds the filter among other clauses, such as
+    a diff of source and target, where threading parameters through is awkward. Values
+    are the same canonical text as `combine_sql`'s parameters, written as quoted literals.
+    Execute the query without parameters: a `%` inside a value (LIKE patterns) is data, and
+    psycopg would read it as a placeholder if parameters were passed too.
+    """
+    if not compiled:
+        return sql.Composed([sql.SQL("TRUE")])
+    return _grouped_sql(compiled, lambda c: c.inline_sql())[0]
 
 
 def filters_to_sql(

@@ -27,6 +27,7 @@ from trempy_nb.pipeline.filters import (
     combine_sql,
     compile_filters,
     parse_time,
+    predicate_sql,
 )
 from trempy_nb.pipeline.transformations import (
     BatchContext,
@@ -125,7 +126,8 @@ class TablePlan:
 
     # -- rows ----------------------------------------------------------------------------
     def predicate(self) -> pl.Expr:
-        """All filters as one boolean expression over source (raw-text) columns."""
+        """All filters as one boolean expression over source (raw-text) columns: AND of the
+        or_groups, OR inside one."""
         return combine(self.filters)
 
     def context(self) -> BatchContext:
@@ -151,7 +153,7 @@ class TablePlan:
     def apply_changes(self, df: pl.DataFrame, ctx: BatchContext | None = None) -> pl.DataFrame:
         """CDC rows with the meta columns of trempy_nb.changes.
 
-        A non-delete row that fails the filters becomes a delete of its key
+        A non-delete row that fails the filters (grouped: `filters.combine`) becomes a delete of its key
         (its other columns set to NULL); deletes pass through unfiltered. A
         filter on a column listed as unchanged (TOASTed, value not sent) cannot
         be evaluated and counts as passing. Meta columns are kept, with the
@@ -173,14 +175,10 @@ class TablePlan:
         return frame.select([*self.target_column_names, *meta])
 
     def _filter_changes(self, frame: pl.DataFrame) -> pl.DataFrame:
-        has_unchanged = UNCHANGED in frame.columns
-        parts = []
-        for f in self.filters:
-            expr = f.expr
-            if has_unchanged:
-                expr = expr | pl.col(UNCHANGED).list.contains(f.column.name).fill_null(False)
-            parts.append(expr)
-        passes = pl.all_horizontal(parts)
+        """Move-out and move-in: a non-delete row that fails the grouped predicate (AND of
+        the or_groups, OR inside one) becomes a delete of its key; one that passes is
+        written (an insert on the target when its previous version had moved out)."""
+        passes = combine(self.filters, _passes_if_unchanged if UNCHANGED in frame.columns else None)
         if OP not in frame.columns:
             raise ValueError(f"change frame of {self.source.qualified} has no {OP} column")
         to_delete = (pl.col(OP) != "D") & ~passes
@@ -246,10 +244,18 @@ class TablePlan:
         return df.with_columns(e.alias(n) for n, e in keep.items())
 
     def filter_sql(self) -> tuple[sql.Composable, list[Any]] | None:
-        """The filters as a SQL predicate over source columns (None without filters)."""
+        """The filters as a SQL predicate over source columns, with its parameters (None
+        without filters): the same grouped predicate as `predicate()`."""
         if not self.filters:
             return None
         return combine_sql(self.filters)
+
+    def filter_predicate_sql(self) -> sql.Composed | None:
+        """The same predicate with its values inline (`filters.predicate_sql`), for a query
+        that embeds it, such as a diff of source and target (None without filters)."""
+        if not self.filters:
+            return None
+        return predicate_sql(self.filters)
 
     def stats_filtered(self, df_in: pl.DataFrame, df_out: pl.DataFrame) -> dict[str, int]:
         """Row counts around `apply`, for run statistics."""
@@ -258,6 +264,12 @@ class TablePlan:
             "rows_out": df_out.height,
             "rows_filtered": df_in.height - df_out.height,
         }
+
+
+def _passes_if_unchanged(f: CompiledFilter) -> pl.Expr:
+    """A filter on a column whose value the change did not send (unchanged TOAST) cannot be
+    evaluated and counts as passing; inside an or_group that makes the whole group pass."""
+    return f.expr | pl.col(UNCHANGED).list.contains(f.column.name).fill_null(False)
 
 
 def _run(frame: pl.DataFrame | pl.LazyFrame, steps: list[Step], ctx: BatchContext | None) -> pl.DataFrame:
