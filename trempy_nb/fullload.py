@@ -217,8 +217,7 @@ class _Writer:
         self.result.rows_failed += 1
         self.result.errors.append(error)
         if self.on_row_error:
-            self.on_row_error(policy.BadRow(self.spec.schema, self.spec.table, "insert", key, payload, error,
-                                            phase="full_load"))
+            self.on_row_error(policy.BadRow(self.spec.schema, self.spec.table, "insert", key, payload, error))
 
 
 def _readable(value: Any, pg_type: str) -> Any:

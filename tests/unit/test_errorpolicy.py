@@ -50,6 +50,10 @@ MODES = ("upsert", "scd2")
         (pe.QueryCanceled("cancel"), Kind.TRANSIENT),  # 57014
         (pe.TooManyConnections("full"), Kind.TRANSIENT),  # 53300
         (pe.ConnectionFailure("gone"), Kind.TRANSIENT),  # 08006
+        (pe.ObjectInUse("slot active"), Kind.TRANSIENT),  # 55006
+        (pe.IdleSessionTimeout("idle"), Kind.TRANSIENT),  # 57P05
+        (pe.DatabaseDropped("gone for good"), Kind.TERMINAL),  # 57P04
+        (pe.ObjectNotInPrerequisiteState("wal_level"), Kind.TERMINAL),  # 55000
         (psycopg.OperationalError("server closed the connection unexpectedly"), Kind.TRANSIENT),
         (ConnectionResetError("reset"), Kind.TRANSIENT),
         (TimeoutError("slow"), Kind.TRANSIENT),

@@ -42,9 +42,11 @@ ROW_LEVEL_CLASSES = ("22", "23", "44", "P0")
 ROW_LEVEL_CODES = ("54000",)
 
 #: Worth retrying: 08 connection exception, 40001 serialization failure, 40P01 deadlock, 53 insufficient
-#: resources, 55P03 lock not available, 57014 query canceled, 57P01-57P03 server shutting down/starting.
+#: resources (too many connections, out of memory, disk full), 55P03 lock not available, 55006 object
+#: in use, 57014 query canceled, 57P01-57P03 server shutting down or starting, 57P05 idle session
+#: timeout, 58030 I/O error.
 TRANSIENT_CLASSES = ("08", "53")
-TRANSIENT_CODES = ("40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03")
+TRANSIENT_CODES = ("40001", "40P01", "55P03", "55006", "57014", "57P01", "57P02", "57P03", "57P05", "58030")
 
 _CONNECT_TERMINAL = CONNECT_TERMINAL_SQLSTATES  # 28 invalid authorization, 3D000 no such database
 
@@ -220,7 +222,6 @@ class BadRow:
     key: dict[str, Any]
     payload: dict[str, Any]
     error: str
-    phase: str = "cdc"  # 'full_load' or 'cdc'
 
 
 def error_text(exc: BaseException) -> str:
