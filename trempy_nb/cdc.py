@@ -46,17 +46,16 @@ from trempy_nb.connections import mask
 from trempy_nb.crash import crash_point
 from trempy_nb.db import connect
 from trempy_nb.errors import (
-    ConnectionFailed,
     SchemaChanged,
     SlotLost,
     TerminalError,
     TransientError,
     TrempyError,
     ValidationFailed,
-    is_transient,
 )
 from trempy_nb.fullload import target_spec
 from trempy_nb.pipeline.plan import TablePlan, compile_plan
+from trempy_nb.writer import errorpolicy as policy
 from trempy_nb.writer.apply import TableApply, apply_batch
 from trempy_nb.writer.checkpoint import read_checkpoint, reset_checkpoint, write_checkpoint
 from trempy_nb.writer.ddl import STATE_SCHEMA, add_column, ensure_state_tables, ensure_target
@@ -317,9 +316,9 @@ class CdcSession:
                     failures = 0
                     self._set_status("streaming")
                 except (psycopg.Error, TrempyError, OSError) as exc:
-                    # a refused connection mid-stream is a restarting server: retried, bounded
-                    retry = is_transient(exc) or isinstance(exc, ConnectionFailed)
-                    if not retry or failures >= max(self.settings.error_handling.max_retries, 5):
+                    # transient (a restarting server, a lost connection): reconnect, re-read, retry
+                    budget = policy.reconnect_budget(self.settings.error_handling.max_retries)
+                    if not policy.is_transient(exc) or failures >= budget:
                         raise
                     failures += 1
                     self.store.log(self.task.name, self.run_id, "WARNING",
@@ -331,7 +330,7 @@ class CdcSession:
                     with contextlib.suppress(Exception):
                         ahead.close(drain=True)  # confirms it could not make stay in `committed`
                     ahead = _ReadAhead(self, self._new_reader(), committed)
-                    time.sleep(min(0.2 * 2**failures, 5.0))
+                    time.sleep(policy.backoff(failures, base=0.4, cap=5.0))
                 if time.monotonic() - last_stats > STATS_EVERY_S:
                     self._refresh_lag()
                     last_stats = time.monotonic()
@@ -424,9 +423,10 @@ class CdcSession:
             items.append(TableApply(spec=target_spec(plan, self.settings), frame=out,
                                     truncated_at=list(tc.truncated_at)))
 
-        def on_row_error(spec: Any, op: str, payload: dict, error: str) -> None:
-            self.counters.failed[(f"{spec.schema}.{spec.table}", op)] += 1
-            self.store.record_error(self.task.name, self.run_id, spec.schema, spec.table, op, error, payload)
+        def on_row_error(bad: policy.BadRow) -> None:
+            self.counters.failed[(f"{bad.schema}.{bad.table}", bad.operation)] += 1
+            self.store.record_error(self.task.name, self.run_id, bad.schema, bad.table, bad.operation, bad.error,
+                                    bad.payload, key=bad.key)
 
         return apply_batch(tgt, checkpoint_task, _Announced(items, keys, on_table) if on_table else items,
                            batch.end_lsn, error_handling=self.settings.error_handling, on_row_error=on_row_error)

@@ -29,4 +29,26 @@ def connect(uri: str, *, autocommit: bool = False, application_name: str = "trem
             **kwargs,
         )
     except psycopg.OperationalError as exc:
-        raise ConnectionFailed(f"cannot connect to {mask(uri)}: {mask(str(exc)).strip().splitlines()[0]}") from None
+        raise ConnectionFailed(f"cannot connect to {mask(uri)}: {mask(str(exc)).strip().splitlines()[0]}",
+                               exc.sqlstate or refusal_sqlstate(str(exc))) from None
+
+
+#: libpq reports a refused connection as text only (no SQLSTATE): the server's FATAL messages that
+#: no retry can cure, by the SQLSTATE the server logged for them.
+_REFUSALS = (
+    ("password authentication failed", "28P01"),
+    ("authentication failed", "28000"),
+    ("no pg_hba.conf entry", "28000"),
+    ("role \"", "28000"),  # role "x" does not exist
+    ("database \"", "3D000"),  # database "x" does not exist
+)
+
+
+def refusal_sqlstate(message: str) -> str | None:
+    """The SQLSTATE of a connection the server refused for good (who we are, which database), else None."""
+    if "does not exist" not in message and "authentication" not in message and "pg_hba" not in message:
+        return None
+    for phrase, code in _REFUSALS:
+        if phrase in message:
+            return code
+    return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 
 class TrempyError(Exception):
-    """Base of every error the tool raises on purpose."""
+    """Base of every error the tool raises on purpose (`writer.errorpolicy.classify` reads `transient`)."""
 
     transient: bool = False
     exit_code: int = 1
@@ -28,8 +28,21 @@ class ValidationFailed(SettingsError):
     """The settings do not fit the live source (unknown table/column, wrong type...)."""
 
 
+#: SQLSTATEs (class or code) of a refused connection that no retry can cure: 28 invalid
+#: authorization (wrong password, no such role), 3D000 no such database.
+CONNECT_TERMINAL_SQLSTATES = ("28", "3D000")
+
+
 class ConnectionFailed(TrempyError):
-    """A database or broker could not be reached or refused the credentials."""
+    """A database or broker could not be reached or refused the credentials.
+
+    Transient (worth retrying) unless the server refused who we are or the database
+    (`CONNECT_TERMINAL_SQLSTATES`); a caller that knows better sets `transient` itself."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.transient = not (sqlstate or "").startswith(CONNECT_TERMINAL_SQLSTATES)
 
 
 class TransientError(TrempyError):
@@ -56,22 +69,3 @@ class RowError(TrempyError):
 
 class AlreadyRunning(TerminalError):
     """Another runner holds this task."""
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Classify any exception: our own by their flag, psycopg's by SQLSTATE class."""
-    if isinstance(exc, TrempyError):
-        return exc.transient
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover
-        return False
-    if isinstance(exc, psycopg.OperationalError):
-        sqlstate = getattr(exc, "sqlstate", None) or ""
-        # 28xxx: authentication; 3D000: no such database -> terminal
-        return not (sqlstate.startswith("28") or sqlstate == "3D000")
-    if isinstance(exc, psycopg.Error):
-        sqlstate = getattr(exc, "sqlstate", None) or ""
-        # 40001 serialization, 40P01 deadlock, 57P01 admin shutdown, 08xxx connection
-        return sqlstate in ("40001", "40P01", "57P01", "57P02", "57P03") or sqlstate.startswith("08")
-    return isinstance(exc, (ConnectionError, TimeoutError))

@@ -7,9 +7,11 @@ Python rows. The others go COPY binary -> Polars plan -> COPY binary: the
 columns the plan reads or writes come as text and are encoded for the target,
 the rest pass through as the source's bytes (pipeline/copylayout.py); a table
 with a type binarycodec has no encoder for goes COPY text -> plan -> COPY text
-(TREMPY_COPY_FORMAT=text forces that route). A batch the target refuses is
-split to isolate the bad rows, which stop the task or are recorded, per
-error_handling.
+(TREMPY_COPY_FORMAT=text forces that route). A batch the target refuses goes
+through the one error policy (writer/errorpolicy.py): retried when the error is
+transient, split to isolate the bad rows when their values are at fault (each
+then stops the task or is recorded, per error_handling; full-load rows are
+inserts), stopped at once otherwise.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from psycopg import sql
 
 from trempy_nb.connections import mask
 from trempy_nb.db import connect
-from trempy_nb.errors import RowError, TrempyError, is_transient
+from trempy_nb.errors import TrempyError
 from trempy_nb.pgcopy.binarycodec import describe_raw, encode, split_tail
 from trempy_nb.pgcopy.copyio import (
     copy_binary,
@@ -44,6 +46,7 @@ from trempy_nb.pgcopy.textcodec import write_copy_text
 from trempy_nb.pipeline.copylayout import CopyLayout, copy_layout, select_sql
 from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.settings import TaskSettings
+from trempy_nb.writer import errorpolicy as policy
 from trempy_nb.writer.ddl import (
     STATE_SCHEMA,
     TargetSpec,
@@ -60,7 +63,7 @@ CHUNK_BYTES = int(float(os.environ.get("TREMPY_CHUNK_MB", "4")) * 1024 * 1024)
 #: 'binary' (default) or 'text': how transformed tables travel (see module docstring).
 COPY_FORMAT = os.environ.get("TREMPY_COPY_FORMAT", "binary").lower()
 
-RowErrorHook = Callable[[str, str, str, str, dict[str, Any], str], None]  # schema, table, op, ..., payload, error
+RowErrorHook = Callable[[policy.BadRow], None]
 
 
 @dataclass
@@ -140,7 +143,8 @@ class _Writer:
         self.layout, self.types = layout, types or {}
         self.eh = settings.error_handling
         self.on_row_error, self.result = on_row_error, result
-        self.op = "insert" if direct else settings.task.cdc_settings.mode
+        self.mode = settings.task.cdc_settings.mode
+        self.table = f"{spec.schema}.{spec.table}"
         self.columns = list(layout.columns) if layout is not None else spec.data_columns
         self.at = sql.Literal(load_ts) if load_ts is not None else None
         if not direct:
@@ -173,25 +177,34 @@ class _Writer:
         """Write `df`; returns rows written. Bad rows are split out per error_handling."""
         if df.height == 0:
             return 0
-        attempts = 0
-        while True:
-            try:
-                with self.cur.connection.transaction():
-                    self._write(df, payload)
-                return df.height
-            except psycopg.Error as exc:
-                if is_transient(exc) and attempts < self.eh.max_retries:
-                    attempts += 1
-                    time.sleep(min(0.1 * 2**attempts, 2.0))
-                    continue
-                if df.height == 1:
-                    self._bad_row(df, exc)
-                    return 0
-                mid = df.height // 2
-                return self.write(df.slice(0, mid)) + self.write(df.slice(mid))
+        written = 0
+        first = (df, payload)  # the encoded payload serves the whole batch only
 
-    def _bad_row(self, df: pl.DataFrame, exc: psycopg.Error) -> None:
-        error = mask(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        def run(part: pl.DataFrame) -> BaseException | None:
+            nonlocal written
+            data = first[1] if part is first[0] else None
+
+            def once() -> None:
+                with self.cur.connection.transaction():
+                    self._write(part, data)
+
+            _, exc = policy.attempt(once, self.eh.max_retries, policy.describe("insert", self.table),
+                                    retryable=lambda e: policy.is_transient(e) and not self.cur.connection.broken)
+            if exc is None:
+                written += part.height
+            return exc
+
+        def split(part: pl.DataFrame) -> list[pl.DataFrame] | None:
+            if part.height <= 1:
+                return None
+            mid = part.height // 2
+            return [part.slice(0, mid), part.slice(mid)]
+
+        policy.isolate(df, run, split, self._bad_row)
+        return written
+
+    def _bad_row(self, df: pl.DataFrame, exc: BaseException) -> None:
+        error = mask(policy.error_text(exc))
         row = df.row(0, named=True)
         if self.layout is not None and self.layout.tail is not None:
             tail = row.pop(self.layout.tail.name)
@@ -199,15 +212,13 @@ class _Writer:
             row = {c: row[c] for c in self.spec.data_columns if c in row}
         payload = {k: _readable(v, self.types.get(k, "")) for k, v in row.items()}
         key = {k: payload.get(k) for k in self.spec.key}
-        if self.eh.stops_on(self.op):
-            raise RowError(
-                f"{self.op} into {self.spec.schema}.{self.spec.table} failed for key {key}: {error}"
-                f" (error_handling.stop_if_{self.op}_error is true)"
-            )
+        decision = policy.decide(self.eh, ["insert"], self.mode)  # full-load rows are inserts
+        if decision.stop:
+            raise policy.row_error(self.table, decision, error, key)
         self.result.rows_failed += 1
         self.result.errors.append(error)
         if self.on_row_error:
-            self.on_row_error(self.spec.schema, self.spec.table, self.op, "full_load", payload, error)
+            self.on_row_error(policy.BadRow(self.spec.schema, self.spec.table, "insert", key, payload, error))
 
 
 def _readable(value: Any, pg_type: str) -> Any:
@@ -317,7 +328,8 @@ def _load(settings: TaskSettings, plan: TablePlan, spec: TargetSpec, src: psycop
                 if on_progress:
                     on_progress(result.rows_read)
             except psycopg.Error:
-                # The target refused something: redo the table batch by batch to isolate bad rows.
+                # The target refused something (pump's errors carry no SQLSTATE to classify): redo
+                # the table batch by batch, where the error policy retries, isolates or stops.
                 src.close()
                 src = connect(source_uri)
                 _begin_snapshot(src, snapshot)

@@ -42,7 +42,7 @@ RunKind = Literal["full_load", "cdc", "full_load_and_cdc"]
 RunStatus = Literal["running", "succeeded", "failed", "stopped"]
 COUNTERS = ("rows_read", "rows_written", "rows_filtered", "rows_failed", "duration_s")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: errors."key"
 _DDL = f"""
 CREATE TABLE IF NOT EXISTS tasks (
     name TEXT PRIMARY KEY,
@@ -92,7 +92,8 @@ CREATE TABLE IF NOT EXISTS errors (
     "table" TEXT,
     operation TEXT,
     error TEXT NOT NULL,
-    payload TEXT
+    payload TEXT,
+    "key" TEXT
 );
 CREATE INDEX IF NOT EXISTS errors_task ON errors (task, id);
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -158,6 +159,7 @@ _FRAMES: dict[str, dict[str, Any]] = {
         "schema": _S,
         "table": _S,
         "operation": _S,
+        "key": _S,
         "error": _S,
         "payload": _S,
     },
@@ -243,9 +245,12 @@ class MetadataStore:
 
         def create() -> None:
             try:
-                conn.executescript(
-                    f"BEGIN IMMEDIATE; {_DDL} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-                )
+                conn.executescript(f"BEGIN IMMEDIATE; {_DDL}")
+                columns = {r[1] for r in conn.execute("PRAGMA table_info(errors)")}
+                if "key" not in columns:  # a store made before version 2
+                    conn.execute('ALTER TABLE errors ADD COLUMN "key" TEXT')
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -518,22 +523,24 @@ class MetadataStore:
         operation: str | None,
         error: str | BaseException,
         payload: dict[str, Any] | None = None,
+        key: dict[str, Any] | None = None,
     ) -> None:
-        """Store a failed change with its (masked) error and payload."""
+        """Store a failed change (operation insert/update/delete) with its key, (masked) error and payload."""
         text = json.dumps(_mask_value(payload)) if payload is not None else None
+        key_text = json.dumps(_mask_value(key)) if key is not None else None
         with self._write() as conn:
             conn.execute(
-                'INSERT INTO errors (time, task, run_id, "schema", "table", operation, error, payload) '
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (_now(), task, run_id, schema, table, operation, mask(error), text),
+                'INSERT INTO errors (time, task, run_id, "schema", "table", operation, "key", error, payload) '
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (_now(), task, run_id, schema, table, operation, key_text, mask(error), text),
             )
 
     def errors(self, task: str | None = None) -> pl.DataFrame:
-        """Recorded row errors, oldest first; `payload` is JSON text."""
+        """Recorded row errors, oldest first; `key` and `payload` are JSON text."""
         where, params = ("WHERE task = ?", (task,)) if task else ("", ())
         return self._frame(
             "errors",
-            'SELECT time, task, run_id, "schema", "table", operation, error, payload '  # noqa: S608
+            'SELECT time, task, run_id, "schema", "table", operation, "key", error, payload '  # noqa: S608
             f"FROM errors {where} ORDER BY id",
             params,
         )

@@ -23,9 +23,10 @@ import psycopg
 from trempy_nb.connections import mask, resolve
 from trempy_nb.crash import crash_point
 from trempy_nb.db import connect
-from trempy_nb.errors import AlreadyRunning, SlotLost, TrempyError, is_transient
+from trempy_nb.errors import AlreadyRunning, SlotLost, TrempyError
 from trempy_nb.fullload import TableLoadResult, run_full_load, target_spec
 from trempy_nb.reports import record_targets
+from trempy_nb.writer.errorpolicy import is_transient  # re-exported (__all__)
 
 if TYPE_CHECKING:
     from trempy_nb.task import RunResult, Task
@@ -204,8 +205,9 @@ class Runner:
                    snapshot: str | None, lsn: int | None, load_ts: Any = None) -> list[TableLoadResult]:
         bars = _Progress(self.task, plans, enabled=self.progress, counters=self.counters)
 
-        def on_row_error(schema: str, table: str, op: str, phase: str, payload: dict, error: str) -> None:
-            store.record_error(self.task.name, self.run_id, schema, table, op, error, payload)
+        def on_row_error(bad: Any) -> None:  # a writer.errorpolicy.BadRow
+            store.record_error(self.task.name, self.run_id, bad.schema, bad.table, bad.operation, bad.error,
+                               bad.payload, key=bad.key)
 
         def on_done(r: TableLoadResult) -> None:
             crash_point("full_load_after_table")  # this table committed, the others maybe not

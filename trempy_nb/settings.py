@@ -141,10 +141,8 @@ class ErrorHandling(_Strict):
     stop_if_upsert_error: bool = True
     stop_if_scd2_error: bool = True
     max_retries: int = Field(default=3, ge=0, le=100)
-
-    def stops_on(self, operation: str) -> bool:
-        """Whether a failure of `operation` (insert/update/delete/upsert/scd2) stops the task."""
-        return bool(getattr(self, f"stop_if_{operation}_error"))
+    # Which flag decides for a failed change: writer/errorpolicy.py (`decide`): the operation's
+    # flag when the document sets it (model_fields_set), else the mode's.
 
 
 class TableRef(_Strict):

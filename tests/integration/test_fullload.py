@@ -324,7 +324,8 @@ def test_bad_row_with_decimal_values_is_recorded_readably(source_uri: str, targe
 
 def test_bad_row_stops_when_asked_and_writes_nothing(source_uri: str, target_uri: str, trempy_home: Path) -> None:
     doc = _bad_row_setup(source_uri, target_uri)
-    with pytest.raises(RowError, match="stop_if_insert_error"):
+    # no flag set: full-load rows are inserts, and the mode's flag decides (stop_if_upsert_error, default true)
+    with pytest.raises(RowError, match=r"insert into employees.employee failed for key .*stop_if_upsert_error is true"):
         Task.from_settings(doc).run(progress=False)
     assert _rows(target_uri, "SELECT count(*) FROM employees.employee") == [(0,)]
 

@@ -111,6 +111,6 @@ def test_truncated_arrow_data() -> None:
 
 
 def test_codec_error_is_terminal() -> None:
-    from trempy_nb.errors import is_transient
+    from trempy_nb.writer.errorpolicy import is_transient
 
     assert not is_transient(codec.CodecError("x"))

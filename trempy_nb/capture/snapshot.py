@@ -30,7 +30,7 @@ import psycopg
 from psycopg import sql
 
 from trempy_nb.changes import lsn_to_int
-from trempy_nb.db import SESSION_OPTIONS
+from trempy_nb.db import SESSION_OPTIONS, refusal_sqlstate
 from trempy_nb.errors import AlreadyRunning, ConnectionFailed, TerminalError
 
 __all__ = ["create_slot_with_snapshot", "snapshot_transaction"]
@@ -52,7 +52,7 @@ def replication_connection(uri: str, application_name: str) -> psycopg.Connectio
     except psycopg.OperationalError as exc:
         msg = mask(str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConnectionFailed(
-            f"cannot open a replication connection to {mask(uri)}: {msg}"
+            f"cannot open a replication connection to {mask(uri)}: {msg}", exc.sqlstate or refusal_sqlstate(str(exc))
         ) from None
 
 

@@ -282,7 +282,8 @@ def _drain(conn: pq.abc.PGconn) -> int:
     error: str | None = None
     while (res := conn.get_result()) is not None:
         if res.status == pq.ExecStatus.FATAL_ERROR and error is None:
-            error = res.get_error_message().decode(errors="replace").strip()
+            msg = res.get_error_message()  # str in psycopg 3.3, bytes before
+            error = (msg.decode(errors="replace") if isinstance(msg, bytes) else str(msg)).strip()
         elif res.command_tuples is not None:
             rows = res.command_tuples
     if error:

@@ -24,8 +24,11 @@ before it in its session (`x-trempy-prev-end`): a batch whose predecessor is not
 applied is a stale copy overtaken by a republish and is dropped (the republish
 brings it again, in order).
 
-Failures: a batch that fails `max_retries` times (non-transient errors) is pinned on
-its table; that table's part goes to the DLX with `x-trempy-error`/`x-trempy-attempts`,
+Failures follow the one error policy (writer/errorpolicy.py): transient errors are
+retried with backoff on a fresh connection; bad rows are isolated and recorded or, when a
+stop_if_* flag says stop, the batch fails. A failed batch (a flag said stop, or a terminal
+error) is not retried (it would fail the same way): it is pinned on its table; that table's
+part goes to the DLX with `x-trempy-error`/`x-trempy-attempts`,
 the table is *held* (later changes of it are dead-lettered behind it, so order is
 kept), and the other tables go on. `replay_dead_letters` puts the DLQ back on the
 main queue in order followed by an unblock message; replayed parts are applied with
@@ -61,11 +64,12 @@ import psycopg
 from psycopg import sql
 
 from trempy_nb import changes as ch
-from trempy_nb.errors import ConnectionFailed, TerminalError, TrempyError, is_transient
+from trempy_nb.errors import ConnectionFailed, TerminalError, TrempyError
 from trempy_nb.redact import mask as _mask
 from trempy_nb.reports import record_targets
 from trempy_nb.transport import codec
 from trempy_nb.transport.confirms import ConfirmTracker
+from trempy_nb.writer import errorpolicy as policy
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +131,9 @@ def _params(url: str) -> pika.URLParameters:
     try:
         params = pika.URLParameters(url)
     except Exception as exc:  # noqa: BLE001 - pika raises ValueError/TypeError for bad URLs
-        raise ConnectionFailed(f"invalid RabbitMQ URL {mask(url)}: {mask(exc)}") from None
+        error = ConnectionFailed(f"invalid RabbitMQ URL {mask(url)}: {mask(exc)}")
+        error.transient = False  # type: ignore[misc]
+        raise error from None
     if "heartbeat=" not in url:
         params.heartbeat = HEARTBEAT_S
     if "connection_attempts=" not in url:
@@ -958,8 +964,7 @@ class Consumer:
         self.prefetch = prefetch or int(
             os.environ.get("TREMPY_RABBITMQ_PREFETCH", DEFAULT_PREFETCH)
         )
-        eh = session.settings.error_handling
-        self.max_attempts = max(1, int(eh.max_retries))
+        self.max_retries = int(session.settings.error_handling.max_retries)
         self.held = HeldTables(session.target, self.task)
         self.applied = 0
         self.link: Link | None = None
@@ -974,7 +979,6 @@ class Consumer:
         self._prefetch_now = self.prefetch
         self._last_marker: int | None = None
         self._last_final: float | None = None  # publish time of the last final marker seen
-        self.retry_sleep = float(os.environ.get("TREMPY_RABBITMQ_RETRY_SLEEP", "0.2"))
 
     # connections -------------------------------------------------------------------------------
     @property
@@ -1116,17 +1120,16 @@ class Consumer:
     def _checkpoint(self) -> int | None:
         from trempy_nb.writer.checkpoint import read_checkpoint
 
-        for attempt in range(5):
+        def read() -> int | None:
             try:
                 value = read_checkpoint(self.tgt, self.task)
                 self.tgt.commit()
                 return value
-            except psycopg.Error as exc:
+            except psycopg.Error:
                 self._reset_tgt()
-                if not is_transient(exc) or attempt == 4:
-                    raise
-                time.sleep(0.2 * 2**attempt)
-        return None
+                raise
+
+        return policy.retry(read, 4, base=0.2, cap=5.0)
 
     def _apply_live(self, msg: _Message, batch: ch.ChangeBatch) -> None:
         h = msg.headers
@@ -1215,9 +1218,9 @@ class Consumer:
         checkpoint_task: str | None,
         replay: bool = False,
     ) -> None:
-        """Apply `tables` of `batch` (empty: only the checkpoint moves); a table that keeps failing
-        is dead-lettered and held, the others are applied. Transient errors are retried with backoff."""
-        attempts = 0
+        """Apply `tables` of `batch` (empty: only the checkpoint moves). Transient errors are retried
+        with backoff on a fresh connection; a table whose apply fails otherwise (a stop_if_* flag
+        said stop, or a terminal error) is dead-lettered and held at once, the others are applied."""
         transient = 0
         current: list[tuple[str, str] | None] = [None]
         while True:
@@ -1236,30 +1239,25 @@ class Consumer:
                 return
             except Exception as exc:  # noqa: BLE001 - classified below
                 self._reset_tgt()
-                if is_transient(exc) or isinstance(exc, (psycopg.OperationalError, OSError)):
+                if policy.is_transient(exc):
                     transient += 1
-                    if transient > 10 or self.session.stop_event.is_set():
+                    if transient > policy.reconnect_budget(self.max_retries) or self.session.stop_event.is_set():
                         raise
-                    time.sleep(min(0.2 * 2**transient, 5.0))
+                    time.sleep(policy.backoff(transient, base=0.4, cap=5.0))
                     continue
-                attempts += 1
                 key = current[0]
-                if attempts < self.max_attempts:
-                    _logger(self.session)(
-                        "WARNING",
-                        f"batch ending at {ch.int_to_lsn(batch.end_lsn)} failed"
-                        f" (attempt {attempts}/{self.max_attempts}): {mask(exc)}",
-                    )
-                    time.sleep(min(self.retry_sleep * 2 ** (attempts - 1), 5.0))
-                    continue
                 if key is None:
                     raise  # not any table's fault (checkpoint, commit): stop loudly, redelivered later
+                _logger(self.session)(
+                    "WARNING",
+                    f"batch ending at {ch.int_to_lsn(batch.end_lsn)} failed on {key[0]}.{key[1]}"
+                    f" (dead-lettered, table held): {mask(exc)}",
+                )
                 bad = [tc for tc in tables if tc.key == key]
                 self._dead_letter(
-                    batch, bad, "replay_failed" if replay else "apply_failed", str(exc), attempts
+                    batch, bad, "replay_failed" if replay else "apply_failed", str(exc), 1 + transient
                 )
                 tables = [tc for tc in tables if tc.key != key]
-                attempts = self.max_attempts - 1  # the next failing table goes at its first failure
                 if replay:
                     return
 

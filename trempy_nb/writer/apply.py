@@ -6,17 +6,17 @@ statement per operation kind; write the new checkpoint; commit. The commit
 is the last thing that happens, so the caller may advance the slot (or ack
 the broker) as soon as this returns.
 
-A failing statement is rolled back to its savepoint: retried when the error
-is transient, otherwise bisected by key (each half in its own savepoint)
+A failing statement is rolled back to its savepoint and handled by the one
+error policy (`errorpolicy.py`): retried when the error is transient; when the
+rows' values are at fault, bisected by key (each half in its own savepoint)
 down to single keys, which either stop the batch (`RowError`, everything
 rolled back) or are reported through `on_row_error` and skipped, per the
-task's `error_handling`.
+task's `error_handling`; any other error stops at once (`TerminalError`).
 """
 
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,19 +26,18 @@ import psycopg
 from psycopg import pq, sql
 
 from trempy_nb.changes import LSN, OP, SEQ, TS, UNCHANGED
-from trempy_nb.errors import RowError, TerminalError, is_transient
+from trempy_nb.errors import TerminalError
 from trempy_nb.pgcopy.copyio import copy_frame
 from trempy_nb.settings import ErrorHandling
+from trempy_nb.writer import errorpolicy as policy
 from trempy_nb.writer import sql as wsql
 from trempy_nb.writer.checkpoint import read_checkpoint, state_tables_exist, write_checkpoint
 from trempy_nb.writer.collapse import Rows, Truncate, plan_table
 from trempy_nb.writer.ddl import TargetSpec, ensure_state_tables
 
-RowErrorCallback = Callable[[TargetSpec, str, dict[str, Any], str], None]
+RowErrorCallback = Callable[[policy.BadRow], None]
 
 ANALYZE_MIN_ROWS = 1000  # below this the planner's default guess for a temp table is fine
-# SQLSTATE classes caused by the rows' data (bisect to find the rows); anything else is not a row problem.
-_ROW_LEVEL_CLASSES = ("22", "23", "P0")
 
 
 @dataclass
@@ -293,82 +292,79 @@ def _execute_unit(
 
 
 def _attempt(
-    ctx: _Ctx, label: str, fn: Callable[[], dict[str, int]]
-) -> tuple[dict[str, int] | None, psycopg.Error | None]:
-    """Run `fn` in a savepoint, retrying transient errors; (counts, None) or (None, row-level error).
+    ctx: _Ctx, what: str | Callable[[], str], fn: Callable[[], dict[str, int]]
+) -> tuple[dict[str, int] | None, BaseException | None]:
+    """Run `fn` in a savepoint under the error policy: (counts, None) or (None, row-level error).
 
-    A transient error that outlives the retries is re-raised as is (the runner
-    retries the batch); an error not caused by the rows' data (missing column,
-    privilege) stops the task: bisecting would only repeat it for every key.
-    """
-    attempt = 0
-    while True:
-        try:
-            with ctx.conn.transaction():
-                return fn(), None
-        except psycopg.Error as exc:
-            if is_transient(exc) and attempt < ctx.error_handling.max_retries:
-                attempt += 1
-                time.sleep(min(0.05 * 2**attempt, 1.0))
-                continue
-            if is_transient(exc):
-                raise
-            if not (exc.sqlstate or "").startswith(_ROW_LEVEL_CLASSES):
-                raise TerminalError(f"{label} failed: {_error_text(exc)}") from exc
-            return None, exc
+    A lost connection is not retried here (the savepoint went with it): the stream
+    reconnects and retries the batch."""
+
+    def once() -> dict[str, int]:
+        with ctx.conn.transaction():
+            return fn()
+
+    return policy.attempt(once, ctx.error_handling.max_retries, what,
+                          retryable=lambda e: policy.is_transient(e) and not ctx.conn.broken)
+
+
+def _describe(spec: TargetSpec, op: str, frame: pl.DataFrame) -> str:
+    """'insert/update into dw.items': the operations of the changes a statement applies."""
+    present = set(frame.get_column(OP).unique().to_list()) if op != "delete" and OP in frame.columns else set()
+    ops = [name for code, name in (("I", "insert"), ("U", "update"), ("D", "delete")) if code in present]
+    return policy.describe("/".join(ops) or op, f"{spec.schema}.{spec.table}")
 
 
 def _run_unit(
     ctx: _Ctx, spec: TargetSpec, op: str, rows: Rows, columns: list[str], counts: TableCounts
 ) -> None:
     """Apply one operation kind set-based; on a row-level error bisect by key to isolate the bad keys."""
-    label = f"{spec.schema}.{spec.table}: {op}"
-    done, exc = _attempt(ctx, label, lambda: _execute_unit(ctx, spec, op, rows, columns))
-    if exc is None:
+
+    def run(unit: Rows) -> BaseException | None:
+        done, exc = _attempt(ctx, lambda: _describe(spec, op, unit.frame),
+                             lambda: _execute_unit(ctx, spec, op, unit, columns))
         counts.add(done or {})
-        return
-    keys = rows.frame.select(spec.key).unique(maintain_order=True)
-    if keys.height <= 1:
-        _bad_rows(ctx, spec, op, rows.frame, exc, counts)
-        return
-    half = keys.height // 2
-    for part in (keys.head(half), keys.tail(keys.height - half)):
-        sub = rows.frame.join(part, on=list(spec.key), how="semi").sort(SEQ)
-        _run_unit(ctx, spec, op, Rows(sub, rows.markers), columns, counts)
+        return exc
 
+    def split(unit: Rows) -> list[Rows] | None:
+        keys = unit.frame.select(spec.key).unique(maintain_order=True)
+        if keys.height <= 1:
+            return None
+        half = keys.height // 2
+        return [Rows(unit.frame.join(part, on=list(spec.key), how="semi").sort(SEQ), unit.markers)
+                for part in (keys.head(half), keys.tail(keys.height - half))]
 
-def _error_text(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+    policy.isolate(rows, run, split, lambda unit, exc: _bad_rows(ctx, spec, unit.frame, exc, counts))
 
 
 def _bad_rows(
     ctx: _Ctx,
     spec: TargetSpec,
-    op: str,
     frame: pl.DataFrame,
-    exc: psycopg.Error,
+    exc: BaseException,
     counts: TableCounts,
 ) -> None:
-    """One key's rows fail: stop (RowError) or report each row and go on, per error_handling."""
-    if spec.scd2 and op == "scd2" and frame.get_column(OP).eq("D").all():
-        op = "delete"  # an SCD2 key whose events are all deletes only closes: the delete flag rules
+    """One key's rows fail: stop (RowError) or record each row and go on, per error_handling.
+
+    Each row is recorded with its own operation; an SCD2 key's events in one batch are applied
+    together, so the key stops when any of its operations' flags says stop."""
+    mode = "scd2" if spec.scd2 else "upsert"
+    ops = [policy.operation_of(o) for o in frame.get_column(OP).to_list()]
+    decision = policy.decide(ctx.error_handling, ops, mode)
     first = frame.row(0, named=True)
     key = {k: first[k] for k in spec.key}
-    error = _error_text(exc)
-    if ctx.error_handling.stops_on(op) or ctx.on_row_error is None:
-        raise RowError(
-            f"{spec.schema}.{spec.table}: {op} of key {key} failed: {error}"
-            f" (error_handling.stop_if_{op}_error)"
-        ) from exc
-    for row in frame.iter_rows(named=True):
+    error = policy.error_text(exc)
+    if decision.stop or ctx.on_row_error is None:
+        raise policy.row_error(f"{spec.schema}.{spec.table}", decision, error, key) from exc
+    for op, row in zip(ops, frame.iter_rows(named=True), strict=True):
+        row_key = {k: row[k] for k in spec.key}
         payload = {
-            "key": {k: row[k] for k in spec.key},
+            "key": row_key,
             "values": {c: row[c] for c in spec.data_columns if c in row},
             "op": row.get(OP),
             "lsn": row.get(LSN),
             "ts": row.get(TS),
         }
-        ctx.on_row_error(spec, op, payload, error)
+        ctx.on_row_error(policy.BadRow(spec.schema, spec.table, op, row_key, payload, error))
     counts.failed += frame.height
 
 
@@ -383,14 +379,14 @@ def _truncate(ctx: _Ctx, spec: TargetSpec, trunc: Truncate, counts: TableCounts)
             cur.execute(wsql.delete_all_sql(spec.ident))
             return {"deleted": max(cur.rowcount, 0), "truncates": 1}
 
-    done, exc = _attempt(ctx, f"{spec.schema}.{spec.table}: truncate", run)
+    done, exc = _attempt(ctx, f"truncate (delete) of {spec.schema}.{spec.table}", run)
     if exc is None:
         counts.add(done or {})
         return
-    error = _error_text(exc)
-    if ctx.error_handling.stops_on("delete") or ctx.on_row_error is None:
-        raise RowError(
-            f"{spec.schema}.{spec.table}: truncate failed: {error} (error_handling.stop_if_delete_error)"
-        ) from exc
-    ctx.on_row_error(spec, "delete", {"truncate": True, "lsn": trunc.lsn, "ts": trunc.ts}, error)
+    error = policy.error_text(exc)
+    decision = policy.decide(ctx.error_handling, ["delete"], "scd2" if spec.scd2 else "upsert")
+    if decision.stop or ctx.on_row_error is None:
+        raise policy.row_error(f"{spec.schema}.{spec.table}", decision, error) from exc
+    payload = {"truncate": True, "lsn": trunc.lsn, "ts": trunc.ts}
+    ctx.on_row_error(policy.BadRow(spec.schema, spec.table, "delete", {}, payload, error))
     counts.failed += 1
