@@ -1,7 +1,7 @@
 """Saved connections, `${VAR}` expansion and password masking.
 
 A task names its source and target either by a saved connection's name or by
-a `postgresql://` URI (SETTINGS.md). Saved connections live in
+a `postgresql://` URI (docs/settings.md). Saved connections live in
 `$TREMPY_HOME/connections.json` as a password-less URI plus the password
 encrypted with Fernet, so the file can be read, diffed or backed up without
 leaking anything. The key comes from `TREMPY_SECRET_KEY` (for CI and
