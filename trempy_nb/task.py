@@ -6,6 +6,7 @@ engine lives in fullload/runner/writer.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,13 @@ from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.settings import TaskSettings, parse_settings
 from trempy_nb.validation import ValidatedTask, validate_live
 from trempy_nb.writer.copy import iter_frames, select_query
+from trempy_nb.writer.history import (
+    CHANGED_COLUMN,
+    HistoryTable,
+    as_of_query,
+    changes_query,
+    parse_time,
+)
 
 
 @dataclass
@@ -60,6 +68,32 @@ class RunResult:
         if self.changes_applied:
             lines.append(f"  changes applied: {self.changes_applied:,}")
         return "\n".join(lines)
+
+
+_JSON_OIDS = (114, 3802)  # json, jsonb: shown as their JSON text (no struct inference)
+
+
+def frame_of_rows(
+    names: list[str], rows: list[tuple[Any, ...]], oids: list[int] | None = None
+) -> pl.DataFrame:
+    """Rows fetched by psycopg as a typed frame, column by column: timestamps stay
+    datetimes, numbers numbers; json(b) and any column Polars cannot hold exactly
+    (mixed or exotic values) become text, never nulls."""
+    columns = []
+    for i, name in enumerate(names):
+        values = [r[i] for r in rows]
+        if oids is not None and oids[i] in _JSON_OIDS:
+            text = [None if v is None else json.dumps(v) for v in values]
+            columns.append(pl.Series(name, text, pl.String))
+            continue
+        try:
+            if any(isinstance(v, dict) for v in values):
+                raise TypeError("structs are inferred from their first values")
+            columns.append(pl.Series(name, values))
+        except Exception:  # exotic types: show their text
+            text = [None if v is None else str(v) for v in values]
+            columns.append(pl.Series(name, text, pl.String))
+    return pl.DataFrame(columns)
 
 
 class Task:
@@ -179,18 +213,63 @@ class Task:
             sql.Identifier(plan.target_schema, plan.target_table), where, order, sql.Literal(int(limit))
         )
         params = [v if v is None or isinstance(v, (int, float, bool)) else str(v) for v in key.values()]
+        return self._target_frame(query, params)
+
+    # time travel (SCD2 targets) --------------------------------------------------------
+    def _history_table(self, table: str | None, verb: str) -> HistoryTable:
+        cdc = self.settings.task.cdc_settings
+        if cdc.mode != "scd2":
+            raise SettingsError(
+                f"{verb} needs an SCD2 target: task {self.name} writes in {cdc.mode} mode"
+                " (cdc_settings.mode), which keeps only the current rows, not their history"
+            )
+        plan = self._plan_for(table)
+        names = cdc.scd2_settings
+        return HistoryTable(
+            schema=plan.target_schema,
+            table=plan.target_table,
+            key=plan.target_primary_key,
+            columns=plan.target_column_names,
+            start=names.start_date,
+            end=names.end_date,
+            current=names.current,
+        )
+
+    def as_of(self, ts: Any, table: str | None = None, limit: int | None = None) -> pl.DataFrame:
+        """The target table as it was at `ts` (SCD2): the versions with start <= ts and
+        (end > ts or current), data columns only, ordered by key.
+
+        `ts`: a datetime, an ISO string or a relative time (`-1d`, `-2h`, `-30m`); `table`:
+        source or target name (default: the task's first table); `limit` bounds the rows.
+        """
+        hist = self._history_table(table, "as-of")
+        return self._target_frame(as_of_query(hist, limit), {"ts": parse_time(ts)})
+
+    def changes(
+        self, since: Any, until: Any = None, table: str | None = None, limit: int | None = None
+    ) -> pl.DataFrame:
+        """One row per key that changed between `since` and `until` (default: now) in an
+        SCD2 target: key columns, `operation` (insert/update/delete), `changed_at` (its
+        last change in the interval), `changed_columns`, and `<col>_before`/`<col>_after`
+        for the columns that changed. Times as in `as_of`.
+        """
+        hist = self._history_table(table, "changes")
+        start = parse_time(since)
+        end = None if until is None else parse_time(until)
+        if end is not None and end < start:
+            raise SettingsError(
+                f"until ({end.isoformat()}) is before since ({start.isoformat()})"
+            )
+        frame = self._target_frame(changes_query(hist, limit), {"since": start, "until": end})
+        return frame.with_columns(pl.col(CHANGED_COLUMN).cast(pl.List(pl.String)))
+
+    def _target_frame(self, query: Any, params: Any) -> pl.DataFrame:
         with connect(self.target_uri) as conn:
             cur = conn.execute(query, params)
             names = [d.name for d in cur.description or []]
+            oids = [d.type_code for d in cur.description or []]
             rows = cur.fetchall()
-        try:
-            return pl.DataFrame(rows, schema=names, orient="row", infer_schema_length=None)
-        except Exception:  # exotic types: show their text
-            return pl.DataFrame(
-                [[None if v is None else str(v) for v in r] for r in rows],
-                schema={n: pl.String for n in names},
-                orient="row",
-            )
+        return frame_of_rows(names, rows, oids)
 
     def preview_changes(self, limit: int = 50) -> pl.DataFrame:
         """The next pending changes of the task's slot, transformed, without consuming them."""
