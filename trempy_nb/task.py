@@ -25,6 +25,7 @@ from trempy_nb.writer.history import (
     HistoryTable,
     as_of_query,
     changes_query,
+    instants_query,
     parse_time,
 )
 
@@ -82,6 +83,9 @@ def frame_of_rows(
     columns = []
     for i, name in enumerate(names):
         values = [r[i] for r in rows]
+        if not values:  # nothing to infer a type from: text, like a preview's raw columns
+            columns.append(pl.Series(name, [], pl.String))
+            continue
         if oids is not None and oids[i] in _JSON_OIDS:
             text = [None if v is None else json.dumps(v) for v in values]
             columns.append(pl.Series(name, text, pl.String))
@@ -89,7 +93,10 @@ def frame_of_rows(
         try:
             if any(isinstance(v, dict) for v in values):
                 raise TypeError("structs are inferred from their first values")
-            columns.append(pl.Series(name, values))
+            series = pl.Series(name, values)
+            if series.dtype == pl.Object:  # uuid, ip addresses...: their text
+                raise TypeError("no Polars type")
+            columns.append(series)
         except Exception:  # exotic types: show their text
             text = [None if v is None else str(v) for v in values]
             columns.append(pl.Series(name, text, pl.String))
@@ -262,6 +269,13 @@ class Task:
             )
         frame = self._target_frame(changes_query(hist, limit), {"since": start, "until": end})
         return frame.with_columns(pl.col(CHANGED_COLUMN).cast(pl.List(pl.String)))
+
+    def history_instants(self, table: str | None = None, limit: int = 200) -> list[Any]:
+        """The latest `limit` instants at which an SCD2 target table changed, oldest first."""
+        hist = self._history_table(table, "history")
+        with connect(self.target_uri) as conn:
+            rows = conn.execute(instants_query(hist, limit)).fetchall()
+        return [r[0] for r in reversed(rows)]
 
     def _target_frame(self, query: Any, params: Any) -> pl.DataFrame:
         with connect(self.target_uri) as conn:

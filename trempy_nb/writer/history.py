@@ -113,6 +113,17 @@ def as_of_query(t: HistoryTable, limit: int | None = None) -> sql.Composed:
     )
 
 
+def instants_query(t: HistoryTable, limit: int = 200) -> sql.Composed:
+    """The latest `limit` instants at which the table changed (a version opened or closed),
+    newest first: the stops of a time slider over the table."""
+    return sql.SQL(
+        "SELECT x FROM (SELECT {s} AS x FROM {tbl} UNION SELECT {e} FROM {tbl} WHERE {e} IS NOT NULL) u"
+        " ORDER BY x DESC LIMIT {n}"
+    ).format(
+        s=sql.Identifier(t.start), e=sql.Identifier(t.end), tbl=t.ident, n=sql.Literal(int(limit))
+    )
+
+
 def changes_query(t: HistoryTable, limit: int | None = None) -> sql.Composed:
     """One row per key whose state at `%(until)s` differs from its state at `%(since)s`.
 
@@ -191,4 +202,11 @@ def changes_query(t: HistoryTable, limit: int | None = None) -> sql.Composed:
     )
 
 
-__all__ = ["HistoryTable", "TIME_FORMS", "as_of_query", "changes_query", "parse_time"]
+__all__ = [
+    "HistoryTable",
+    "TIME_FORMS",
+    "as_of_query",
+    "changes_query",
+    "instants_query",
+    "parse_time",
+]
