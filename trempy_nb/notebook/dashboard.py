@@ -59,7 +59,7 @@ class Dashboard:
         self._lock = threading.Lock()
         self.stop_message = ""
         self.history_points = 200  # stops of the time slider
-        self.history_rows = 20  # rows shown at one stop
+        self.history_rows = 10  # rows shown at one stop
         self._history_loaded = False
         self.ui: Any = None
         self.w: dict[str, Any] = {}
@@ -337,7 +337,7 @@ class Dashboard:
             return
         if not instants:
             return
-        options = [(t.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], t) for t in instants]
+        options = [(t.strftime("%m-%d %H:%M:%S.%f")[:-3], t) for t in instants]  # readout fits
         w["h_time"].options = options
         w["h_time"].value = instants[-1]
         w["h_time"].disabled = False
@@ -356,8 +356,10 @@ class Dashboard:
             return
         first = f"first {self.history_rows} " if frame.height >= self.history_rows else ""
         caption = f"{first}rows of {w['h_table'].value} current at {ts.isoformat(sep=' ')}"
+        rows = table_html(frame, self.history_rows)
         w["h_rows"].value = mask(
-            f"<i>{html.escape(caption)}</i>{table_html(frame, self.history_rows)}"
+            f"<i>{html.escape(caption)}</i>"
+            f"<div style='max-height:240px;max-width:100%;overflow:auto'>{rows}</div>"
         )
 
     # ------------------------------------------------------------------ lifecycle

@@ -143,7 +143,7 @@ def table_html(df: pl.DataFrame, max_rows: int = 20, css_class: str = "trempy-ta
     if df.width == 0 or df.height == 0:
         return "<i>(none)</i>"
     shown = df.head(max_rows)
-    th = "padding:2px 10px;border-bottom:1px solid #bbb"
+    th = "padding:2px 10px;border-bottom:1px solid #bbb;white-space:nowrap"
     head = "".join(
         f'<th style="{th};text-align:{"right" if dt.is_numeric() else "left"}">{esc(name)}</th>'
         for name, dt in shown.schema.items()
@@ -154,7 +154,9 @@ def table_html(df: pl.DataFrame, max_rows: int = 20, css_class: str = "trempy-ta
         for value, dt in zip(row, shown.dtypes, strict=True):
             text, number = _cell(value, dt)
             align = "right" if number else "left"
-            cells.append(f'<td style="padding:2px 10px;text-align:{align}">{esc(text)}</td>')
+            cells.append(
+                f'<td style="padding:2px 10px;text-align:{align};white-space:nowrap">{esc(text)}</td>'
+            )
         body.append(f"<tr>{''.join(cells)}</tr>")
     more = (
         f'<div style="color:#666;font-size:90%">first {max_rows:,} of {df.height:,} rows</div>'
