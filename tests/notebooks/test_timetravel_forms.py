@@ -95,6 +95,13 @@ def test_as_of_changes_magics_and_history_pane(
     assert day is None and shell.user_ns["all_day"].height == full.height
     assert set(shell.user_ns["all_day"]["operation"]) == {"insert"}
 
+    # the history of one key: timestamps are datetime columns, a uuid its text
+    shell.user_ns["key"] = ids[0]
+    hist = run(shell, "%trempy history t_hr dim_employee id={key}")
+    assert hist.schema["scd_start_date"] == pl.Datetime("us", "UTC")
+    assert hist.schema["scd_end_date"] == pl.Datetime("us", "UTC")
+    assert hist["scd_current"].to_list() == [False, True] and hist.schema["badge"] == pl.String
+
     # bad input: one line with the accepted forms
     with pytest.raises(TrempyMagicError, match=r"cannot read the time 'yesterday'.*-1d"):
         run(shell, "%trempy as-of t_hr yesterday")
@@ -298,3 +305,30 @@ def test_stats_table_is_clean_html() -> None:
     out = table_html(frame)
     assert "1,234,567" in out and "text-align:right" in out
     assert "&quot;" not in out and "i64" not in out and "str" not in out
+
+
+def test_replay_dead_letters_verb_on_an_empty_rabbitmq_queue(shell: Any, hr: dict) -> None:
+    import contextlib
+    import uuid
+
+    from tests.conftest import in_ci
+    from trempy_nb.errors import ConnectionFailed
+    from trempy_nb.transport import rabbitmq as rmq
+
+    try:
+        rmq.connect_blocking(rmq.broker_url()).close()
+    except ConnectionFailed as exc:
+        if in_ci():
+            pytest.fail(f"RabbitMQ is required in CI: {exc}")
+        pytest.skip(f"no RabbitMQ broker: {exc}")
+    name = "nb_rmq_" + uuid.uuid4().hex[:8]
+    doc = hr_settings(name, "upsert")
+    doc["task"]["transport"] = "rabbitmq"
+    run(shell, f"%%trempy task {name} --no-save\n{json.dumps(doc)}")
+    try:
+        note = run(shell, f"%trempy replay-dead-letters {name}")
+        assert repr(note) == f"i no dead letters to replay for task {name}"
+        assert run(shell, f"%trempy dead-letters {name}").height == 0
+    finally:
+        with contextlib.suppress(Exception):
+            rmq.delete_topology(name)
