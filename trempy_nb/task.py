@@ -249,8 +249,9 @@ class Task:
         `ts`: a datetime, an ISO string or a relative time (`-1d`, `-2h`, `-30m`); `table`:
         source or target name (default: the task's first table); `limit` bounds the rows.
         """
+        when = parse_time(ts)  # bad input fails before any connection
         hist = self._history_table(table, "as-of")
-        return self._target_frame(as_of_query(hist, limit), {"ts": parse_time(ts)})
+        return self._target_frame(as_of_query(hist, limit), {"ts": when})
 
     def changes(
         self, since: Any, until: Any = None, table: str | None = None, limit: int | None = None
@@ -260,9 +261,9 @@ class Task:
         last change in the interval), `changed_columns`, and `<col>_before`/`<col>_after`
         for the columns that changed. Times as in `as_of`.
         """
-        hist = self._history_table(table, "changes")
-        start = parse_time(since)
+        start = parse_time(since)  # bad input fails before any connection
         end = None if until is None else parse_time(until)
+        hist = self._history_table(table, "changes")
         if end is not None and end < start:
             raise SettingsError(
                 f"until ({end.isoformat()}) is before since ({start.isoformat()})"

@@ -41,9 +41,8 @@ class TrempyInternalError(Exception):
 
     def __init__(self, exc: BaseException) -> None:
         super().__init__(f"internal error, please report it with the traceback: {one_line(exc)}")
-        self.lines = [
-            mask(line) for line in traceback.format_exception(type(exc), exc, exc.__traceback__)
-        ]
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        self.lines = mask(text).rstrip().splitlines()
 
     def _render_traceback_(self) -> list[str]:
         return [*self.lines, f"\x1b[0;31mtrempy: {self}\x1b[0m"]
