@@ -298,6 +298,24 @@ def test_replay_dead_letters_verb_needs_rabbitmq(shell: Any, hr: dict) -> None:
         run(shell, "%trempy replay-dead-letters t_local")
 
 
+def test_builder_preselects_preview_table_and_proposes_a_path(hr: dict, tmp_path: Path) -> None:
+    from trempy_nb.notebook.builder import TaskBuilder
+
+    b = TaskBuilder(hr_settings("t_path"))
+    assert b.w_preview_table.value == "employees.employee"  # the first chosen table
+    assert b.w_path.value == "./t_path.json"
+    b.w_name.value = "t_renamed"
+    assert b.w_path.value == "./t_renamed.json"  # follows the name until typed over
+    b.w_path.value = str(tmp_path / "mine.json")
+    b.w_name.value = "t_again"
+    assert b.w_path.value == str(tmp_path / "mine.json")
+    b.w_tables.value = ("employees.employee_salary",)
+    assert b.w_preview_table.value == "employees.employee_salary"
+    assert TaskBuilder(hr_settings("t_dir"), settings_dir=tmp_path).w_path.value == str(
+        tmp_path / "t_dir.json"
+    )
+
+
 def test_stats_table_is_clean_html() -> None:
     from trempy_nb.notebook.render import table_html
 
