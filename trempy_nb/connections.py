@@ -53,6 +53,9 @@ __all__ = [
 
 NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
 SCHEMES = ("postgresql://", "postgres://")
+#: Target-only URIs (the MariaDB/MySQL writer, `writer/mariadb/uri.py`): saved, expanded and masked
+#: like PostgreSQL ones, but never parsed by libpq.
+MARIADB_SCHEMES = ("mysql://", "mariadb://")
 
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _FILE_LOCK = threading.Lock()
@@ -78,7 +81,7 @@ def _connections_file() -> Path:
 
 
 def _is_uri(text: str) -> bool:
-    return text.lower().startswith(SCHEMES)
+    return text.lower().startswith(SCHEMES + MARIADB_SCHEMES)
 
 
 def expand_env(text: str, *, context: str = "") -> str:
@@ -159,6 +162,8 @@ def _to_uri(conninfo: str) -> str:
 def _describe(uri: str) -> dict[str, str]:
     """host/port/database/user and extra params of a password-less URI, for display."""
     try:
+        if uri.lower().startswith(MARIADB_SCHEMES):
+            raise ValueError("not a libpq URI")
         params = {k: str(v) for k, v in conninfo_to_dict(uri).items()}
     except Exception:
         # `${VAR}` in odd places may not parse: fall back to plain URL splitting
@@ -330,7 +335,10 @@ def save_connection(
         register_secret(password)
     bare = _join_userinfo(scheme, user, None, after)
     try:
-        conninfo_to_dict(_VAR_RE.sub("x", bare))
+        if scheme.startswith(MARIADB_SCHEMES):
+            urlsplit(_VAR_RE.sub("x", bare)).port  # noqa: B018 (raises on a bad host:port)
+        else:
+            conninfo_to_dict(_VAR_RE.sub("x", bare))
     except Exception as exc:
         raise SettingsError(f"invalid connection URI {mask(uri)}: {mask(exc)}") from None
     entry: dict[str, Any] = {"uri": bare, "password": None, "password_is_template": is_ref}

@@ -132,16 +132,17 @@ def attempt(
     *,
     retryable: Callable[[BaseException], bool] = is_transient,
     sleep: Callable[[float], None] = time.sleep,
+    kind_of: Callable[[BaseException], Kind] = classify,
 ) -> tuple[T | None, BaseException | None]:
     """Run one write (the caller wraps it in a savepoint): (result, None) on success, (None, error)
     when the rows' values are at fault. A transient error that outlives the retries is re-raised
     as is (the caller's caller reconnects); a terminal one becomes one `TerminalError` naming
     `what` (operation and table; a callable is asked only then): splitting would only repeat it
-    for every row."""
+    for every row. `kind_of` classifies another driver's errors (the MariaDB target's)."""
     try:
         return retry(fn, max_retries, retryable=retryable, sleep=sleep), None
     except Exception as exc:
-        kind = classify(exc)
+        kind = kind_of(exc)
         if kind is Kind.ROW:
             return None, exc
         if kind is Kind.TRANSIENT or isinstance(exc, TrempyError):
