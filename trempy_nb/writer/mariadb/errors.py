@@ -13,7 +13,8 @@ from typing import Any
 import pymysql
 
 from trempy_nb.errors import TrempyError
-from trempy_nb.writer.errorpolicy import Kind, classify as classify_pg
+from trempy_nb.writer.errorpolicy import Kind
+from trempy_nb.writer.errorpolicy import classify as classify_pg
 
 #: Caused by the rows' values: 1048 NULL in a NOT NULL column, 1062 duplicate key, 1264 out of
 #: range, 1265 data truncated, 1292 incorrect (datetime) value, 1365 division by 0, 1366
