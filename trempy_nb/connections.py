@@ -335,7 +335,7 @@ def save_connection(
         register_secret(password)
     bare = _join_userinfo(scheme, user, None, after)
     try:
-        if scheme.startswith(MARIADB_SCHEMES):
+        if uri.lower().startswith(MARIADB_SCHEMES):
             urlsplit(_VAR_RE.sub("x", bare)).port  # noqa: B018 (raises on a bad host:port)
         else:
             conninfo_to_dict(_VAR_RE.sub("x", bare))
@@ -466,12 +466,13 @@ def _build(bare: str, entry: dict[str, Any]) -> str:
     return _join_userinfo(scheme, user or "", raw, after)
 
 
-def resolve(ref: str) -> str:
+def resolve(ref: str, *, mariadb: bool = False) -> str:
     """Turn a task's `source`/`target` into a conninfo psycopg accepts.
 
     `ref` is a saved connection name or a `postgresql://`/`postgres://` URI (a
     keyword conninfo is accepted too); `${VAR}` is read from the environment.
-    Every password seen is registered with `mask`.
+    Every password seen is registered with `mask`. With `mariadb=True` (the
+    MariaDB target's writer) a `mysql://`/`mariadb://` URI is accepted too.
     """
     if not isinstance(ref, str) or not ref.strip():
         raise SettingsError("empty connection reference: give a saved connection name or a URI")
@@ -491,6 +492,8 @@ def resolve(ref: str) -> str:
         except Exception as exc:
             raise SettingsError(f"invalid connection string {mask(out)}: {mask(exc)}") from None
     register_secret(_password_of(out))
+    if not mariadb and out.lower().startswith(MARIADB_SCHEMES):
+        raise SettingsError(f"{mask(ref)} is a MariaDB/MySQL connection: it can only be a task's target")
     return out
 
 

@@ -155,9 +155,9 @@ def _apply_table(ctx: _Ctx, ta: TableApply, checkpoint: int | None, end_lsn: int
 # --- statements ------------------------------------------------------------------------------
 
 
-def _stage(ctx: _Ctx, spec: TargetSpec, types: dict[str, MariaType], rows: Rows, columns: list[str]) -> str:
+def _stage(ctx: _Ctx, staging: str, spec: TargetSpec, types: dict[str, MariaType], rows: Rows,
+           columns: list[str]) -> None:
     """A TEMPORARY table typed like the target's `columns` plus the meta columns, loaded with the rows."""
-    staging = quote(f"_trempy_stg_{next(ctx.names)}")
     meta = [S_OP] + ([S_TS, S_END, S_FIRST] if spec.scd2 else [])
     markers = [m for _, m in rows.markers]
     parts = [column_list(columns, "t")] if columns else []
@@ -173,15 +173,15 @@ def _stage(ctx: _Ctx, spec: TargetSpec, types: dict[str, MariaType], rows: Rows,
         execute(cur, f"CREATE TEMPORARY TABLE {staging} ENGINE=InnoDB AS SELECT {', '.join(parts)} FROM {target} AS t"
                 " WHERE FALSE")
         load_frame(cur, staging, [*columns, *meta, *markers], to_load_text(frame, load_types, {}), load_types)
-    return staging
 
 
 def _execute_unit(ctx: _Ctx, spec: TargetSpec, types: dict[str, MariaType], op: str, rows: Rows,
                   columns: list[str]) -> dict[str, int]:
-    staging = _stage(ctx, spec, types, rows, columns)
+    staging = quote(f"_trempy_stg_{next(ctx.names)}")
     target = qualified(spec.schema, spec.table)
     keys = key_match(spec.key)
     try:
+        _stage(ctx, staging, spec, types, rows, columns)
         with ctx.conn.cursor() as cur:
             if rows.markers:
                 sets = ", ".join(f"s.{quote(c)} = IF(s.{quote(m)} = 1, t.{quote(c)}, s.{quote(c)})"

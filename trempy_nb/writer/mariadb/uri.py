@@ -79,7 +79,7 @@ def parse(uri: str) -> MariaDBTarget:
 
 def target_of(ref: str) -> MariaDBTarget:
     """A saved connection name or URI (with `${VAR}`) -> MariaDBTarget; the password is registered for masking."""
-    return parse(resolve(ref))
+    return parse(resolve(ref, mariadb=True))
 
 
 def connect(ref: str | MariaDBTarget, *, timeout: int = 10, database: bool = True) -> pymysql.connections.Connection:
