@@ -16,19 +16,24 @@ from typing import Any
 import pymysql
 import pytest
 
+from tests.cdc_helpers import settings as settings_doc
 from tests.conftest import in_ci
 from tests.integration.test_apply import GO_ON, STOP, changes, ts
-from trempy_nb.catalog import ColumnInfo
+from trempy_nb.catalog import ColumnInfo, describe_table
 from trempy_nb.connections import save_connection
 from trempy_nb.db import connect as pg_connect
 from trempy_nb.errors import ConnectionFailed, RowError, ValidationFailed
+from trempy_nb.fullload_mariadb import run_full_load_mariadb
 from trempy_nb.pgcopy.copyio import iter_frames, select_query
+from trempy_nb.pipeline.plan import compile_plans
+from trempy_nb.redact import mask
+from trempy_nb.settings import parse_settings
 from trempy_nb.writer.apply import TableApply
 from trempy_nb.writer.ddl import TargetSpec
 from trempy_nb.writer.errorpolicy import BadRow
 from trempy_nb.writer.mariadb import capabilities, uri
 from trempy_nb.writer.mariadb.apply import apply_batch, read_checkpoint
-from trempy_nb.writer.mariadb.ddl import ensure_target
+from trempy_nb.writer.mariadb.ddl import ensure_state_tables, ensure_target
 from trempy_nb.writer.mariadb.fullload import TableLoad
 from trempy_nb.writer.mariadb.names import execute, qualified
 
@@ -271,8 +276,6 @@ INSERT INTO src VALUES
 
 def _full_load(conn: Any, source_uri: str, spec: TargetSpec, eh: Any = STOP, **kw: Any) -> TableLoad:
     load = TableLoad(conn, spec, eh, task="fl", state_database=conn.db.decode(), **kw)
-    from trempy_nb.writer.mariadb.ddl import ensure_state_tables
-
     ensure_state_tables(conn, conn.db.decode())
     load.begin()
     with pg_connect(source_uri) as src:
@@ -473,6 +476,36 @@ def test_saved_connection_and_env_password(trempy_home: Any, monkeypatch: pytest
         assert c2.db.decode() == conn.db.decode()
     save_connection("maria2", "mysql://app:Saved!Pw9@127.0.0.1:3306/db")
     assert uri.target_of("maria2").password == "Saved!Pw9"
-    from trempy_nb.redact import mask
-
     assert "Saved!Pw9" not in mask("connecting with Saved!Pw9 failed")
+
+
+# --- full load through the task's plans -------------------------------------------------------------
+
+
+def test_run_full_load_through_plans(conn: Any, dbs: Callable[..., str], source_uri: str) -> None:
+    """hr.employee lands as table `employee` in database <modify_schema_name>, filtered and transformed."""
+    with pg_connect(source_uri) as src:
+        src.execute("CREATE SCHEMA hr")
+        src.execute("CREATE TABLE hr.employee (id integer PRIMARY KEY, name text, pay numeric(10,2))")
+        src.execute("INSERT INTO hr.employee SELECT g, 'emp ' || g, g * 1.5 FROM generate_series(1, 3000) g")
+        src.commit()
+        info = describe_table(src, "hr", "employee")
+    target_db = dbs("hrdw", create=False)
+    tbl = {"schema_name": "hr", "table_name": "employee"}
+    doc = settings_doc("fl_maria", source_uri, f"mysql://root@127.0.0.1:3306/{conn.db.decode()}",
+                       rtype="full_load", tables=[("hr", "employee")],
+                       filters=[{**tbl, "column_name": "id", "filter_type": "less_than_or_equal", "value": 2000}],
+                       transformations=[
+                           {**tbl, "priority": 0, "transformation_type": "modify_schema_name",
+                            "contract": {"target_schema_name": target_db}},
+                           {**tbl, "priority": 1, "transformation_type": "modify_column_value",
+                            "contract": {"operation": "uppercase", "column_name": "name"}}])
+    settings = parse_settings(doc)
+    plans = compile_plans(settings, {("hr", "employee"): info})
+    results = run_full_load_mariadb(settings, plans, source_uri, settings.task.target, max_workers=1)
+    assert [(r.rows_read, r.rows_written, r.rows_filtered) for r in results] == [(3000, 2000, 1000)]
+    rows = query(conn, f"SELECT COUNT(*), MIN(name), SUM(pay) FROM {qualified(target_db, 'employee')}")
+    assert rows == [(2000, "EMP 1", Decimal(sum(g * 1.5 for g in range(1, 2001))).quantize(Decimal("0.01")))]
+    assert query(conn, f"SELECT task, schema_name, table_name, status, `rows`"
+                 f" FROM {qualified(conn.db.decode(), 'trempy_load_state')}") \
+        == [("fl_maria", "hr", "employee", "done", 2000)]

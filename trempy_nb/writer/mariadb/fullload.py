@@ -25,6 +25,7 @@ from trempy_nb.writer import errorpolicy as policy
 from trempy_nb.writer.ddl import TargetSpec
 from trempy_nb.writer.mariadb import errors as merr
 from trempy_nb.writer.mariadb.bulk import csv_bytes, load_frame
+from trempy_nb.writer.mariadb.capabilities import server_info
 from trempy_nb.writer.mariadb.ddl import LOAD_STATE, ensure_target
 from trempy_nb.writer.mariadb.names import column_list, execute, key_match, qualified, quote
 from trempy_nb.writer.mariadb.types import MariaType, to_load_text
@@ -65,7 +66,9 @@ class TableLoad:
 
     def begin(self, *, create: bool = True, recreate: bool = False, truncate: bool = False) -> bool:
         """Create/recreate the table (DDL, committed), then open the table's data transaction."""
-        created, self.types = ensure_target(self.conn, self.spec, create=create, recreate=recreate)
+        native_uuid = server_info(self.conn).native_uuid
+        created, self.types = ensure_target(self.conn, self.spec, create=create, recreate=recreate,
+                                            native_uuid=native_uuid)
         self.conn.commit()
         self.conn.begin()
         if truncate and not created:

@@ -1,0 +1,145 @@
+"""Full load into a MariaDB/MySQL target: the same snapshot, plans and results as `fullload.py`.
+
+The source side is the one PostgreSQL path (a REPEATABLE READ snapshot, COPY
+text batches, the table's Polars plan); the target side is
+`writer/mariadb/fullload.TableLoad` (LOAD DATA LOCAL INFILE from memory, one
+InnoDB transaction per table, the one error policy). Before anything is
+written the server's capabilities and every table's key length are checked,
+so a run that cannot finish writes nothing. Three overlapping stages per
+table: COPY out (thread) -> plan + encode (thread) -> LOAD DATA (here).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import polars as pl
+
+from trempy_nb.db import connect
+from trempy_nb.errors import TrempyError
+from trempy_nb.fullload import (
+    CHUNK_BYTES,
+    RowErrorHook,
+    TableLoadResult,
+    _begin_snapshot,
+    _prefetch,
+    target_spec,
+)
+from trempy_nb.pgcopy.copyio import iter_frames, select_query
+from trempy_nb.pipeline.plan import TablePlan
+from trempy_nb.redact import mask
+from trempy_nb.settings import TaskSettings
+from trempy_nb.writer.mariadb import capabilities
+from trempy_nb.writer.mariadb import uri as maria_uri
+from trempy_nb.writer.mariadb.ddl import check_key_length, column_types, ensure_state_tables
+from trempy_nb.writer.mariadb.fullload import TableLoad
+
+
+def load_table_mariadb(
+    settings: TaskSettings,
+    plan: TablePlan,
+    source_uri: str,
+    target: maria_uri.MariaDBTarget,
+    *,
+    snapshot: str | None = None,
+    snapshot_lsn: int | None = None,
+    load_ts: Any = None,
+    on_progress: Callable[[int], None] | None = None,
+    on_row_error: RowErrorHook | None = None,
+    chunk_bytes: int | None = None,
+) -> TableLoadResult:
+    """Load one table in one target transaction; returns its counters."""
+    t0 = time.perf_counter()
+    spec = target_spec(plan, settings)
+    fl = settings.task.full_load_settings
+    result = TableLoadResult(plan.source.schema, plan.source.name, f"{spec.schema}.{spec.table}", copy_format="text")
+    tgt = maria_uri.connect(target)
+    src = connect(source_uri)
+    load = TableLoad(tgt, spec, settings.error_handling, task=settings.name, state_database=target.database,
+                     load_ts=load_ts, on_row_error=on_row_error)
+    try:
+        load.begin(create=fl.create_table_if_not_exists, recreate=fl.recreate_table_if_exists,
+                   truncate=fl.truncate_before_insert)
+        _begin_snapshot(src, snapshot)
+        source_cols = list(plan.source_columns)
+        frames = iter_frames(src.cursor(), select_query(plan.source.schema, plan.source.name, source_cols),
+                             source_cols, chunk_bytes=chunk_bytes or CHUNK_BYTES)
+
+        def encoded() -> Iterator[tuple[pl.DataFrame, tuple[pl.DataFrame, bytes]]]:
+            for frame in _prefetch(frames):
+                out = plan.apply(frame).select(spec.data_columns)
+                result.rows_read += frame.height
+                result.rows_filtered += frame.height - out.height
+                yield out, load.encode(out)
+                if on_progress:
+                    on_progress(frame.height)
+
+        for out, enc in _prefetch(encoded(), depth=2):
+            load.write(out, enc)
+        load.finish(source_schema=plan.source.schema, source_table=plan.source.name, snapshot_lsn=snapshot_lsn)
+    except BaseException:
+        load.abort()
+        raise
+    finally:
+        src.close()
+        tgt.close()
+    result.rows_written = load.counts.rows_written
+    result.rows_failed = load.counts.rows_failed
+    result.errors = load.counts.errors
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def run_full_load_mariadb(
+    settings: TaskSettings,
+    plans: dict[tuple[str, str], TablePlan],
+    source_uri: str,
+    target_uri: str,
+    *,
+    snapshot: str | None = None,
+    snapshot_lsn: int | None = None,
+    load_ts: Any = None,
+    progress: Callable[[tuple[str, str], int], None] | None = None,
+    on_row_error: RowErrorHook | None = None,
+    on_table_done: Callable[[TableLoadResult], None] | None = None,
+    max_workers: int = 2,
+) -> list[TableLoadResult]:
+    """`fullload.run_full_load` for a mysql:// / mariadb:// target (same arguments, same results)."""
+    target = maria_uri.target_of(target_uri)
+    with maria_uri.connect(target) as conn:
+        info = capabilities.validate(conn, target.database)
+        for plan in plans.values():  # every key fits before any table is created
+            spec = target_spec(plan, settings)
+            check_key_length(spec, column_types(spec, native_uuid=info.native_uuid))
+        ensure_state_tables(conn, target.database)
+        conn.commit()
+
+    def one(key: tuple[str, str]) -> TableLoadResult:
+        cb = (lambda n: progress(key, n)) if progress else None
+        r = load_table_mariadb(settings, plans[key], source_uri, target, snapshot=snapshot,
+                               snapshot_lsn=snapshot_lsn, load_ts=load_ts, on_progress=cb,
+                               on_row_error=on_row_error)
+        if on_table_done:
+            on_table_done(r)
+        return r
+
+    keys = [t.key for t in settings.tables if t.key in plans]
+    if len(keys) <= 1 or max_workers <= 1:
+        return [one(k) for k in keys]
+    results: list[TableLoadResult] = []
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(keys)), thread_name_prefix="trempy-load") as pool:
+        futures = [pool.submit(one, k) for k in keys]
+        first_error: BaseException | None = None
+        for f in futures:
+            try:
+                results.append(f.result())
+            except TrempyError as exc:
+                first_error = first_error or exc
+            except Exception as exc:  # a driver error that escaped the error policy
+                first_error = first_error or TrempyError(mask(str(exc)))
+        if first_error:
+            raise first_error
+    return results
