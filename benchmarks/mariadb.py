@@ -1,0 +1,182 @@
+"""MariaDB target throughput and memory against LOAD DATA LOCAL INFILE of a ready CSV file, in one run.
+
+    python -m benchmarks.mariadb [--rows 2000000] [--repeat 3] [--mariadb mysql://root@127.0.0.1:3306/test]
+
+(a) reference: `LOAD DATA LOCAL INFILE` of bench.t's rows from a CSV file made beforehand (the
+    source rows already in MariaDB's input form), into the table the writer would create
+(b) full load of bench.t (PostgreSQL, throwaway cluster) into MariaDB through the task's plan
+    (COPY text -> Polars -> LOAD DATA from memory, one transaction), in a child process (peak RSS)
+(c) CDC upsert apply: batches of 50,000 changes (updates of existing keys and new keys, as the
+    stream hands them to the writer) applied with the MariaDB `apply_batch`: changes/s of the
+    writer alone (decoding is the PostgreSQL side's, measured by benchmarks/cdc.py)
+Each round runs the cases in turn from the same state (target database dropped); printed are
+medians over `--repeat` rounds and the median of the per-round ratios to (a). The machine is
+shared: only ratios measured in the same run mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import polars as pl
+
+from benchmarks.fullload import TABLE_SQL
+from trempy_nb.catalog import describe_table
+from trempy_nb.changes import LSN, META_SCHEMA, OP, SEQ, TS, UNCHANGED
+from trempy_nb.db import connect
+from trempy_nb.embedded import start_cluster
+from trempy_nb.fullload import target_spec
+from trempy_nb.pipeline.plan import compile_plans
+from trempy_nb.settings import ErrorHandling, parse_settings
+from trempy_nb.writer.apply import TableApply
+from trempy_nb.writer.mariadb import uri as maria_uri
+from trempy_nb.writer.mariadb.apply import apply_batch
+from trempy_nb.writer.mariadb.ddl import column_types, create_database_sql, create_table_sql
+from trempy_nb.writer.mariadb.names import execute, qualified, quote
+
+CHILD = """
+import json, resource, sys
+from trempy_nb.catalog import describe_table
+from trempy_nb.db import connect
+from trempy_nb.fullload_mariadb import run_full_load_mariadb
+from trempy_nb.pipeline.plan import compile_plans
+from trempy_nb.settings import parse_settings
+settings = parse_settings(json.loads(sys.argv[1]))
+with connect(settings.task.source) as c:
+    info = describe_table(c, "bench", "t")
+plans = compile_plans(settings, {("bench", "t"): info})
+run_full_load_mariadb(settings, plans, settings.task.source, settings.task.target, max_workers=1)
+print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+"""
+
+#: bench.t's rows as MariaDB reads them (booleans 1/0, timestamptz in UTC): the reference CSV
+CSV_QUERY = """COPY (SELECT id, name, amount, qty, to_char(created AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'),
+ day, CASE WHEN active THEN 1 ELSE 0 END, note FROM bench.t) TO STDOUT (FORMAT csv, NULL 'NULL', FORCE_QUOTE *)"""
+
+BATCH = 50_000
+
+
+def doc(src: str, target: str, db: str) -> dict:
+    t = {"schema_name": "bench", "table_name": "t"}
+    return {"task": {"task_name": "maria_bench", "source": src, "target": target, "replication_type": "full_load",
+                     "full_load_settings": {"recreate_table_if_exists": True}},
+            "tables": [t],
+            "transformations": [{**t, "priority": 0, "transformation_type": "modify_schema_name",
+                                 "contract": {"target_schema_name": db}}]}
+
+
+def change_batches(n_rows: int, n_changes: int, lsn0: int) -> list[tuple[pl.DataFrame, int]]:
+    """Upsert changes: 3 of 4 update an existing key, 1 of 4 inserts a new one (text values)."""
+    out = []
+    when = dt.datetime(2024, 6, 1, tzinfo=dt.timezone.utc)
+    for start in range(0, n_changes, BATCH):
+        n = min(BATCH, n_changes - start)
+        lsn = lsn0 + start // BATCH + 1
+        i = pl.col("i")
+        key = pl.when(i % 4 == 0).then(n_rows + 1 + i).otherwise((i * 7919) % n_rows + 1).cast(pl.String)
+        df = pl.DataFrame({"i": pl.int_range(start, start + n, eager=True)}).select(
+            key.alias("id"),
+            (pl.lit("changed ") + key).alias("name"),
+            pl.lit("12.50").alias("amount"), pl.lit("7").alias("qty"),
+            pl.lit("2024-06-01 10:00:00+00").alias("created"), pl.lit("2024-06-01").alias("day"),
+            pl.lit("t").alias("active"), pl.lit(None, pl.String).alias("note"),
+            pl.when(i % 4 == 0).then(pl.lit("I")).otherwise(pl.lit("U")).alias(OP),
+            pl.lit(lsn, pl.Int64).alias(LSN), pl.lit(when, META_SCHEMA[TS]).alias(TS),
+            i.cast(pl.Int64).alias(SEQ), pl.lit(None, META_SCHEMA[UNCHANGED]).alias(UNCHANGED))
+        out.append((df, lsn))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=2_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--changes", type=int, default=200_000)
+    ap.add_argument("--mariadb", default="mysql://root@127.0.0.1:3306/test", help="server (its database holds state)")
+    args = ap.parse_args()
+    cluster = start_cluster(conf={"shared_buffers": "256MB", "autovacuum": "off"})
+    work = Path(tempfile.mkdtemp(prefix="trempy_maria_bench_"))
+    server = maria_uri.target_of(args.mariadb)
+    db = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = maria_uri.connect(server)
+    try:
+        src = cluster.create_database("bench_src")
+        print(f"building bench.t with {args.rows:,} rows and its CSV file ...", flush=True)
+        with connect(src, autocommit=True) as c:
+            c.execute(TABLE_SQL.format(rows=int(args.rows)))
+            csv_path = work / "bench_t.csv"
+            with open(csv_path, "wb") as f, c.cursor().copy(CSV_QUERY) as copy:
+                for chunk in copy:
+                    f.write(chunk)
+            info = describe_table(c, "bench", "t")
+        settings_doc = doc(src, args.mariadb, db)
+        settings = parse_settings(settings_doc)
+        spec = target_spec(compile_plans(settings, {("bench", "t"): info})[("bench", "t")], settings)
+        env = {**os.environ, "TREMPY_HOME": str(work / "home")}
+        rounds: list[dict[str, float]] = []
+        rss = 0
+        for r in range(args.repeat):
+            print(f"round {r + 1} of {args.repeat} ...", flush=True)
+            res: dict[str, float] = {}
+            with admin.cursor() as cur:  # (a) reference
+                execute(cur, f"DROP DATABASE IF EXISTS {quote(db)}")
+                execute(cur, create_database_sql(db))
+                execute(cur, create_table_sql(spec, column_types(spec)))
+                t0 = time.perf_counter()
+                execute(cur, f"LOAD DATA LOCAL INFILE %s INTO TABLE {qualified(db, 't')} CHARACTER SET utf8mb4"
+                        " FIELDS TERMINATED BY ',' OPTIONALLY ENCLOSED BY '\"' ESCAPED BY ''"
+                        " LINES TERMINATED BY '\\n'", (str(csv_path),))
+                admin.commit()
+                res["a_load_data_csv_file"] = time.perf_counter() - t0
+                execute(cur, f"DROP DATABASE {quote(db)}")
+            t0 = time.perf_counter()  # (b) the full load
+            proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(settings_doc)], env=env,
+                                  capture_output=True, text=True)
+            res["b_trempy_full_load"] = time.perf_counter() - t0
+            if proc.returncode:
+                sys.exit(f"full load failed:\n{proc.stderr[-2000:]}")
+            rss = max(rss, *(int(ln.split()[1]) for ln in proc.stderr.splitlines() if ln.startswith("MAXRSS_KB")))
+            conn = maria_uri.connect(server)  # (c) CDC upsert apply onto the loaded table
+            batches = change_batches(args.rows, args.changes, 1000 * (r + 1))
+            task = f"bench_cdc_{uuid.uuid4().hex[:6]}"
+            t0 = time.perf_counter()
+            for frame, lsn in batches:
+                apply_batch(conn, task, [TableApply(spec, frame)], lsn, error_handling=ErrorHandling())
+            res["c_cdc_upsert_apply"] = time.perf_counter() - t0
+            with conn.cursor() as cur:
+                execute(cur, f"DELETE FROM {qualified(server.database, 'trempy_checkpoints')} WHERE task = %s", (task,))
+            conn.commit()
+            conn.close()
+            rounds.append(res)
+        ref = "a_load_data_csv_file"
+        print(f"\nMariaDB full load of {args.rows:,} rows x 8 columns, median of {args.repeat} rounds")
+        for label in ("a_load_data_csv_file", "b_trempy_full_load"):
+            secs = statistics.median(x[label] for x in rounds)
+            ratio = statistics.median(x[ref] / x[label] for x in rounds)
+            print(f"{label:24} {secs:8.2f}s {args.rows / secs:12,.0f} rows/s  {ratio:5.2f}x of (a)")
+        cdc = statistics.median(x["c_cdc_upsert_apply"] for x in rounds)
+        print(f"{'c_cdc_upsert_apply':24} {cdc:8.2f}s {args.changes / cdc:12,.0f} changes/s"
+              f" ({args.changes:,} changes in batches of {BATCH:,})")
+        print(f"peak RSS of the full load: {rss / 1024:.0f} MB")
+        print("targets: (b) >= 0.7x of (a); (c) >= 20k changes/s; peak RSS < 400 MB")
+    finally:
+        with admin.cursor() as cur:
+            execute(cur, f"DROP DATABASE IF EXISTS {quote(db)}")
+        admin.close()
+        cluster.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
