@@ -77,22 +77,23 @@ def doc(src: str, target: str, db: str) -> dict:
 
 
 def change_batches(n_rows: int, n_changes: int, lsn0: int) -> list[tuple[pl.DataFrame, int]]:
-    """Upsert changes: 3 of 4 update an existing key, 1 of 4 inserts a new one (text values)."""
+    """Upsert changes as benchmarks/cdc.py's backlog A makes them: row updates in key order, 100 per
+    source transaction (its own LSN); every tenth change inserts a new key instead."""
     out = []
     when = dt.datetime(2024, 6, 1, tzinfo=dt.timezone.utc)
     for start in range(0, n_changes, BATCH):
         n = min(BATCH, n_changes - start)
-        lsn = lsn0 + start // BATCH + 1
+        lsn = lsn0 + (start + n - 1) // 100  # the batch ends with its last transaction
         i = pl.col("i")
-        key = pl.when(i % 4 == 0).then(n_rows + 1 + i).otherwise((i * 7919) % n_rows + 1).cast(pl.String)
+        key = pl.when(i % 10 == 9).then(n_rows + 1 + i).otherwise(i % n_rows + 1).cast(pl.String)
         df = pl.DataFrame({"i": pl.int_range(start, start + n, eager=True)}).select(
             key.alias("id"),
             (pl.lit("changed ") + key).alias("name"),
             pl.lit("12.50").alias("amount"), pl.lit("7").alias("qty"),
             pl.lit("2024-06-01 10:00:00+00").alias("created"), pl.lit("2024-06-01").alias("day"),
             pl.lit("t").alias("active"), pl.lit(None, pl.String).alias("note"),
-            pl.when(i % 4 == 0).then(pl.lit("I")).otherwise(pl.lit("U")).alias(OP),
-            pl.lit(lsn, pl.Int64).alias(LSN), pl.lit(when, META_SCHEMA[TS]).alias(TS),
+            pl.when(i % 10 == 9).then(pl.lit("I")).otherwise(pl.lit("U")).alias(OP),
+            (lsn0 + i // 100).cast(pl.Int64).alias(LSN), pl.lit(when, META_SCHEMA[TS]).alias(TS),
             i.cast(pl.Int64).alias(SEQ), pl.lit(None, META_SCHEMA[UNCHANGED]).alias(UNCHANGED))
         out.append((df, lsn))
     return out
@@ -148,7 +149,7 @@ def main() -> None:
                 sys.exit(f"full load failed:\n{proc.stderr[-2000:]}")
             rss = max(rss, *(int(ln.split()[1]) for ln in proc.stderr.splitlines() if ln.startswith("MAXRSS_KB")))
             conn = maria_uri.connect(server)  # (c) CDC upsert apply onto the loaded table
-            batches = change_batches(args.rows, args.changes, 1000 * (r + 1))
+            batches = change_batches(args.rows, args.changes, 10_000_000 * (r + 1))
             task = f"bench_cdc_{uuid.uuid4().hex[:6]}"
             t0 = time.perf_counter()
             for frame, lsn in batches:

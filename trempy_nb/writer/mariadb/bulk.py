@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import polars as pl
@@ -34,8 +34,8 @@ def csv_bytes(frame: pl.DataFrame, columns: Sequence[str]) -> bytes:
 
 
 @contextlib.contextmanager
-def _fifo(data: bytes) -> Iterator[str]:
-    """A named pipe that yields `data` once to whoever opens it for reading."""
+def _fifo(data: bytes | Iterable[bytes]) -> Iterator[str]:
+    """A named pipe that yields `data` (bytes, or chunks of them) once to whoever opens it for reading."""
     folder = tempfile.mkdtemp(prefix="trempy-load-")
     path = os.path.join(folder, "rows.csv")
     os.mkfifo(path, 0o600)
@@ -44,7 +44,8 @@ def _fifo(data: bytes) -> Iterator[str]:
     def feed() -> None:
         try:
             with open(path, "wb") as pipe:
-                pipe.write(data)
+                for chunk in [data] if isinstance(data, bytes) else data:
+                    pipe.write(chunk)
         except BrokenPipeError:
             pass  # the reader stopped early (the statement failed): its error is the one to report
         except BaseException as exc:  # handed to the caller
@@ -117,4 +118,25 @@ def load_frame(
         raise DataWarnings(warnings)
     if loaded != frame.height:
         raise DataWarnings([("Error", 0, f"{frame.height} rows sent but {loaded} loaded")])
+    return loaded
+
+
+def load_stream(
+    cur: Any,
+    table: str,
+    columns: Sequence[str],
+    chunks: Iterable[bytes],
+    types: Mapping[str, MariaType],
+    *,
+    extra: Mapping[str, str] | None = None,
+    extra_params: Sequence[Any] = (),
+) -> int:
+    """LOAD DATA of CSV chunks as `csv_bytes` writes them, produced while the server reads (a
+    source's COPY): no rows in Python. Rows loaded; DataWarnings when the server warned."""
+    with _fifo(chunks) as path:
+        loaded = execute(cur, load_statement(table, columns, types, extra), (path, *extra_params))
+    execute(cur, "SHOW WARNINGS LIMIT 10")
+    warnings = list(cur.fetchall())
+    if warnings:
+        raise DataWarnings(warnings)
     return loaded
