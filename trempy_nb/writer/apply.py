@@ -25,14 +25,14 @@ import polars as pl
 import psycopg
 from psycopg import pq, sql
 
-from trempy_nb.changes import LSN, OP, SEQ, TS, UNCHANGED
+from trempy_nb.changes import LSN, OP, SEQ, TS
 from trempy_nb.errors import TerminalError
 from trempy_nb.pgcopy.copyio import copy_frame
 from trempy_nb.settings import ErrorHandling
 from trempy_nb.writer import errorpolicy as policy
 from trempy_nb.writer import sql as wsql
 from trempy_nb.writer.checkpoint import read_checkpoint, state_tables_exist, write_checkpoint
-from trempy_nb.writer.collapse import Rows, Truncate, plan_table
+from trempy_nb.writer.collapse import Rows, Truncate, fill_moved_toast, plan_table
 from trempy_nb.writer.ddl import TargetSpec, ensure_state_tables
 
 RowErrorCallback = Callable[[policy.BadRow], None]
@@ -200,54 +200,21 @@ APPLY_PART_ROWS = 50_000
 
 
 def _fill_moved_toast(ctx: _Ctx, spec: TargetSpec, frame: pl.DataFrame) -> pl.DataFrame:
-    """An update that changed the key arrives as 'D' old key + 'I' new key; under REPLICA IDENTITY
-    DEFAULT a TOASTed value it left unchanged is not in the WAL (the 'I' lists it as unchanged,
-    the 'D' holds only the key). Take it from the old key: its last value earlier in the batch,
-    else its row on the target as it is before this batch (read first: the batch deletes it)."""
-    if UNCHANGED not in frame.columns or frame.height == 0:
-        return frame
-    if not frame.select(((pl.col(OP) == "I") & pl.col(UNCHANGED).is_not_null()).any()).item():
-        return frame  # the usual case: no moved row lacks a value (checked without Python lists)
-    df = frame.sort(SEQ)
+    """Unchanged TOAST values of moved keys (`collapse.fill_moved_toast`), looked up as text on
+    the target when not earlier in the batch."""
     key = list(spec.key)
-    ops, seqs, lsns = df.get_column(OP).to_list(), df.get_column(SEQ).to_list(), df.get_column(LSN).to_list()
-    unchanged = df.get_column(UNCHANGED).to_list()
-    keys = df.select(key).rows()
-    moved = [i for i in range(1, df.height) if ops[i] == "I" and unchanged[i] and ops[i - 1] == "D"
-             and lsns[i] == lsns[i - 1] and seqs[i] == seqs[i - 1] + 1 and keys[i] != keys[i - 1]]
-    if not moved:
-        return frame
-    values: dict[tuple[int, str], Any] = {}
-    lookups: list[tuple[int, str]] = []
-    for i in moved:
-        for col in unchanged[i]:
-            if col not in df.columns or col in key:
-                continue
-            j = i - 2
-            while j >= 0 and not (keys[j] == keys[i - 1] and ops[j] != "D" and col not in (unchanged[j] or [])):
-                j -= 1
-            if j >= 0:
-                values[(i, col)] = df.get_column(col)[j]
-            else:
-                lookups.append((i, col))
     cond = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in key)
     if spec.scd2:
         cond = sql.SQL("{} AND {}").format(cond, sql.Identifier(spec.current_col))
-    with ctx.conn.cursor() as cur:
-        for i, col in lookups:
+
+    def lookup(col: str, old_key: tuple) -> tuple[bool, Any]:
+        with ctx.conn.cursor() as cur:
             cur.execute(sql.SQL("SELECT {}::text FROM {} WHERE {}").format(sql.Identifier(col), spec.ident, cond),
-                        [None if v is None else str(v) for v in keys[i - 1]])
+                        [None if v is None else str(v) for v in old_key])
             row = cur.fetchone()
-            if row is not None:
-                values[(i, col)] = row[0]
-    for (i, col), value in values.items():
-        seq = seqs[i]
-        df = df.with_columns(
-            pl.when(pl.col(SEQ) == seq).then(pl.lit(value, df.schema[col])).otherwise(pl.col(col)).alias(col),
-            pl.when(pl.col(SEQ) == seq).then(pl.col(UNCHANGED).list.set_difference(pl.lit([col])))
-            .otherwise(pl.col(UNCHANGED)).alias(UNCHANGED),
-        )
-    return df
+        return (row is not None, row[0] if row is not None else None)
+
+    return fill_moved_toast(frame, key, lookup)
 
 
 # --- statements ------------------------------------------------------------------------------

@@ -19,10 +19,10 @@ which order; `apply.py` only stages and runs the result.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Union
+from typing import Any, Union
 
 import polars as pl
 
@@ -110,6 +110,51 @@ def forward_fill_unchanged(
     keep = [p for p, any_left in zip(pairs, still, strict=True) if any_left]
     df = df.drop([m for (_, m), any_left in zip(pairs, still, strict=True) if not any_left])
     return df, keep
+
+
+def fill_moved_toast(
+    frame: pl.DataFrame, key: Sequence[str], lookup: Callable[[str, tuple], tuple[bool, Any]]
+) -> pl.DataFrame:
+    """An update that changed the key arrives as 'D' old key + 'I' new key; under REPLICA IDENTITY
+    DEFAULT a TOASTed value it left unchanged is not in the WAL (the 'I' lists it as unchanged,
+    the 'D' holds only the key). Take it from the old key: its last value earlier in the batch,
+    else `lookup(column, old key)` -> (found, value): the old key's row on the target as it is
+    before this batch, in the frame's text form (the writer asks it first: the batch deletes it)."""
+    if UNCHANGED not in frame.columns or frame.height == 0:
+        return frame
+    if not frame.select(((pl.col(OP) == "I") & pl.col(UNCHANGED).is_not_null()).any()).item():
+        return frame  # the usual case: no moved row lacks a value (checked without Python lists)
+    df = frame.sort(SEQ)
+    key = list(key)
+    ops, seqs, lsns = df.get_column(OP).to_list(), df.get_column(SEQ).to_list(), df.get_column(LSN).to_list()
+    unchanged = df.get_column(UNCHANGED).to_list()
+    keys = df.select(key).rows()
+    moved = [i for i in range(1, df.height) if ops[i] == "I" and unchanged[i] and ops[i - 1] == "D"
+             and lsns[i] == lsns[i - 1] and seqs[i] == seqs[i - 1] + 1 and keys[i] != keys[i - 1]]
+    if not moved:
+        return frame
+    values: dict[tuple[int, str], Any] = {}
+    for i in moved:
+        for col in unchanged[i]:
+            if col not in df.columns or col in key:
+                continue
+            j = i - 2
+            while j >= 0 and not (keys[j] == keys[i - 1] and ops[j] != "D" and col not in (unchanged[j] or [])):
+                j -= 1
+            if j >= 0:
+                values[(i, col)] = df.get_column(col)[j]
+                continue
+            found, value = lookup(col, keys[i - 1])
+            if found:
+                values[(i, col)] = value
+    for (i, col), value in values.items():
+        seq = seqs[i]
+        df = df.with_columns(
+            pl.when(pl.col(SEQ) == seq).then(pl.lit(value, df.schema[col])).otherwise(pl.col(col)).alias(col),
+            pl.when(pl.col(SEQ) == seq).then(pl.col(UNCHANGED).list.set_difference(pl.lit([col])))
+            .otherwise(pl.col(UNCHANGED)).alias(UNCHANGED),
+        )
+    return df
 
 
 def collapse_upsert(df: pl.DataFrame, key: Sequence[str]) -> pl.DataFrame:

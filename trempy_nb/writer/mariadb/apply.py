@@ -22,12 +22,12 @@ from typing import Any
 
 import polars as pl
 
-from trempy_nb.changes import LSN, OP, SEQ, TS, UNCHANGED
+from trempy_nb.changes import LSN, OP, SEQ, TS
 from trempy_nb.errors import TerminalError
 from trempy_nb.settings import ErrorHandling
 from trempy_nb.writer import errorpolicy as policy
 from trempy_nb.writer.apply import ApplyResult, TableApply, TableCounts, _key_parts
-from trempy_nb.writer.collapse import Rows, Truncate, plan_table
+from trempy_nb.writer.collapse import Rows, Truncate, fill_moved_toast, plan_table
 from trempy_nb.writer.ddl import TargetSpec
 from trempy_nb.writer.mariadb import errors as merr
 from trempy_nb.writer.mariadb.bulk import load_frame
@@ -123,16 +123,10 @@ def _apply_table(ctx: _Ctx, ta: TableApply, checkpoint: int | None, end_lsn: int
     missing = [k for k in spec.key if k not in ta.frame.columns]
     if missing:
         raise TerminalError(f"changes for {name} lack key column(s) {', '.join(missing)}")
-    frame = ta.frame
-    if (UNCHANGED in frame.columns and frame.height
-            and frame.select(((pl.col(OP) == "I") & pl.col(UNCHANGED).is_not_null()).any()).item()):
-        # a key-changing update whose unchanged TOAST value must come from the old key's row
-        raise TerminalError(f"{name}: an update changed the key and left a TOASTed value unchanged; the MariaDB"
-                            " target cannot fill it yet (set REPLICA IDENTITY FULL on the source table)")
-    columns = [c for c in spec.data_columns if c in frame.columns]
+    columns = [c for c in spec.data_columns if c in ta.frame.columns]
     types = column_types(spec)
-    pg_types = {c.name: c.pg_type for c in spec.columns}
-    frame = to_load_text(frame, types, pg_types)
+    frame = to_load_text(ta.frame, types, {c.name: c.pg_type for c in spec.columns})
+    frame = _fill_moved_toast(ctx, spec, types, frame)
     for part in _key_parts(frame, spec.key, bool(ta.truncated_at)):
         plan = plan_table(part, spec.key, columns, scd2=spec.scd2, truncated_at=ta.truncated_at,
                           checkpoint=checkpoint)
@@ -150,6 +144,23 @@ def _apply_table(ctx: _Ctx, ta: TableApply, checkpoint: int | None, end_lsn: int
                     _run_unit(ctx, spec, types, "delete", Rows(deletes, []), list(spec.key), counts)
                 if writes.height:
                     _run_unit(ctx, spec, types, "upsert", Rows(writes, step.markers), columns, counts)
+
+
+def _fill_moved_toast(ctx: _Ctx, spec: TargetSpec, types: dict[str, MariaType], frame: pl.DataFrame) -> pl.DataFrame:
+    """Unchanged TOAST values of moved keys (`collapse.fill_moved_toast`), looked up on the target
+    in the form LOAD DATA reads (hex for binary columns) when not earlier in the batch."""
+    cond = " AND ".join(f"{quote(k)} = %s" for k in spec.key)
+    if spec.scd2:
+        cond += f" AND {quote(spec.current_col)} = 1"
+
+    def lookup(col: str, old_key: tuple) -> tuple[bool, Any]:
+        expr = f"HEX({quote(col)})" if types[col].load == "hex" else f"CAST({quote(col)} AS CHAR)"
+        with ctx.conn.cursor() as cur:
+            execute(cur, f"SELECT {expr} FROM {qualified(spec.schema, spec.table)} WHERE {cond}", old_key)
+            row = cur.fetchone()
+        return (row is not None, row[0] if row is not None else None)
+
+    return fill_moved_toast(frame, list(spec.key), lookup)
 
 
 # --- statements ------------------------------------------------------------------------------
@@ -172,7 +183,8 @@ def _stage(ctx: _Ctx, staging: str, spec: TargetSpec, types: dict[str, MariaType
     with ctx.conn.cursor() as cur:
         execute(cur, f"CREATE TEMPORARY TABLE {staging} ENGINE=InnoDB AS SELECT {', '.join(parts)} FROM {target} AS t"
                 " WHERE FALSE")
-        load_frame(cur, staging, [*columns, *meta, *markers], to_load_text(frame, load_types, {}), load_types)
+        meta_text = to_load_text(frame, {S_TS: _TS_LOAD, S_END: _TS_LOAD}, {})  # data columns: converted already
+        load_frame(cur, staging, [*columns, *meta, *markers], meta_text, load_types)
 
 
 def _execute_unit(ctx: _Ctx, spec: TargetSpec, types: dict[str, MariaType], op: str, rows: Rows,
