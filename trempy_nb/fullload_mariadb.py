@@ -5,8 +5,12 @@ text batches, the table's Polars plan); the target side is
 `writer/mariadb/fullload.TableLoad` (LOAD DATA LOCAL INFILE from memory, one
 InnoDB transaction per table, the one error policy). Before anything is
 written the server's capabilities and every table's key length are checked,
-so a run that cannot finish writes nothing. Three overlapping stages per
-table: COPY out (thread) -> plan + encode (thread) -> LOAD DATA (here).
+so a run that cannot finish writes nothing. A table with no filter and no value
+transformation (and no array column) into an empty target streams the source's
+`COPY (SELECT <MariaDB input form>) TO STDOUT (FORMAT csv)` straight into LOAD
+DATA, no Python rows; if the target refuses a value it is redone batch by batch.
+The others go in three overlapping stages: COPY out (thread) -> plan + encode
+(thread) -> LOAD DATA (here).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import polars as pl
+import psycopg
+from psycopg import sql
 
 from trempy_nb.db import connect
 from trempy_nb.errors import TrempyError
@@ -32,10 +38,48 @@ from trempy_nb.pgcopy.copyio import iter_frames, select_query
 from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.redact import mask
 from trempy_nb.settings import TaskSettings
+from trempy_nb.writer.errorpolicy import Kind
 from trempy_nb.writer.mariadb import capabilities
+from trempy_nb.writer.mariadb import errors as merr
 from trempy_nb.writer.mariadb import uri as maria_uri
 from trempy_nb.writer.mariadb.ddl import check_key_length, column_types, ensure_state_tables
 from trempy_nb.writer.mariadb.fullload import TableLoad
+from trempy_nb.writer.mariadb.types import mariadb_type
+
+
+def _source_expr(column: str, pg_type: str) -> sql.Composable | None:
+    """The source-side expression giving `column` as MariaDB reads it (see types.to_load_text)."""
+    col = sql.Identifier(column)
+    mt = mariadb_type(pg_type)
+    if mt.load == "array":
+        return None
+    if mt.load == "bool":
+        return sql.SQL("CASE WHEN {0} THEN '1' WHEN NOT {0} THEN '0' END").format(col)
+    if mt.load == "hex":
+        return sql.SQL("encode({}, 'hex')").format(col)
+    if mt.load == "tz":  # UTC; what MariaDB cannot hold stays recognisably refused
+        return sql.SQL(
+            "CASE WHEN {0} IS NULL THEN NULL WHEN isfinite({0}) AND {0} >= '0001-01-01 00:00:00+00'"
+            " AND {0} < '10000-01-01 00:00:00+00' THEN to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
+            " ELSE 'out of range: ' || {0}::text END").format(col)
+    return col
+
+
+def stream_query(plan: TablePlan) -> sql.Composed | None:
+    """COPY ... TO STDOUT (FORMAT csv) of a pass-through table in MariaDB's input form, or None
+    when a column needs Python (arrays)."""
+    types = {c.name: c.pg_type for c in plan.source.columns}
+    exprs = [_source_expr(c, types[c]) for c in plan.source_columns]
+    if any(e is None for e in exprs):
+        return None
+    return sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT csv, NULL 'NULL', FORCE_QUOTE *)").format(
+        sql.SQL(", ").join(exprs), sql.Identifier(plan.source.schema, plan.source.name))  # type: ignore[arg-type]
+
+
+def _copy_chunks(src: psycopg.Connection, query: sql.Composed) -> Iterator[bytes]:
+    with src.cursor().copy(query) as copy:
+        for chunk in copy:
+            yield bytes(chunk)
 
 
 def load_table_mariadb(
@@ -65,20 +109,37 @@ def load_table_mariadb(
                    truncate=fl.truncate_before_insert)
         _begin_snapshot(src, snapshot)
         source_cols = list(plan.source_columns)
-        frames = iter_frames(src.cursor(), select_query(plan.source.schema, plan.source.name, source_cols),
-                             source_cols, chunk_bytes=chunk_bytes or CHUNK_BYTES)
-
-        def encoded() -> Iterator[tuple[pl.DataFrame, tuple[pl.DataFrame, bytes]]]:
-            for frame in _prefetch(frames):
-                out = plan.apply(frame).select(spec.data_columns)
-                result.rows_read += frame.height
-                result.rows_filtered += frame.height - out.height
-                yield out, load.encode(out)
+        query = stream_query(plan) if plan.passthrough and load.direct else None
+        passed = False
+        if query is not None:
+            try:
+                result.rows_read = load.write_stream(_copy_chunks(src, query))
+                result.path, passed = "passthrough", True
                 if on_progress:
-                    on_progress(frame.height)
+                    on_progress(result.rows_read)
+            except Exception as exc:
+                if merr.classify(exc) is not Kind.ROW and not isinstance(exc, psycopg.Error):
+                    raise
+                # a value the target refused: redo the table batch by batch, where the error policy
+                # retries, isolates or stops (the source connection is reopened: its COPY broke off)
+                src.close()
+                src = connect(source_uri)
+                _begin_snapshot(src, snapshot)
+        if not passed:
+            frames = iter_frames(src.cursor(), select_query(plan.source.schema, plan.source.name, source_cols),
+                                 source_cols, chunk_bytes=chunk_bytes or CHUNK_BYTES)
 
-        for out, enc in _prefetch(encoded(), depth=2):
-            load.write(out, enc)
+            def encoded() -> Iterator[tuple[pl.DataFrame, tuple[pl.DataFrame, bytes]]]:
+                for frame in _prefetch(frames):
+                    out = plan.apply(frame).select(spec.data_columns)
+                    result.rows_read += frame.height
+                    result.rows_filtered += frame.height - out.height
+                    yield out, load.encode(out)
+                    if on_progress:
+                        on_progress(frame.height)
+
+            for out, enc in _prefetch(encoded(), depth=2):
+                load.write(out, enc)
         load.finish(source_schema=plan.source.schema, source_table=plan.source.name, snapshot_lsn=snapshot_lsn)
     except BaseException:
         load.abort()

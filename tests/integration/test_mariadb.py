@@ -640,3 +640,55 @@ def test_real_pgoutput_changes_upsert_and_scd2(conn: Any, dbs: Callable[..., str
     # 1: insert + rename; 2: insert (closed when it left the filter); 3: insert (closed by the delete);
     # 4 and 6: insert (closed by the key change); 40, 60: moved; 5: insert + new time; 7: insert
     assert per_key == {1: 2, 2: 1, 3: 1, 4: 1, 5: 2, 6: 1, 7: 1, 40: 1, 60: 1}
+
+
+def _run_load(conn: Any, source_uri: str, table: str, target_db: str, *, filtered: bool,
+              error_handling: dict | None = None) -> list:
+    with pg_connect(source_uri) as c:
+        info = describe_table(c, "public", table)
+    tbl = {"schema_name": "public", "table_name": table}
+    doc = settings_doc(f"fl_{uuid.uuid4().hex[:6]}", source_uri, f"mysql://root@127.0.0.1:3306/{conn.db.decode()}",
+                       rtype="full_load", tables=[("public", table)], error_handling=error_handling,
+                       filters=[{**tbl, "column_name": "id", "filter_type": "greater_than_or_equal", "value": 0}]
+                       if filtered else (),
+                       transformations=[{**tbl, "priority": 0, "transformation_type": "modify_schema_name",
+                                         "contract": {"target_schema_name": target_db}}])
+    settings = parse_settings(doc)
+    plans = compile_plans(settings, {("public", table): info})
+    return run_full_load_mariadb(settings, plans, source_uri, settings.task.target, max_workers=1)
+
+
+def test_streamed_load_writes_what_the_pipeline_writes(conn: Any, dbs: Callable[..., str], source_uri: str) -> None:
+    """A pass-through table streams COPY csv into LOAD DATA; the same rows through the Polars
+    pipeline (a no-op filter) land identically, value for value."""
+    with pg_connect(source_uri) as src:
+        src.execute(ALL_TYPES)
+        src.execute(ALL_ROWS)
+        src.execute("ALTER TABLE src DROP COLUMN ai, DROP COLUMN at")  # arrays always go through Python
+        src.execute("INSERT INTO src (id, tstz, b, by) SELECT g, '2024-01-01 00:00:00+05'::timestamptz + g * interval"
+                    " '1 hour 1 microsecond', g % 2 = 0, decode(md5(g::text), 'hex') FROM generate_series(10, 5000) g")
+        src.commit()
+    streamed, piped = dbs("streamed", create=False), dbs("piped", create=False)
+    [r1] = _run_load(conn, source_uri, "src", streamed, filtered=False)
+    [r2] = _run_load(conn, source_uri, "src", piped, filtered=True)
+    assert (r1.path, r2.path) == ("passthrough", "pipeline")
+    assert r1.rows_written == r2.rows_written == 4994
+    a = query(conn, f"SELECT * FROM {qualified(streamed, 'src')} ORDER BY id")
+    b = query(conn, f"SELECT * FROM {qualified(piped, 'src')} ORDER BY id")
+    assert a == b and len(a) == 4994
+
+
+def test_streamed_load_falls_back_to_isolate_a_bad_row(conn: Any, dbs: Callable[..., str], source_uri: str) -> None:
+    with pg_connect(source_uri) as src:
+        src.execute("CREATE TABLE src (id integer PRIMARY KEY, at timestamptz, n text)")
+        src.execute("INSERT INTO src SELECT g, '2024-01-01', 'x' FROM generate_series(1, 500) g")
+        src.execute("UPDATE src SET at = '12000-01-01 00:00:00+00' WHERE id = 321")
+        src.commit()
+    with pytest.raises(RowError) as info:
+        _run_load(conn, source_uri, "src", dbs("stop", create=False), filtered=False)
+    assert "'id': '321'" in str(info.value) and "\n" not in str(info.value)
+    go_on = dbs("goon", create=False)
+    [r] = _run_load(conn, source_uri, "src", go_on, filtered=False,
+                    error_handling={"stop_if_insert_error": False, "stop_if_upsert_error": False})
+    assert (r.path, r.rows_written, r.rows_failed) == ("pipeline", 499, 1)
+    assert query(conn, f"SELECT COUNT(*), SUM(id) FROM {qualified(go_on, 'src')}") == [(499, Decimal(125250 - 321))]

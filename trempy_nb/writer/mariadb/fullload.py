@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from trempy_nb.settings import ErrorHandling
 from trempy_nb.writer import errorpolicy as policy
 from trempy_nb.writer.ddl import TargetSpec
 from trempy_nb.writer.mariadb import errors as merr
-from trempy_nb.writer.mariadb.bulk import csv_bytes, load_frame
+from trempy_nb.writer.mariadb.bulk import csv_bytes, load_frame, load_stream
 from trempy_nb.writer.mariadb.capabilities import server_info
 from trempy_nb.writer.mariadb.ddl import LOAD_STATE, ensure_target
 from trempy_nb.writer.mariadb.names import column_list, execute, key_match, qualified, quote
@@ -120,6 +120,28 @@ class TableLoad:
         execute(cur, f"INSERT INTO {self.table} ({column_list(cols)}, {start}, {end}, {cur_col})"
                 f" SELECT {column_list(cols, 's')}, %s, NULL, 1 FROM {stage} AS s WHERE NOT EXISTS"
                 f" (SELECT 1 FROM {self.table} AS t WHERE {keys} AND t.{cur_col} = 1)", (self.load_ts,))
+
+    def write_stream(self, chunks: Iterable[bytes]) -> int:
+        """The whole table at once from CSV chunks as `bulk.csv_bytes` writes them (a source's COPY
+        ... FORMAT csv), into an empty target, in a savepoint: rows written. Any error rolls the
+        savepoint back and is raised (the caller then loads batch by batch, where the error policy
+        isolates bad rows)."""
+        extra, params = self._extra()
+        name = f"trempy_sp_{next(self._names)}"
+        with self.conn.cursor() as cur:
+            execute(cur, f"SAVEPOINT {name}")
+            try:
+                n = load_stream(cur, self.table, self.spec.data_columns, chunks, self.types, extra=extra,
+                                extra_params=params)
+            except BaseException:
+                try:
+                    execute(cur, f"ROLLBACK TO SAVEPOINT {name}")
+                except Exception:
+                    pass  # the transaction is gone: the original error tells
+                raise
+            execute(cur, f"RELEASE SAVEPOINT {name}")
+        self.counts.rows_written += n
+        return n
 
     def write(self, df: pl.DataFrame, encoded: tuple[pl.DataFrame, bytes] | None = None) -> int:
         """Write one batch (PostgreSQL text of the target columns); returns rows written."""
