@@ -43,6 +43,7 @@ __all__ = [
     "get_connection",
     "has_literal_password",
     "home",
+    "is_mariadb_uri",
     "list_connections",
     "mask",
     "protect",
@@ -78,6 +79,11 @@ def _connections_file() -> Path:
 
 
 # --------------------------------------------------------------------------- URI helpers
+
+
+def is_mariadb_uri(text: str) -> bool:
+    """True for a mysql:// or mariadb:// URI (a MariaDB/MySQL target; no driver needed to tell)."""
+    return isinstance(text, str) and text.strip().lower().startswith(MARIADB_SCHEMES)
 
 
 def _is_uri(text: str) -> bool:

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 import psycopg
 
-from trempy_nb.connections import mask, resolve
+from trempy_nb.connections import is_mariadb_uri, mask, resolve
 from trempy_nb.crash import crash_point
 from trempy_nb.db import connect
-from trempy_nb.errors import AlreadyRunning, SlotLost, TrempyError
+from trempy_nb.errors import AlreadyRunning, SettingsError, SlotLost, TrempyError
 from trempy_nb.fullload import TableLoadResult, run_full_load, target_spec
 from trempy_nb.reports import record_targets
 from trempy_nb.writer.errorpolicy import is_transient  # re-exported (__all__)
@@ -173,9 +173,12 @@ class Runner:
         task = self.task
         settings = task.settings
         source, target = task.source_uri, task.target_uri
+        rtype = settings.task.replication_type
+        if is_mariadb_uri(target) and rtype != "full_load":
+            raise SettingsError(f"task.target {mask(settings.task.target)}: a MariaDB/MySQL target takes"
+                                " replication_type full_load for now (its CDC apply is not wired into runs yet)")
         task.validate()
         plans = task.plans
-        rtype = settings.task.replication_type
         with task_lock(source, task.name):
             record_targets(store, settings, plans)  # what `history NAME` reads
             if rtype == "full_load":
@@ -217,12 +220,23 @@ class Runner:
                                duration_s=r.seconds)
             bars.done((r.schema, r.table))
 
+        load = _mariadb_full_load() if is_mariadb_uri(target) else run_full_load
         try:
-            return run_full_load(self.task.settings, plans, source, target, snapshot=snapshot,
-                                 snapshot_lsn=lsn, load_ts=load_ts, progress=bars.update, on_row_error=on_row_error,
-                                 on_table_done=on_done)
+            return load(self.task.settings, plans, source, target, snapshot=snapshot,
+                        snapshot_lsn=lsn, load_ts=load_ts, progress=bars.update, on_row_error=on_row_error,
+                        on_table_done=on_done)
         finally:
             bars.close()
+
+
+def _mariadb_full_load() -> Any:
+    """The MariaDB target's full load; its driver is the optional extra `trempy_nb[mariadb]`, imported
+    only when a MariaDB target is used (so PostgreSQL-only installs never need it)."""
+    try:
+        from trempy_nb.fullload_mariadb import run_full_load_mariadb
+    except ImportError as exc:
+        raise SettingsError(f"a MariaDB/MySQL target needs its driver: pip install 'trempy_nb[mariadb]' ({exc})") from None
+    return run_full_load_mariadb
 
 
 class _Progress:

@@ -105,7 +105,7 @@ class Task:
 
     @property
     def target_uri(self) -> str:
-        return resolve(self.settings.task.target)
+        return resolve(self.settings.task.target, mariadb=True)
 
     # validation -------------------------------------------------------------------
     def validate(self) -> Task:

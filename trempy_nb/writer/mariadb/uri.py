@@ -15,11 +15,10 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pymysql
 
-from trempy_nb.connections import resolve
+from trempy_nb.connections import is_mariadb_uri, resolve
 from trempy_nb.errors import ConnectionFailed, SettingsError
 from trempy_nb.redact import mask
 
-SCHEMES = ("mysql://", "mariadb://")
 DEFAULT_PORT = 3306
 
 #: Every value round-trips exactly only when the session is UTC and strict (an out-of-range or
@@ -30,11 +29,6 @@ INIT_COMMAND = f"SET time_zone = '+00:00', sql_mode = '{SQL_MODE}', sql_notes = 
 #: Error numbers of a connection the server refused for good (no retry can cure them):
 #: 1044/1045 access denied, 1049 unknown database, 1698 access denied (unix socket plugin).
 REFUSED = (1044, 1045, 1049, 1698)
-
-
-def is_mariadb_uri(text: str) -> bool:
-    """True for a mysql:// or mariadb:// URI (checked on the text as written or resolved)."""
-    return isinstance(text, str) and text.strip().lower().startswith(SCHEMES)
 
 
 @dataclass(frozen=True)
