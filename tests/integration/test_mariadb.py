@@ -33,7 +33,7 @@ from trempy_nb.capture import (
 )
 from trempy_nb.catalog import ColumnInfo, describe_table
 from trempy_nb.changes import LSN, META_SCHEMA, OP, SEQ, TS, UNCHANGED
-from trempy_nb.connections import save_connection
+from trempy_nb.connections import get_connection, list_connections, save_connection
 from trempy_nb.db import connect as pg_connect
 from trempy_nb.errors import ConnectionFailed, RowError, ValidationFailed
 from trempy_nb.fullload import target_spec
@@ -509,6 +509,9 @@ def test_saved_connection_and_env_password(trempy_home: Any, monkeypatch: pytest
         assert c2.db.decode() == conn.db.decode()
     save_connection("maria2", "mysql://app:Saved!Pw9@127.0.0.1:3306/db")
     assert uri.target_of("maria2").password == "Saved!Pw9"
+    listed = list_connections().filter(pl.col("name") == "maria2").row(0, named=True)
+    assert (listed["host"], listed["port"], listed["database"], listed["user"]) == ("127.0.0.1", "3306", "db", "app")
+    assert "Saved!Pw9" not in str(get_connection("maria2")) and "Saved!Pw9" not in str(list_connections())
     assert "Saved!Pw9" not in mask("connecting with Saved!Pw9 failed")
 
 
