@@ -45,7 +45,7 @@ from trempy_nb.settings import parse_settings
 from trempy_nb.writer.apply import TableApply
 from trempy_nb.writer.ddl import TargetSpec
 from trempy_nb.writer.errorpolicy import BadRow
-from trempy_nb.writer.mariadb import capabilities, uri
+from trempy_nb.writer.mariadb import capabilities, state, uri
 from trempy_nb.writer.mariadb.apply import apply_batch, read_checkpoint
 from trempy_nb.writer.mariadb.ddl import ensure_state_tables, ensure_target
 from trempy_nb.writer.mariadb.fullload import TableLoad
@@ -734,3 +734,27 @@ def test_cli_refuses_mariadb_as_source(tmp_path: Path, trempy_home: Path) -> Non
                   env={"TREMPY_HOME": str(trempy_home)})
     assert out.returncode == 2 and "can only be a task's target" in out.stderr
     assert "Hidden!Pw1" not in out.stderr + out.stdout
+
+
+def test_task_state_for_the_cdc_session(conn: Any, dbs: Callable[..., str]) -> None:
+    db = conn.db.decode()
+    ensure_state_tables(conn, db)
+    spec = make(conn, dbs, "upsert")
+    apply_batch(conn, "st", [TableApply(spec, changes([("I", 100, ts(1), (1, "a", 1, "x"))]))], 100,
+                error_handling=STOP)
+    state.set_slot_lsn(conn, db, "st", 90)
+    state.set_slot_lsn(conn, db, "st", 120)
+    state.set_slot_lsn(conn, db, "st", 110)  # never backwards
+    state.set_shape(conn, db, "st", "public", "t", [["id", "integer"], ["name", "text"]])
+    conn.commit()
+    assert state.get_slot_lsn(conn, db, "st") == 120
+    assert state.get_shapes(conn, db, "st") == {("public", "t"): [["id", "integer"], ["name", "text"]]}
+    # a column added on the source while the task was stopped is added on `continue`
+    wider = TargetSpec(spec.schema, spec.table, (*COLUMNS, ColumnInfo("extra", "numeric(5,1)")), ("id",), "upsert")
+    ensure_target(conn, wider, create=False, add_missing=True)
+    assert query(conn, "SELECT column_type FROM information_schema.columns WHERE table_schema = %s"
+                 " AND table_name = 'items' AND column_name = 'extra'", (spec.schema,)) == [("decimal(5,1)",)]
+    state.reset_task(conn, db, "st")
+    conn.commit()
+    assert read_checkpoint(conn, "st") is None and state.get_shapes(conn, db, "st") == {}
+    assert state.loaded_tables(conn, db, "st") == set()

@@ -125,10 +125,12 @@ def ensure_target(
     create: bool = True,
     recreate: bool = False,
     native_uuid: bool = True,
+    add_missing: bool = False,
 ) -> tuple[bool, dict[str, MariaType]]:
     """Create (or recreate) the database and table per full_load_settings: (created, types).
 
-    An existing table must hold every column the plan writes (and the SCD2 columns)."""
+    An existing table must hold every column the plan writes (and the SCD2 columns); with
+    `add_missing` the data columns it lacks are added (DDL: commits implicitly)."""
     types = column_types(spec, native_uuid=native_uuid)
     check_key_length(spec, types)
     name = f"{spec.schema}.{spec.table}"
@@ -146,6 +148,13 @@ def ensure_target(
             return True, types
     needed = spec.data_columns + ([spec.start_col, spec.end_col, spec.current_col] if spec.scd2 else [])
     missing = [c for c in needed if c not in current]
+    if add_missing and missing:  # a change stream resuming after source columns were added
+        with conn.cursor() as cur:
+            for col in spec.columns:
+                if col.name in missing:
+                    execute(cur, f"ALTER TABLE {qualified(spec.schema, spec.table)} ADD COLUMN IF NOT EXISTS"
+                            f" {quote(col.name)} {types[col.name].sql}")
+        missing = [c for c in missing if c not in spec.data_columns]
     if missing:
         raise TerminalError(f"target table {name} exists but lacks column(s) {', '.join(missing)};"
                             " set full_load_settings.recreate_table_if_exists or add them")
