@@ -758,3 +758,16 @@ def test_task_state_for_the_cdc_session(conn: Any, dbs: Callable[..., str]) -> N
     conn.commit()
     assert read_checkpoint(conn, "st") is None and state.get_shapes(conn, db, "st") == {}
     assert state.loaded_tables(conn, db, "st") == set()
+
+
+@pytest.mark.parametrize("mode", ["upsert", "scd2"])
+def test_value_without_a_json_form_is_a_row_error(conn: Any, dbs: Callable[..., str], mode: str) -> None:
+    cols = (ColumnInfo("id", "integer", False, 1), ColumnInfo("v", "numeric[]", True, 2))
+    spec = make(conn, dbs, mode, columns=cols)
+    batch = changes([("I", 100, ts(1), (1, "{1.5,2}")), ("I", 100, ts(1), (2, "{NaN}")),
+                     ("I", 100, ts(1), (3, "{}"))], ("id", "v"))
+    bad: list[BadRow] = []
+    r = apply_batch(conn, "j", [TableApply(spec, batch)], 100, error_handling=GO_ON, on_row_error=bad.append)
+    assert [b.key for b in bad] == [{"id": "2"}] and r.totals().failed == 1
+    assert query(conn, f"SELECT id, v FROM {qualified(spec.schema, spec.table)} ORDER BY id") \
+        == [(1, "[1.5, 2]"), (3, "[]")]
