@@ -18,7 +18,6 @@ from trempy_nb.capture import tuples as tp
 __all__ = ["Inbox"]
 
 _Q = struct.Struct("!Q")
-_BEGIN, _COMMIT, _MESSAGE = 66, 67, 77  # 'B', 'C', 'M'
 
 
 class Inbox:
@@ -40,18 +39,20 @@ class Inbox:
         return len(self._ends)
 
     def add(self, msg: bytes | memoryview) -> None:
-        """Append a streamed message; note where whole units (transactions, messages) end."""
+        """Append a streamed message; note where whole units (transactions, messages) end.
+
+        Called once per change: the tags are literals (a global lookup each costs more)."""
         self._buf += msg
         self._ends.append(len(self._buf))
         tag = msg[0]
-        if tag == _BEGIN:
+        if tag == 66:  # 'B'
             self.in_txn = True
             self.txn_lsn = _Q.unpack_from(msg, 1)[0]
             self.txn_since = time.monotonic()
-        elif tag == _COMMIT:
+        elif tag == 67:  # 'C'
             self.in_txn = False
             self.units.append((len(self._ends), _Q.unpack_from(msg, 2)[0]))
-        elif tag == _MESSAGE and not self.in_txn and not msg[1] & 1:  # non-transactional 'M'
+        elif tag == 77 and not self.in_txn and not msg[1] & 1:  # non-transactional 'M'
             self.units.append((len(self._ends), _Q.unpack_from(msg, 2)[0]))
 
     def take(self, n: int) -> tp.Window:

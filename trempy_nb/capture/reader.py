@@ -119,6 +119,7 @@ class ChangeReader:
         application_name: str | None = None,
         window_changes: int | None = None,
         stream: bool = False,
+        windows: WindowSource | None = None,
     ) -> None:
         if max_changes < 1:
             raise ValueError("max_changes must be >= 1")
@@ -130,7 +131,8 @@ class ChangeReader:
         self.stream = stream
         self.relations: dict[tuple[str, str], Relation] = {}
         self._link = SlotConnection(uri, slot, publication, self.application_name)
-        self._windows: WindowSource = (
+        #: where raw messages come from (`windows`: another source, e.g. captured bytes in a test)
+        self._windows: WindowSource = windows if windows is not None else (
             StreamWindows(self._link)
             if stream
             # through `self._peek`, looked up at each call: a test serves captured bytes there

@@ -36,6 +36,7 @@ from trempy_nb.errors import TransientError, TrempyError
 
 __all__ = ["WalStream", "StreamWindows", "FEEDBACK_EVERY_S", "STREAM_WAIT_S", "STREAM_STALL_S"]
 
+_XLOG, _XLOG_HEADER = walproto.TAG_XLOG, walproto.XLOG_HEADER  # see walproto.xlog_payload
 FEEDBACK_EVERY_S = 10.0  # well under the default wal_sender_timeout (60 s)
 #: how long a fetch waits for a first message when nothing is pending
 STREAM_WAIT_S = 0.05
@@ -102,9 +103,8 @@ class WalStream:
         while True:
             n, data = pg.get_copy_data(1)
             if n > 0:
-                msg = walproto.xlog_payload(data)
-                if msg is not None:
-                    return msg
+                if data[0] == _XLOG:  # once per change: the test and slice inline, no call
+                    return memoryview(data)[_XLOG_HEADER:]
                 ka = walproto.keepalive(data)
                 if ka is not None:
                     self.server_end = max(self.server_end, ka.wal_end)
