@@ -69,7 +69,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(rows=args.rows, keep=args.keep)
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Subcommands defined here; the others plug in from their feature's module.
+CORE_COMMANDS = ("schema", "validate", "run", "drop", "demo")
+
+
+def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; `plugins=False` leaves out the plugged-in subcommands (start-up speed:
+    their modules import the notebook, AI and widget stacks, which a core command never uses)."""
     p = argparse.ArgumentParser(prog="trempy-nb", description="PostgreSQL full load and change data capture, upsert or SCD2.")
     p.add_argument("--version", action="version", version=f"trempy-nb {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -102,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep", action="store_true", help="keep the embedded cluster running (prints its URI)")
     s.set_defaults(func=_cmd_demo)
 
+    if not plugins:
+        return p
     for name, module in (("ai", "trempy_nb.ai.cli"), ("notebook", "trempy_nb.notebook.cli"), ("connect", "trempy_nb.connections_cli")):
         _plug(sub, name, module)
     return p
@@ -122,9 +130,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Building the parser imports the heavy modules (its subcommands' plugins): a million
     # long-lived objects the cyclic GC would scan again and again. Not collecting while they
     # load, then freezing them out of later collections, saves ~10% of a short run's startup.
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
     gc.disable()
     try:
-        parser = build_parser()
+        parser = build_parser(plugins=command not in CORE_COMMANDS)
     finally:
         gc.freeze()
         gc.enable()

@@ -347,12 +347,11 @@ def _load(settings: TaskSettings, plan: TablePlan, spec: TargetSpec, src: psycop
             same_types = all(types.get(c.name) == c.pg_type for c in plan.target_columns)
             try:
                 with tgt.transaction():
-                    rows = stream_copy(scur, tcur, query, spec.ident, spec.data_columns, binary=same_types)
+                    rows = stream_copy(scur, tcur, query, spec.ident, spec.data_columns, binary=same_types,
+                                       on_rows=on_progress)
                 passed = True
                 result.path = "passthrough"
                 result.rows_read = result.rows_written = rows
-                if on_progress:
-                    on_progress(result.rows_read)
             except psycopg.Error:
                 # The target refused something: redo the table batch by batch to isolate bad rows.
                 src.close()
