@@ -13,15 +13,16 @@ from __future__ import annotations
 import select
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import polars as pl
 import psycopg
 from psycopg import pq, sql
 
-from trempy_nb.pipeline.binarycodec import Tail, read_copy_binary
 from trempy_nb.pipeline.textcodec import read_copy_text, write_copy_text
+
+if TYPE_CHECKING:
+    from trempy_nb.pipeline.binarycodec import Tail
 
 CHUNK_BYTES = 16 * 1024 * 1024
 
@@ -102,6 +103,11 @@ def iter_binary_frames(
 ) -> Iterator[pl.DataFrame]:
     """Batches of rows from COPY binary: String columns where `as_text`, Binary (raw values)
     elsewhere, and the last fields as one Binary column with a `tail`."""
+    # start-up speed: numpy and the binary codec (pyarrow) load only for a load that reads binary
+    import numpy as np
+
+    from trempy_nb.pipeline.binarycodec import read_copy_binary
+
     for data, sizes in _iter_copy(cur, query, None, chunk_bytes, binary=True):
         yield read_copy_binary(data, np.cumsum(np.array(sizes, np.int64)), names, as_text, tail)
 
