@@ -186,19 +186,22 @@ class Runner:
                                  counters=self.counters, stop=self._stop)
             session.on_status = self._set_status
             self._session = session
-            if self._catch_up_requested:
-                session.catch_up_target = session._current_lsn()
-            tables: list[TableLoadResult] = []
-            with session.prepare() as handoff:
-                if handoff.needs_full_load:
-                    self.status = "full_load"
-                    crash_point("full_load_start")
-                    tables = self._full_load(store, plans, source, target, handoff.snapshot, handoff.lsn,
-                                             handoff.ts)
-                    crash_point("full_load_before_checkpoint")
-                    session.mark_loaded(handoff.lsn)
-            changes = session.stream(until_caught_up=self.until_caught_up)
-            return tables, changes
+            try:
+                if self._catch_up_requested:
+                    session.catch_up_target = session._current_lsn()
+                tables: list[TableLoadResult] = []
+                with session.prepare() as handoff:
+                    if handoff.needs_full_load:
+                        self.status = "full_load"
+                        crash_point("full_load_start")
+                        tables = self._full_load(store, plans, source, target, handoff.snapshot, handoff.lsn,
+                                                 handoff.ts)
+                        crash_point("full_load_before_checkpoint")
+                        session.mark_loaded(handoff.lsn)
+                changes = session.stream(until_caught_up=self.until_caught_up)
+                return tables, changes
+            finally:
+                session.close()
 
     def _full_load(self, store: Any, plans: dict, source: str, target: str,
                    snapshot: str | None, lsn: int | None, load_ts: Any = None) -> list[TableLoadResult]:
