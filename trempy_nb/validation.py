@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import psycopg
 
-from trempy_nb.catalog import TableInfo, describe_table
+from trempy_nb import catalog
+from trempy_nb.catalog import TableInfo
 from trempy_nb.connections import mask, resolve
 from trempy_nb.db import connect
 from trempy_nb.errors import SettingsError, TrempyError, ValidationFailed
@@ -66,13 +67,8 @@ def _needs_key(settings: TaskSettings) -> bool:
 
 
 def describe_tables(conn: psycopg.Connection, settings: TaskSettings) -> dict[tuple[str, str], TableInfo | None]:
-    out: dict[tuple[str, str], TableInfo | None] = {}
-    for ref in settings.tables:
-        try:
-            out[ref.key] = describe_table(conn, ref.schema_name, ref.table_name)
-        except ValidationFailed:
-            out[ref.key] = None
-    return out
+    """Every table of the task, in one catalog query."""
+    return catalog.describe_tables(conn, [ref.key for ref in settings.tables])
 
 
 def validate_settings(settings: TaskSettings, source_uri: str | None = None) -> list[str]:
