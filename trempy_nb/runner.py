@@ -173,10 +173,10 @@ class Runner:
         task = self.task
         settings = task.settings
         source, target = task.source_uri, task.target_uri
-        task.validate()
-        plans = task.plans
         rtype = settings.task.replication_type
-        with task_lock(source, task.name):
+        with task_lock(source, task.name) as lock:
+            task.validate(lock)  # on the lock's connection: one connection (and login) fewer
+            plans = task.plans
             if rtype == "full_load":
                 self.status = "full_load"
                 return self._full_load(store, plans, source, target, None, None), 0

@@ -8,6 +8,7 @@ plan per table. It collects every problem, each led by its field path.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import psycopg
@@ -97,13 +98,14 @@ def _cdc_problems(conn: psycopg.Connection, settings: TaskSettings) -> list[str]
     return []
 
 
-def validate_live(settings: TaskSettings, source_uri: str) -> ValidatedTask:
-    """Validate and compile, or raise ValidationFailed listing every problem."""
-    with connect(source_uri) as conn:
-        tables = describe_tables(conn, settings)
+def validate_live(settings: TaskSettings, source_uri: str, conn: psycopg.Connection | None = None) -> ValidatedTask:
+    """Validate and compile, or raise ValidationFailed listing every problem. `conn`: a source
+    connection to use (a run validates on the connection holding its task lock)."""
+    with contextlib.nullcontext(conn) if conn is not None else connect(source_uri) as c:
+        tables = describe_tables(c, settings)
         plans, problems = validate_with_catalog(settings, tables)
         if settings.task.replication_type != "full_load":
-            problems.extend(_cdc_problems(conn, settings))
+            problems.extend(_cdc_problems(c, settings))
     if problems:
         raise ValidationFailed("\n".join(problems))
     return ValidatedTask(settings=settings, plans=plans)

@@ -407,6 +407,11 @@ class ChangeReader:
             while True:
                 for end, lsn in self._units[seen:]:
                     if upto_lsn is not None and lsn >= upto_lsn:
+                        if end - 1 == ok_end and self._pbuf[self._pends[end - 2] if end > 1 else 0] == 77:
+                            # the first unit past the bound is a lone message (our beacon): a no-op
+                            # taken too, so the slot moves past it and the next run does not decode
+                            # again the WAL in between (other databases' in a shared cluster)
+                            ok_end = end
                         blocked = True
                         break
                     ok_end = end
