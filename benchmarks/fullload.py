@@ -185,8 +185,13 @@ def main() -> None:
                 fresh_target(tgt, existing)
                 results[label] = timed_run([sys.executable, "-c", CHILD, "run", str(path), "-q"], {**env, **extra})
             if "n" in chosen:
-                # one untimed run first: the slot reads past the WAL the cases above wrote (the
-                # target databases share the source's cluster), so the timed run has nothing to do
+                # The target databases share the source's cluster, so the slot's WAL holds every
+                # load above. A CHECKPOINT logs the running transactions (as the server does by
+                # itself every 15 s of activity: a scheduled run finds such a record between it and
+                # the load before it) and one untimed run reads past it all: the slot's restart
+                # point moves up, and the timed run has nothing to decode.
+                with connect(tgt, autocommit=True) as c:
+                    c.execute("CHECKPOINT")
                 timed_run([sys.executable, "-c", CHILD, "run", str(noop), "--until-caught-up", "-q"], env)
                 results[NOOP] = timed_run([sys.executable, "-c", CHILD, "run", str(noop), "--until-caught-up",
                                            "--start-mode", "continue", "-q"], env)
