@@ -359,15 +359,24 @@ def _load(settings: TaskSettings, plan: TablePlan, spec: TargetSpec, src: psycop
         passed = False
         if plan.passthrough and empty:
             same_types = all(types.get(c.name) == c.pg_type for c in plan.target_columns)
+            told = [0]  # rows reported during the copy: taken back if the table is redone
+
+            def on_rows(n: int) -> None:
+                told[0] += n
+                if on_progress:
+                    on_progress(n)
+
             try:
                 with tgt.transaction():
                     rows = stream_copy(scur, tcur, query, spec.ident, spec.data_columns, binary=same_types,
-                                       on_rows=on_progress)
+                                       on_rows=on_rows)
                 passed = True
                 result.path = "passthrough"
                 result.rows_read = result.rows_written = rows
             except psycopg.Error:
                 # The target refused something: redo the table batch by batch to isolate bad rows.
+                if on_progress and told[0]:
+                    on_progress(-told[0])
                 src.close()
                 src = connect(source_uri)
                 _begin_snapshot(src, snapshot)
