@@ -186,13 +186,19 @@ def main() -> None:
                 results[label] = timed_run([sys.executable, "-c", CHILD, "run", str(path), "-q"], {**env, **extra})
             if "n" in chosen:
                 # The target databases share the source's cluster, so the slot's WAL holds every
-                # load above. A CHECKPOINT logs the running transactions (as the server does by
-                # itself every 15 s of activity: a scheduled run finds such a record between it and
-                # the load before it) and one untimed run reads past it all: the slot's restart
-                # point moves up, and the timed run has nothing to decode.
+                # load above, and a walsender decodes from the slot's restart point, which moves
+                # up one logged snapshot of running transactions per run. A CHECKPOINT logs one
+                # (the server does by itself every 15 s of activity), and untimed runs follow until
+                # the restart point has caught up: the steady state of a scheduled run, timed next.
                 with connect(tgt, autocommit=True) as c:
                     c.execute("CHECKPOINT")
-                timed_run([sys.executable, "-c", CHILD, "run", str(noop), "--until-caught-up", "-q"], env)
+                for _ in range(4):
+                    timed_run([sys.executable, "-c", CHILD, "run", str(noop), "--until-caught-up", "-q"], env)
+                    with connect(src, autocommit=True) as c:
+                        row = c.execute("SELECT pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn) < 16 * 1024 * 1024"
+                                        " FROM pg_replication_slots WHERE slot_name = 'trempy_n_bench'").fetchone()
+                    if row and row[0]:
+                        break
                 results[NOOP] = timed_run([sys.executable, "-c", CHILD, "run", str(noop), "--until-caught-up",
                                            "--start-mode", "continue", "-q"], env)
             t0 = time.perf_counter()
