@@ -139,6 +139,35 @@ class CdcSession:
         self.publication = publication_name(task.name)
         self.catch_up_target: int | None = None
         self.on_status: Any = None
+        self._control: psycopg.Connection | None = None  # see `_on_source`
+        self._control_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def _on_source(self) -> Iterator[psycopg.Connection]:
+        """The session's one source connection for its small queries (WAL position, slot health,
+        heartbeats), from any of its threads: a connection (and its authentication) per query cost
+        ~5-10 ms each, and a catch-up polls the WAL position every 50 ms. A failed query drops it,
+        so the next one reconnects (a restarted server)."""
+        with self._control_lock:
+            if self._control is None or self._control.closed:
+                self._control = connect(self.source, autocommit=True,
+                                        application_name=f"trempy_nb:{self.task.name}:control")
+            try:
+                yield self._control
+            except BaseException:
+                self._close_control()
+                raise
+
+    def _close_control(self) -> None:
+        if self._control is not None:
+            with contextlib.suppress(Exception):
+                self._control.close()
+            self._control = None
+
+    def close(self) -> None:
+        """Release the session's own source connection (the run's other connections are scoped)."""
+        with self._control_lock:
+            self._close_control()
 
     # slot lifecycle ------------------------------------------------------------------
     @contextlib.contextmanager
@@ -360,7 +389,7 @@ class CdcSession:
 
     def _flushed_past(self, lsn: int) -> bool:
         """Decoding sees only flushed WAL (asynchronous commits may lag): caught up only past it."""
-        with connect(self.source, autocommit=True) as src:
+        with self._on_source() as src:
             row = src.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
         if row and ch.lsn_to_int(row[0]) >= lsn:
             return True
@@ -368,14 +397,14 @@ class CdcSession:
         return False
 
     def _current_lsn(self) -> int:
-        with connect(self.source, autocommit=True) as src:
+        with self._on_source() as src:
             row = src.execute("SELECT pg_current_wal_lsn()::text").fetchone()
         return ch.lsn_to_int(row[0]) if row else 0
 
     def _heartbeat(self, reader: ChangeReader, tgt: psycopg.Connection) -> None:
         """Idle: write a heartbeat into the captured database's WAL; the reader's next read
         moves the slot past it, so a busy neighbour database's WAL is not pinned."""
-        with connect(self.source, autocommit=True) as src:
+        with self._on_source() as src:
             emit_heartbeat(src)
 
     def _apply(self, batch: ch.ChangeBatch, ahead: _ReadAhead, tgt: psycopg.Connection) -> int:
@@ -457,7 +486,7 @@ class CdcSession:
                                     rows_read=tc.frame.height)
 
     def _refresh_lag(self) -> None:
-        with contextlib.suppress(Exception), connect(self.source, autocommit=True) as src:
+        with contextlib.suppress(Exception), self._on_source() as src:
             st = slot_status(src, self.slot)
             row = src.execute("SELECT pg_current_wal_lsn()::text").fetchone()
             if st is not None and row:

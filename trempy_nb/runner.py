@@ -10,6 +10,8 @@ the task lock and connections.
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -177,9 +179,9 @@ class Runner:
         if is_mariadb_uri(target) and rtype != "full_load":
             raise SettingsError(f"task.target {mask(settings.task.target)}: a MariaDB/MySQL target takes"
                                 " replication_type full_load for now (its CDC apply is not wired into runs yet)")
-        task.validate()
-        plans = task.plans
-        with task_lock(source, task.name):
+        with task_lock(source, task.name) as lock:
+            task.validate(lock)  # on the lock's connection: one connection (and login) fewer
+            plans = task.plans
             record_targets(store, settings, plans)  # what `history NAME` reads
             if rtype == "full_load":
                 self.status = "full_load"
@@ -190,19 +192,22 @@ class Runner:
                                  counters=self.counters, stop=self._stop)
             session.on_status = self._set_status
             self._session = session
-            if self._catch_up_requested:
-                session.catch_up_target = session._current_lsn()
-            tables: list[TableLoadResult] = []
-            with session.prepare() as handoff:
-                if handoff.needs_full_load:
-                    self.status = "full_load"
-                    crash_point("full_load_start")
-                    tables = self._full_load(store, plans, source, target, handoff.snapshot, handoff.lsn,
-                                             handoff.ts)
-                    crash_point("full_load_before_checkpoint")
-                    session.mark_loaded(handoff.lsn)
-            changes = session.stream(until_caught_up=self.until_caught_up)
-            return tables, changes
+            try:
+                if self._catch_up_requested:
+                    session.catch_up_target = session._current_lsn()
+                tables: list[TableLoadResult] = []
+                with session.prepare() as handoff:
+                    if handoff.needs_full_load:
+                        self.status = "full_load"
+                        crash_point("full_load_start")
+                        tables = self._full_load(store, plans, source, target, handoff.snapshot, handoff.lsn,
+                                                 handoff.ts)
+                        crash_point("full_load_before_checkpoint")
+                        session.mark_loaded(handoff.lsn)
+                changes = session.stream(until_caught_up=self.until_caught_up)
+                return tables, changes
+            finally:
+                session.close()
 
     def _full_load(self, store: Any, plans: dict, source: str, target: str,
                    snapshot: str | None, lsn: int | None, load_ts: Any = None) -> list[TableLoadResult]:
@@ -240,16 +245,22 @@ def _mariadb_full_load() -> Any:
 
 
 class _Progress:
-    """One progress bar per table during the full load (tqdm: a widget in notebooks, text elsewhere)."""
+    """Full-load progress per table. On a terminal or in a notebook: one tqdm bar per table (a
+    widget in notebooks, text elsewhere). Non-interactive (stderr not a terminal, outside a
+    notebook: cron, CI, a pipe): a plain line per table every `TREMPY_PROGRESS_S` seconds (5),
+    and one when it is done, never a carriage return."""
 
     def __init__(self, task: Task, plans: dict, enabled: bool, counters: Counters) -> None:
         self.bars: dict[tuple[str, str], Any] = {}
         self.counters = counters
         self.lock = threading.Lock()
+        self.lines: _ProgressLines | None = None
         for key, plan in plans.items():
             counters.full_load_total[".".join(key)] = plan.source.estimated_rows
-        if enabled:
-            from tqdm.auto import tqdm
+        if enabled and not _interactive():
+            self.lines = _ProgressLines({k: p.source.estimated_rows for k, p in plans.items()})
+        elif enabled:
+            from tqdm.auto import tqdm  # start-up speed: only interactive runs draw bars
 
             for i, (key, plan) in enumerate(plans.items()):
                 total = plan.source.estimated_rows or None
@@ -260,6 +271,8 @@ class _Progress:
         crash_point("full_load_middle")  # rows read and written, the table's transaction open
         with self.lock:
             self.counters.full_load_rows[".".join(key)] += n
+            if self.lines is not None:
+                self.lines.update(key, n)
             bar = self.bars.get(key)
             if bar is not None:
                 if bar.total is not None and bar.n + n > bar.total:
@@ -267,6 +280,9 @@ class _Progress:
                 bar.update(n)
 
     def done(self, key: tuple[str, str]) -> None:
+        if self.lines is not None:
+            with self.lock:
+                self.lines.done(key)
         bar = self.bars.get(key)
         if bar is not None:
             bar.total = bar.n
@@ -275,6 +291,44 @@ class _Progress:
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
+
+
+def _interactive() -> bool:
+    """A terminal on stderr, or a notebook kernel (its bars are widgets)."""
+    if sys.stderr is not None and sys.stderr.isatty():
+        return True
+    return "ipykernel" in sys.modules
+
+
+class _ProgressLines:
+    """`schema.table: 420,000/1,000,000 rows (42%), 210,000 rows/s` on stderr, every few seconds."""
+
+    def __init__(self, totals: dict[tuple[str, str], int], every_s: float | None = None) -> None:
+        self.every_s = float(os.environ.get("TREMPY_PROGRESS_S", "5")) if every_s is None else every_s
+        self.totals = dict(totals)
+        self.rows: dict[tuple[str, str], int] = defaultdict(int)
+        self.started: dict[tuple[str, str], float] = {}
+        self.last: dict[tuple[str, str], float] = {}
+        self.t0 = time.monotonic()
+
+    def update(self, key: tuple[str, str], n: int) -> None:
+        now = time.monotonic()
+        self.started.setdefault(key, self.t0)
+        self.rows[key] += n
+        if now - self.last.get(key, self.t0) >= self.every_s:
+            self.last[key] = now
+            self._print(key, now)
+
+    def done(self, key: tuple[str, str]) -> None:
+        self.totals[key] = self.rows[key]
+        self._print(key, time.monotonic(), " done")
+
+    def _print(self, key: tuple[str, str], now: float, suffix: str = "") -> None:
+        n, total = self.rows[key], self.totals.get(key) or 0
+        secs = now - self.started.get(key, self.t0)
+        of = f"/{total:,} rows ({min(100, 100 * n // total)}%)" if total >= n and total else " rows"
+        rate = f", {n / secs:,.0f} rows/s" if secs > 0 else ""
+        print(f"{'.'.join(key)}: {n:,}{of}{rate}{suffix}", file=sys.stderr, flush=True)
 
 
 def run_task(task: Task, until_caught_up: bool = True, progress: bool = True) -> RunResult:

@@ -1527,6 +1527,8 @@ class ConsumerRunner:
             with contextlib.suppress(Exception):
                 store.end_run(run_id, "failed", mask(str(self.error)))
         finally:
+            if self.session is not None:
+                self.session.close()
             self.ready.set()
 
     def stop(self, timeout: float = 60.0) -> int:
