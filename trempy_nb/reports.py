@@ -26,7 +26,7 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
-from trempy_nb.connections import has_literal_password, mask, resolve
+from trempy_nb.connections import has_literal_password, is_mariadb_uri, mask, resolve
 from trempy_nb.db import connect
 from trempy_nb.errors import SettingsError, TrempyError, UnknownTask
 from trempy_nb.metadata import MetadataStore
@@ -313,7 +313,11 @@ def history(
                 f" recorded ({mask(target.target)}): give the task's settings file instead of its"
                 " name, or make the target a saved connection (trempy-nb connect add)"
             )
-        uri = resolve(target.target)
+        uri = resolve(target.target, mariadb=True)
+    if is_mariadb_uri(uri):
+        names, rows = _mariadb_reader()(uri, target.target_schema, target.target_table, key,
+                                        target.start_col if target.mode == "scd2" else None, int(limit))
+        return frame_of_rows(names, rows)
     where = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in key)
     order = (
         sql.SQL("ORDER BY {} NULLS LAST").format(sql.Identifier(target.start_col))
@@ -422,3 +426,13 @@ def table_text(frame: pl.DataFrame, max_width: int = 100) -> str:
     if not cells:
         out.append("(no rows)")
     return "\n".join(out)
+
+
+def _mariadb_reader() -> Any:
+    """`writer.mariadb.read.key_rows`; its driver is the optional extra `trempy_nb[mariadb]`, imported
+    only when a MariaDB target is read (so PostgreSQL-only installs never need it)."""
+    try:
+        from trempy_nb.writer.mariadb.read import key_rows
+    except ImportError as exc:
+        raise SettingsError(f"a MariaDB/MySQL target needs its driver: pip install 'trempy_nb[mariadb]' ({exc})") from None
+    return key_rows

@@ -41,6 +41,7 @@ from trempy_nb.fullload_mariadb import run_full_load_mariadb
 from trempy_nb.pgcopy.copyio import iter_frames, select_query
 from trempy_nb.pipeline.plan import compile_plans
 from trempy_nb.redact import mask
+from trempy_nb.reports import TargetTable, history
 from trempy_nb.settings import parse_settings
 from trempy_nb.writer.apply import TableApply
 from trempy_nb.writer.ddl import TargetSpec
@@ -212,6 +213,11 @@ def test_scd2_version_chains_at_commit_times(conn: Any, dbs: Callable[..., str])
     ]
     c = r.tables[(spec.schema, "items")]
     assert (c.opened, c.closed, c.merged) == (4, 3, 1)
+    # `history` of a key: every version, oldest first
+    where = TargetTable(f"{SERVER}/{conn.db.decode()}", "public", "items", spec.schema, "items",
+                        ("id", "name", "qty", "doc"), ("id",), "scd2")
+    hist = history(where, {"id": "1"})
+    assert hist.select("name", "scd_current").rows() == [("a", 0), ("a3", 0), ("a4", 1)]
     assert apply_batch(conn, "s", [TableApply(spec, b2)], 400, error_handling=STOP).skipped
     assert len(versions(conn, spec)) == 7
     # the target itself refuses a second current version of a key
@@ -719,6 +725,10 @@ def test_cli_full_load_into_mariadb(conn: Any, dbs: Callable[..., str], source_u
     done = run_cli(["run", str(write_settings(tmp_path / "maria.json", doc)), "-q"], env=env)
     assert done.returncode == 0, done.stderr
     assert query(conn, f"SELECT COUNT(*), MAX(hired) FROM {qualified(hr, 'employee')}") == [(1000, dt.date(2022, 9, 27))]
+    # `history` reads a key's row back from the MariaDB target
+    hist = run_cli(["history", str(tmp_path / "maria.json"), "--key", "7", "--json"], env=env)
+    assert hist.returncode == 0, hist.stderr
+    assert [(r["id"], r["name"]) for r in json.loads(hist.stdout)] == [(7, "e7")]
     # CDC into MariaDB is not wired into runs yet: one line, exit 2, nothing written
     cdc = settings_doc("cli_maria_cdc", source_uri, f"mysql://root@127.0.0.1:3306/{conn.db.decode()}",
                        tables=[("hr", "employee")])
