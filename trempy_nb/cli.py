@@ -43,11 +43,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.start_mode:
         task.settings.task.start_mode = args.start_mode
     if args.role:
-        from trempy_nb.runner import run_role
+        from trempy_nb.engine.runner import run_role
 
         return run_role(task, args.role, until_caught_up=args.until_caught_up, progress=not args.quiet)
     if task.settings.task.replication_type != "full_load" and not args.until_caught_up:
-        from trempy_nb.runner import run_forever
+        from trempy_nb.engine.runner import run_forever
 
         result = run_forever(task, progress=not args.quiet)
     else:
@@ -57,7 +57,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_drop(args: argparse.Namespace) -> int:
-    from trempy_nb.runner import drop_task_by_name
+    from trempy_nb.engine.runner import drop_task_by_name
 
     drop_task_by_name(args.task, source=args.source, target=args.target)
     print(f"dropped task {args.task}: slot, publication, state")

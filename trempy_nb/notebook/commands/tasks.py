@@ -127,7 +127,7 @@ def preview_view(name: str, table: str | None = None, limit: int = 20) -> Titled
 
 def preview_changes(name: str, limit: int = 50) -> pl.DataFrame:
     """Pending changes of the task's slot, transformed, without consuming them."""
-    from trempy_nb.cdc import frame_of_pending
+    from trempy_nb.engine.pending import frame_of_pending
 
     return frame_of_pending(get_task(name), limit=limit)
 
