@@ -18,7 +18,9 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Iterator
+from datetime import datetime
 
+import polars as pl
 import psycopg
 
 from trempy_nb import changes as ch
@@ -45,7 +47,7 @@ class ChangeApplier:
     """Applies change batches of one task to its target (a `ChangeSink`); owns one target connection."""
 
     def __init__(self, task: str, settings: TaskSettings, plans: dict[tuple[str, str], TablePlan], source: str,
-                 target: str, *, store: MetadataStore, run_id: str | None, counters: Counters,
+                 target: str, *, store: MetadataStore, run_id: str, counters: Counters,
                  connection_name: str = "apply") -> None:
         self.task, self.settings, self.plans = task, settings, plans  # plans: shared with the session
         self.source, self.target = source, target
@@ -109,9 +111,7 @@ class ChangeApplier:
             if before is not None:
                 for op, n in before.iter_rows():
                     self.counters.read[(name, _op_name(op))] += n
-                moved_out = frame.height and int(
-                    (frame.get_column(ch.OP) != "D").sum() - (out.get_column(ch.OP) != "D").sum()
-                )
+                moved_out = _not_deletes(frame) - _not_deletes(out)
                 if moved_out:
                     self.counters.filtered[(name, "update/insert")] += moved_out
             if tc.truncated_at:
@@ -141,13 +141,14 @@ class ChangeApplier:
                 n = int(getattr(counts, field, 0) or 0)
                 if n:
                     c.applied[(name, op)] += n
-        last_ts = None
+        last_ts: datetime | None = None
         for tc in batch.tables:
             if tc.frame.height:
                 ts = tc.frame.get_column(ch.TS).max()
-                last_ts = ts if last_ts is None or (ts is not None and ts > last_ts) else last_ts  # type: ignore[operator]
+                if isinstance(ts, datetime) and (last_ts is None or ts > last_ts):
+                    last_ts = ts
         if last_ts is not None:
-            c.lag_seconds = max(0.0, time.time() - last_ts.timestamp())  # type: ignore[union-attr]
+            c.lag_seconds = max(0.0, time.time() - last_ts.timestamp())
         c.history.append((time.time(), c.changes, c.lag_seconds))
         del c.history[:-600]
         for tc in batch.tables:
@@ -204,6 +205,10 @@ class _Announced(list[TableApply]):
             self._on_table(key)
             yield item
         self._on_table(None)  # past the tables: a failure now (checkpoint, commit) is the batch's
+
+
+def _not_deletes(frame: pl.DataFrame) -> int:
+    return frame.height - int(frame.get_column(ch.OP).eq("D").sum())
 
 
 def _op_name(op: str) -> str:

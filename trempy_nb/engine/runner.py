@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
@@ -39,7 +40,7 @@ from trempy_nb.engine.result import RunnableTask, RunResult
 from trempy_nb.engine.session import CdcSession
 from trempy_nb.errors import TerminalError, TrempyError
 from trempy_nb.fullload import TableLoadResult, run_full_load
-from trempy_nb.metadata import MetadataStore
+from trempy_nb.metadata import MetadataStore, RunStatus
 from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.redact import mask
 from trempy_nb.reports import record_targets
@@ -116,28 +117,27 @@ class Runner:
         store = MetadataStore()
         t0 = time.perf_counter()
         kind = self.task.settings.task.replication_type
-        self.run_id = store.start_run(self.task.name, kind)
+        run_id = self.run_id = store.start_run(self.task.name, kind)
         try:
             self.status = "running"
-            tables, changes = self._run(store)
-            self.status = "stopped" if self._stop.is_set() and not self.until_caught_up else "succeeded"
-            self.status = "succeeded" if kind == "full_load" else self.status
-            self.result = RunResult(self.task.name, self.run_id, self.status, tables,
-                                    time.perf_counter() - t0, changes)
-            store.end_run(self.run_id, self.status)
+            tables, changes = self._run(store, run_id)
+            final: RunStatus = "stopped" if self._stop.is_set() and not self.until_caught_up else "succeeded"
+            self.status = final = "succeeded" if kind == "full_load" else final
+            self.result = RunResult(self.task.name, run_id, final, tables, time.perf_counter() - t0, changes)
+            store.end_run(run_id, final)
         except BaseException as exc:  # kept and re-raised by wait(); never swallowed
             self.error = exc if isinstance(exc, TrempyError) else TrempyError(mask(f"{type(exc).__name__}: {exc}"))
             self.status = "failed"
             try:
-                store.end_run(self.run_id, "failed", mask(str(self.error)))
-                store.log(self.task.name, self.run_id, "ERROR", mask(str(self.error)))
+                store.end_run(run_id, "failed", mask(str(self.error)))
+                store.log(self.task.name, run_id, "ERROR", mask(str(self.error)))
             except Exception:  # noqa: S110 - the original error matters more
                 pass
 
     # the work ----------------------------------------------------------------------
-    def _run(self, store: MetadataStore) -> tuple[list[TableLoadResult], int]:
+    def _run(self, store: MetadataStore, run_id: str) -> tuple[list[TableLoadResult], int]:
         if self.role == "consumer":
-            return [], self._consume(store)
+            return [], self._consume(store, run_id)
         task = self.task
         settings = task.settings
         source, target = task.source_uri, task.target_uri
@@ -148,8 +148,8 @@ class Runner:
             record_targets(store, settings, plans)  # what `history NAME` reads
             if rtype == "full_load":
                 self.status = "full_load"
-                return self._full_load(store, plans, source, target, None, None), 0
-            session = self._new_session(store, plans)
+                return self._full_load(store, run_id, plans, source, target, None, None), 0
+            session = self._new_session(store, run_id, plans)
             if self._catch_up_requested:
                 session.catch_up.target = session.current_lsn()
             tables: list[TableLoadResult] = []
@@ -157,38 +157,38 @@ class Runner:
                 if handoff.needs_full_load:
                     self.status = "full_load"
                     crash_point("full_load_start")
-                    tables = self._full_load(store, plans, source, target, handoff.snapshot, handoff.lsn,
-                                             handoff.ts)
+                    tables = self._full_load(store, run_id, plans, source, target, handoff.snapshot,
+                                             handoff.lsn, handoff.ts)
                     crash_point("full_load_before_checkpoint")
                     session.mark_loaded(handoff.lsn)
-            changes = self._stream(session)
+            changes = self._stream(session, run_id)
             return tables, changes
 
-    def _consume(self, store: MetadataStore) -> int:
+    def _consume(self, store: MetadataStore, run_id: str) -> int:
         """The consumer side alone: no slot, no task lock (the producer holds those)."""
         plans = self.task.plans
         record_targets(store, self.task.settings, plans)  # what `history NAME` reads
-        session = self._new_session(store, plans)
+        session = self._new_session(store, run_id, plans)
         with connect(self.task.target_uri) as tgt:
             ensure_state_tables(tgt)
             tgt.commit()
-        return self._stream(session)
+        return self._stream(session, run_id)
 
-    def _new_session(self, store: MetadataStore, plans: dict[tuple[str, str], TablePlan]) -> CdcSession:
+    def _new_session(self, store: MetadataStore, run_id: str, plans: dict[tuple[str, str], TablePlan]) -> CdcSession:
         session = CdcSession(self.task, plans, self.task.source_uri, self.task.target_uri, store=store,
-                             run_id=self.run_id, counters=self.counters, stop=self._stop)
+                             run_id=run_id, counters=self.counters, stop=self._stop)
         session.on_status = self._set_status
         self._session = session
         return session
 
-    def _stream(self, session: CdcSession) -> int:
+    def _stream(self, session: CdcSession, run_id: str) -> int:
         """Hand the stream to the task's transport, the applier as its sink (not for a producer)."""
         settings = self.task.settings
         transport = self._transport or lookup(settings.task.transport)
         sink = None
         if self.role != "producer":
             sink = ChangeApplier(self.task.name, settings, session.plans, session.source, session.target,
-                                 store=session.store, run_id=self.run_id, counters=self.counters,
+                                 store=session.store, run_id=run_id, counters=self.counters,
                                  connection_name=transport.sink_name)
         ctx = StreamContext(self.task.name, settings, session.target, session, self._stop, session.catch_up,
                             until_caught_up=self.until_caught_up)
@@ -198,17 +198,18 @@ class Runner:
             if sink is not None:
                 sink.close()
 
-    def _full_load(self, store: MetadataStore, plans: dict[tuple[str, str], TablePlan], source: str, target: str,
-                   snapshot: str | None, lsn: int | None, load_ts: object = None) -> list[TableLoadResult]:
+    def _full_load(self, store: MetadataStore, run_id: str, plans: dict[tuple[str, str], TablePlan], source: str,
+                   target: str, snapshot: str | None, lsn: int | None,
+                   load_ts: datetime | None = None) -> list[TableLoadResult]:
         bars = Progress(plans, enabled=self.progress, counters=self.counters)
 
         def on_row_error(bad: BadRow) -> None:
-            store.record_error(self.task.name, self.run_id, bad.schema, bad.table, bad.operation, bad.error,
+            store.record_error(self.task.name, run_id, bad.schema, bad.table, bad.operation, bad.error,
                                bad.payload, key=bad.key)
 
         def on_done(r: TableLoadResult) -> None:
             crash_point("full_load_after_table")  # this table committed, the others maybe not
-            store.record_stats(self.run_id, self.task.name, r.schema, r.table, "full_load",
+            store.record_stats(run_id, self.task.name, r.schema, r.table, "full_load",
                                rows_read=r.rows_read, rows_written=r.rows_written,
                                rows_filtered=r.rows_filtered, rows_failed=r.rows_failed,
                                duration_s=r.seconds)

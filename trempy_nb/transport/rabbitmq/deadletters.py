@@ -90,22 +90,22 @@ class DeadLetterer:
 # -- dead letters: list and replay ---------------------------------------------------------------------
 
 
-_DL_SCHEMA = {
-    "task": pl.String,
-    "table": pl.String,
-    "first_lsn": pl.String,
-    "end_lsn": pl.String,
-    "changes": pl.Int64,
-    "error": pl.String,
-    "reason": pl.String,
-    "attempts": pl.Int64,
+_DL_SCHEMA: dict[str, pl.DataType] = {
+    "task": pl.String(),
+    "table": pl.String(),
+    "first_lsn": pl.String(),
+    "end_lsn": pl.String(),
+    "changes": pl.Int64(),
+    "error": pl.String(),
+    "reason": pl.String(),
+    "attempts": pl.Int64(),
     "time": pl.Datetime("us", "UTC"),
-    "parts": pl.Int64,
+    "parts": pl.Int64(),
 }
 
 
 def _peek_all(ch_: Any, queue_name: str) -> list[tuple[Any, Any, bytes]]:
-    out = []
+    out: list[tuple[Any, Any, bytes]] = []
     while True:
         method, props, body = ch_.basic_get(queue_name, auto_ack=False)
         if method is None:

@@ -71,7 +71,7 @@ def url_parameters(url: str) -> pika.URLParameters:
         params = pika.URLParameters(url)
     except Exception as exc:  # noqa: BLE001 - pika raises ValueError/TypeError for bad URLs
         error = ConnectionFailed(f"invalid RabbitMQ URL {mask(url)}: {mask(exc)}")
-        error.transient = False  # type: ignore[misc]
+        error.transient = False
         raise error from None
     if "heartbeat=" not in url:
         params.heartbeat = HEARTBEAT_S
@@ -112,7 +112,7 @@ def connect_blocking(url: str | None = None) -> pika.BlockingConnection:
                 pika.exceptions.ProbableAccessDeniedError,
             ),
         )
-        error.transient = not auth  # type: ignore[misc]
+        error.transient = not auth
         raise error from None
 
 
