@@ -1,7 +1,7 @@
 """Saved connections, `${VAR}` expansion and password masking.
 
 A task names its source and target either by a saved connection's name or by
-a `postgresql://` URI (SETTINGS.md). Saved connections live in
+a `postgresql://` URI (docs/settings.md). Saved connections live in
 `$TREMPY_HOME/connections.json` as a password-less URI plus the password
 encrypted with Fernet, so the file can be read, diffed or backed up without
 leaking anything. The key comes from `TREMPY_SECRET_KEY` (for CI and
@@ -16,6 +16,7 @@ import json
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -304,12 +305,16 @@ def _unknown(name: str, conns: dict[str, Any]) -> SettingsError:
 # --------------------------------------------------------------------------- public API
 
 
-def save_connection(name: str, uri: str, test: bool = False) -> ConnectionInfo:
+def save_connection(
+    name: str, uri: str, test: bool = False, *, keep_password_of: str | None = None
+) -> ConnectionInfo:
     """Save `uri` under `name`: password-less URI in clear, password encrypted with Fernet.
 
     `${VAR}` references are kept as written and expanded at `resolve` time, so a
     password taken from the environment never lands on disk at all. With
     `test=True` the connection is opened first and nothing is saved if it fails.
+    `keep_password_of`: when `uri` has no password, keep the one saved with that
+    connection (a form editing host or user, its password field left empty).
     """
     _check_name(name)
     uri = uri.strip()
@@ -332,6 +337,12 @@ def save_connection(name: str, uri: str, test: bool = False) -> ConnectionInfo:
     if password:
         stored = raw_pw if is_ref else password
         entry["password"] = _fernet().encrypt(stored.encode()).decode()  # type: ignore[union-attr]
+    if keep_password_of and not password:
+        with _locked():
+            kept = _load().get(keep_password_of)
+        if kept is not None and kept.get("password"):
+            entry["password"] = kept["password"]
+            entry["password_is_template"] = bool(kept.get("password_is_template"))
     if test:
         from trempy_nb.db import connect
 
@@ -368,6 +379,52 @@ def list_connections() -> pl.DataFrame:
         },
         schema={c: pl.String for c in ("name", "host", "port", "database", "user")},
     )
+
+
+def password_source(name: str) -> str:
+    """How connection `name` keeps its password, for lists: 'encrypted', '${VAR}' or 'none'."""
+    with _locked():
+        conns = _load()
+    if name not in conns:
+        raise _unknown(name, conns)
+    entry = conns[name]
+    if not entry.get("password"):
+        return "none"
+    return "${VAR}" if entry.get("password_is_template") else "encrypted"
+
+
+def with_password(uri: str, password: str) -> str:
+    """`uri` with `password` (typed apart, e.g. in a form's password field) put in, encoded."""
+    uri = uri.strip()
+    if not _is_uri(uri):
+        raise SettingsError(f"not a postgresql:// URI: {mask(uri)}")
+    register_secret(password)
+    scheme, user, _, after = _split_userinfo(uri)
+    return _join_userinfo(scheme, user or "", quote(password, safe=""), after)
+
+
+def check_connection(
+    ref: str, timeout: int = 10, *, keep_password_of: str | None = None
+) -> tuple[float, str]:
+    """Open `ref` (a saved name or a URI) once: (milliseconds to connect and ask, server version).
+
+    `keep_password_of`: a URI without password is tried with that saved connection's
+    password (a form testing an edited host before saving). Raises ConnectionFailed with
+    a masked one-line message when it cannot connect.
+    """
+    from trempy_nb.db import connect  # as in save_connection: db imports this module
+
+    conninfo = resolve(ref)
+    if keep_password_of and _is_uri(conninfo) and _split_userinfo(conninfo)[2] is None:
+        with _locked():
+            kept = _load().get(keep_password_of)
+        if kept is not None:
+            conninfo = expand_env(_build(conninfo, kept), context=f"connection {keep_password_of}")
+    started = time.perf_counter()
+    with connect(conninfo, connect_timeout=timeout) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    elapsed = (time.perf_counter() - started) * 1000
+    return elapsed, str(row[0]) if row else "?"
 
 
 def delete_connection(name: str) -> None:

@@ -30,6 +30,7 @@ from trempy_nb.connections import has_literal_password, mask, resolve
 from trempy_nb.db import connect
 from trempy_nb.errors import SettingsError, TrempyError, UnknownTask
 from trempy_nb.metadata import MetadataStore
+from trempy_nb.rowframes import frame_of_rows
 
 if TYPE_CHECKING:
     from trempy_nb.pipeline.plan import TablePlan
@@ -339,15 +340,9 @@ def history(
                 f"{where_name} does not exist on the target (has the task run yet?)"
             ) from None
         names = [d.name for d in cur.description or []]
+        oids = [d.type_code for d in cur.description or []]
         rows = cur.fetchall()
-    try:
-        return pl.DataFrame(rows, schema=names, orient="row", infer_schema_length=None)
-    except Exception:  # exotic types: show their text
-        return pl.DataFrame(
-            [[None if v is None else str(v) for v in r] for r in rows],
-            schema={n: pl.String for n in names},
-            orient="row",
-        )
+    return frame_of_rows(names, rows, oids)
 
 
 # --------------------------------------------------------------------------- output

@@ -1,4 +1,4 @@
-"""The task settings contract (shared/SETTINGS.md) as typed models.
+"""The task settings contract (docs/settings.md) as typed models.
 
 One model validates every entry point (magics, widgets, CLI, AI assistant,
 Python API). Names of modes are `Literal` types and the runtime lists are
@@ -81,7 +81,7 @@ COLUMN_VALUE_OPERATIONS: tuple[str, ...] = get_args(ColumnValueOperation)
 CREATE_COLUMN_OPERATIONS: tuple[str, ...] = get_args(CreateColumnOperation)
 LITERAL_TYPES: tuple[str, ...] = get_args(LiteralType)
 
-#: Allowed priorities per transformation kind (SETTINGS.md, "transformations").
+#: Allowed priorities per transformation kind (docs/settings.md, "transformations").
 PRIORITY_RANGES: dict[str, tuple[int, int]] = {
     **{name: (0, 0) for name in STRUCTURAL_TRANSFORMATIONS},
     "modify_column_value": (1, 2),

@@ -17,8 +17,17 @@ from trempy_nb.engine.result import RunResult
 from trempy_nb.errors import SettingsError, TrempyError
 from trempy_nb.pgcopy.copyio import iter_frames, select_query
 from trempy_nb.pipeline.plan import TablePlan
+from trempy_nb.rowframes import frame_of_rows
 from trempy_nb.settings import TaskSettings, parse_settings
 from trempy_nb.validation import ValidatedTask, validate_live
+from trempy_nb.writer.history import (
+    CHANGED_COLUMN,
+    HistoryTable,
+    as_of_query,
+    changes_query,
+    instants_query,
+    parse_time,
+)
 
 
 class Task:
@@ -124,6 +133,70 @@ class Task:
         plan = self._plan_for(table)
         target = reports.targets_of(self.settings, {plan.source.key: plan})[0]
         return reports.history(target, key, limit=limit, uri=self.target_uri)
+
+    # time travel (SCD2 targets) --------------------------------------------------------
+    def _history_table(self, table: str | None, verb: str) -> HistoryTable:
+        cdc = self.settings.task.cdc_settings
+        if cdc.mode != "scd2":
+            raise SettingsError(
+                f"{verb} needs an SCD2 target: task {self.name} writes in {cdc.mode} mode"
+                " (cdc_settings.mode), which keeps only the current rows, not their history"
+            )
+        plan = self._plan_for(table)
+        names = cdc.scd2_settings
+        return HistoryTable(
+            schema=plan.target_schema,
+            table=plan.target_table,
+            key=plan.target_primary_key,
+            columns=plan.target_column_names,
+            start=names.start_date,
+            end=names.end_date,
+            current=names.current,
+        )
+
+    def as_of(self, ts: Any, table: str | None = None, limit: int | None = None) -> pl.DataFrame:
+        """The target table as it was at `ts` (SCD2): the versions with start <= ts and
+        (end > ts or current), data columns only, ordered by key.
+
+        `ts`: a datetime, an ISO string or a relative time (`-1d`, `-2h`, `-30m`); `table`:
+        source or target name (default: the task's first table); `limit` bounds the rows.
+        """
+        when = parse_time(ts)  # bad input fails before any connection
+        hist = self._history_table(table, "as-of")
+        return self._target_frame(as_of_query(hist, limit), {"ts": when})
+
+    def changes(
+        self, since: Any, until: Any = None, table: str | None = None, limit: int | None = None
+    ) -> pl.DataFrame:
+        """One row per key that changed between `since` and `until` (default: now) in an
+        SCD2 target: key columns, `operation` (insert/update/delete), `changed_at` (its
+        last change in the interval), `changed_columns`, and `<col>_before`/`<col>_after`
+        for the columns that changed. Times as in `as_of`.
+        """
+        start = parse_time(since)  # bad input fails before any connection
+        end = None if until is None else parse_time(until)
+        hist = self._history_table(table, "changes")
+        if end is not None and end < start:
+            raise SettingsError(
+                f"until ({end.isoformat()}) is before since ({start.isoformat()})"
+            )
+        frame = self._target_frame(changes_query(hist, limit), {"since": start, "until": end})
+        return frame.with_columns(pl.col(CHANGED_COLUMN).cast(pl.List(pl.String)))
+
+    def history_instants(self, table: str | None = None, limit: int = 200) -> list[Any]:
+        """The latest `limit` instants at which an SCD2 target table changed, oldest first."""
+        hist = self._history_table(table, "history")
+        with connect(self.target_uri) as conn:
+            rows = conn.execute(instants_query(hist, limit)).fetchall()
+        return [r[0] for r in reversed(rows)]
+
+    def _target_frame(self, query: Any, params: Any) -> pl.DataFrame:
+        with connect(self.target_uri) as conn:
+            cur = conn.execute(query, params)
+            names = [d.name for d in cur.description or []]
+            oids = [d.type_code for d in cur.description or []]
+            rows = cur.fetchall()
+        return frame_of_rows(names, rows, oids)
 
     def preview_changes(self, limit: int = 50) -> pl.DataFrame:
         """The next pending changes of the task's slot, transformed, without consuming them."""

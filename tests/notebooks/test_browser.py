@@ -58,6 +58,16 @@ def jupyterlab(hr: dict, tmp_path: Path) -> dict:
     root = tmp_path / "lab"
     root.mkdir()
     shutil.copy(REPO / "notebooks" / "widget_builder.ipynb", root / "widget_builder.ipynb")
+    # render every cell, also those scrolled out of view (JupyterLab 4 windows long notebooks),
+    # so the assertions and screenshots below see the whole notebook; no news pop-up
+    settings = tmp_path / "lab-settings"
+    for plugin, values in (
+        ("notebook-extension/tracker", '{"windowingMode": "none"}'),
+        ("apputils-extension/notification", '{"fetchNews": "false"}'),
+    ):
+        path = settings / "@jupyterlab" / f"{plugin}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(values)
     port, token = free_port(), secrets.token_hex(16)
     log = tmp_path / "jupyterlab.log"
     env = {
@@ -69,6 +79,7 @@ def jupyterlab(hr: dict, tmp_path: Path) -> dict:
         "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
         "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
         "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
+        "JUPYTERLAB_SETTINGS_DIR": str(settings),
     }
     cmd = [
         sys.executable,
@@ -160,6 +171,30 @@ def test_widget_builder_renders_in_jupyterlab(jupyterlab: dict) -> None:
             )
             dash_text = page.inner_text(".jp-OutputArea .trempy-dashboard")
             assert "task hr_widgets" in dash_text and "throughput" in dash_text
+            # polish: the Stop button says the task finished, stats are a plain table
+            # (no dtype row, no quoted strings), the plot has labelled axes, the history
+            # pane has a time slider
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.jp-OutputArea .trempy-dashboard button')]"
+                ".some(b => b.textContent.includes('finished') && b.disabled)",
+                timeout=30_000,
+            )
+            assert "i64" not in dash_text and '"employees.employee"' not in dash_text
+            assert page.query_selector(".jp-OutputArea .trempy-dashboard table.trempy-table")
+            plot = page.text_content(".jp-OutputArea .trempy-dashboard svg.trempy-plot") or ""
+            assert "rows/s" in plot and "lag (s)" in plot and "now" in plot
+            assert page.query_selector(".trempy-dashboard .trempy-history .widget-slider")
+            dash = page.query_selector(".jp-OutputArea .trempy-dashboard")
+            dash.scroll_into_view_if_needed()
+            dash.screenshot(path=str(ARTIFACTS / "dashboard_jupyterlab.png"))
+            # the connections form: rendered, masked, the test result shown
+            form = page.wait_for_selector(".trempy-connections", state="visible", timeout=30_000)
+            form.scroll_into_view_if_needed()
+            form_text = form.inner_text()
+            assert "trempy connections" in form_text and "connected in" in form_text
+            assert form.query_selector("input[type='password']") is not None
+            form.screenshot(path=str(ARTIFACTS / "connections_form_jupyterlab.png"))
+            assert "./hr_widgets.json" in page.inner_text(".jp-Notebook")
             page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
             page.wait_for_timeout(1500)
         finally:

@@ -1,4 +1,4 @@
-"""The settings contract: every name of SETTINGS.md parses, bad documents fail with a field path."""
+"""The settings contract: every name of docs/settings.md parses, bad documents fail with a field path."""
 
 from __future__ import annotations
 

@@ -18,10 +18,13 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
+from dotenv import dotenv_values
+
 from trempy_nb import settings as settings_model
-from trempy_nb.connections import mask, resolve
+from trempy_nb.connections import mask, register_secret, resolve
 from trempy_nb.errors import SettingsError, TrempyError
 from trempy_nb.settings import TaskSettings, json_schema, parse_settings
 from trempy_nb.validation import validate_settings
@@ -61,6 +64,18 @@ class AssistantConfig:
     max_retries: int = 1
 
 
+def dotenv_file(path: str | Path | None = None) -> dict[str, str]:
+    """The variables of `.env` in the working directory (or `path`), if the file exists.
+
+    Read, not loaded: os.environ is left as it is, and a variable set there wins.
+    Nothing of the file is printed or logged.
+    """
+    file = Path(path) if path is not None else Path.cwd() / ".env"
+    if not file.is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(file).items() if v}
+
+
 def resolve_config(
     *,
     model: str | None = None,
@@ -69,16 +84,20 @@ def resolve_config(
     timeout: float = 60.0,
     max_retries: int = 1,
 ) -> AssistantConfig:
-    """Arguments first, then TREMPY_AI_* / DEEPSEEK_API_KEY / OPENAI_API_KEY, then DeepSeek defaults."""
-    key = api_key or next((os.environ[v] for v in KEY_VARIABLES if os.environ.get(v)), "")
+    """Arguments first, then TREMPY_AI_* / DEEPSEEK_API_KEY / OPENAI_API_KEY from the
+    environment, then from a `.env` file in the working directory, then DeepSeek defaults."""
+    env = {**dotenv_file(), **{k: v for k, v in os.environ.items() if v}}
+    key = api_key or next((env[v] for v in KEY_VARIABLES if env.get(v)), "")
     if not key:
         raise AssistantError(
             "no API key for the AI assistant: set TREMPY_AI_API_KEY "
-            "(or DEEPSEEK_API_KEY / OPENAI_API_KEY) or pass api_key="
+            "(or DEEPSEEK_API_KEY / OPENAI_API_KEY) in the environment or in ./.env,"
+            " or pass api_key="
         )
+    register_secret(key)  # masked wherever it might be echoed
     return AssistantConfig(
-        base_url=(base_url or os.environ.get("TREMPY_AI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/"),
-        model=model or os.environ.get("TREMPY_AI_MODEL") or DEFAULT_MODEL,
+        base_url=(base_url or env.get("TREMPY_AI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/"),
+        model=model or env.get("TREMPY_AI_MODEL") or DEFAULT_MODEL,
         api_key=key,
         timeout=float(timeout),
         max_retries=int(max_retries),

@@ -40,7 +40,7 @@ __all__ = [
 
 
 def slot_name(task: str) -> str:
-    """The slot a task owns (SETTINGS.md: `trempy_<task_name>`)."""
+    """The slot a task owns (docs/settings.md: `trempy_<task_name>`)."""
     return f"trempy_{task}"
 
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from trempy_nb.notebook.commands import (  # noqa: F401 - the plain-Python surface
+    as_of,
+    changes,
     columns,
     connect,
     connections,
     dead_letters,
     define_task,
+    delete_connection,
     drop,
     errors,
     get_task,
@@ -23,6 +26,7 @@ from trempy_nb.notebook.commands import (  # noqa: F401 - the plain-Python surfa
     load_task,
     preview,
     preview_changes,
+    replay_dead_letters,
     run,
     show_task,
     stats,
@@ -50,6 +54,13 @@ def builder(settings: Any = None, **kwargs: Any) -> Any:
     from trempy_nb.notebook.builder import TaskBuilder
 
     return TaskBuilder(settings, **kwargs)
+
+
+def connections_form(**kwargs: Any) -> Any:
+    """The connections form (see `trempy_nb.notebook.connections_form.ConnectionsForm`)."""
+    from trempy_nb.notebook.connections_form import ConnectionsForm
+
+    return ConnectionsForm(**kwargs)
 
 
 def dashboard(runner: Any, **kwargs: Any) -> Any:

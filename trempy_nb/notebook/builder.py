@@ -22,6 +22,7 @@ import ipywidgets as W
 from trempy_nb import catalog
 from trempy_nb.connections import has_literal_password, list_connections, mask, protect, resolve
 from trempy_nb.db import connect as db_connect
+from trempy_nb.notebook.connections_form import subscribe as follow_connections
 from trempy_nb.notebook.render import Note, Titled, one_line
 from trempy_nb.pgtypes import type_category
 from trempy_nb.pipeline.filters import allowed_filter_types
@@ -440,7 +441,9 @@ class TaskBuilder:
     ) -> None:
         self.magics = magics
         self.preview_limit = preview_limit or getattr(magics, "preview_limit", 20)
-        self.settings_dir = Path(settings_dir or getattr(magics, "settings_dir", "") or os.getcwd())
+        self._explicit_dir = str(settings_dir or getattr(magics, "settings_dir", "") or "")
+        self.settings_dir = Path(self._explicit_dir or os.getcwd())
+        self._proposed_path = ""
         self.live_validation = live_validation
         self._suspend = 0
         self._tables_cache: dict[str, list[tuple[str, str, int]]] = {}
@@ -455,6 +458,7 @@ class TaskBuilder:
         self.transformation_rows: list[TransformationRow] = []
         self.groups: list[str] = []  # OR group names offered to filter rows (used or not yet)
         self._build()
+        follow_connections(self)  # source/target choices follow the connections form
         if isinstance(settings, TaskSettings):
             settings = settings.to_dict()
         doc = (
@@ -541,7 +545,7 @@ class TaskBuilder:
             layout=W.Layout(width="150px"),
         )
         self.w_path = W.Text(
-            description="file", placeholder="<task_name>.json", layout=W.Layout(width="300px")
+            description="file", placeholder="./<task_name>.json", layout=W.Layout(width="300px")
         )
         self.b_validate = W.Button(description="Validate", icon="check")
         self.b_preview = W.Button(description="Preview", icon="eye", button_style="info")
@@ -568,6 +572,7 @@ class TaskBuilder:
         ):
             w.observe(lambda _c: self._changed(), names="value")
         self.w_mode.observe(lambda _c: self._on_mode(), names="value")
+        self.w_name.observe(lambda _c: self._propose_path(), names="value")
         self.w_source.observe(lambda _c: self._on_source(), names="value")
         self.w_schema.observe(lambda _c: self._on_schema(), names="value")
         self.w_tables.observe(lambda _c: self._on_tables(), names="value")
@@ -720,12 +725,48 @@ class TaskBuilder:
                 )
                 row.table.value = current
         with self._quiet():
-            self.w_preview_table.options = options
+            self._set_preview_options(options)
         self._changed()
 
     def _on_mode(self) -> None:
         for w in self.w_scd.values():
             w.disabled = self.w_mode.value != "scd2"
+        self._changed()
+
+    def _set_preview_options(self, options: list[str]) -> None:
+        """The preview's table choice follows the chosen tables, the first preselected."""
+        current = self.w_preview_table.value
+        self.w_preview_table.options = options
+        if options:
+            self.w_preview_table.value = current if current in options else options[0]
+
+    def _propose_path(self) -> None:
+        """Save proposes `./<task_name>.json` (beside the notebook: the kernel's working
+        folder) or `<settings_dir>/<task_name>.json`, until the user types a path."""
+        name = self.w_name.value.strip() or "task"
+        proposal = (
+            os.path.join(self._explicit_dir, f"{name}.json")
+            if self._explicit_dir
+            else f"./{name}.json"
+        )
+        if self.w_path.value.strip() in ("", self._proposed_path):
+            self.w_path.value = proposal
+        self._proposed_path = proposal
+
+    def refresh_connections(self) -> None:
+        """Source and target choices after a connections form saved or deleted one."""
+        names = list_connections()["name"].to_list()
+        for dropdown in (self.w_source, self.w_target):
+            current = dropdown.value
+            extra = [
+                o
+                for o in dropdown.options
+                if isinstance(o, tuple) and o[1] == current and current not in names
+            ]
+            with self._quiet():
+                dropdown.options = [_NO_PW, *names, *extra]
+                known = [o[1] if isinstance(o, tuple) else o for o in dropdown.options]
+                dropdown.value = current if current in known else _NO_PW
         self._changed()
 
     # ------------------------------------------------------------------ rows
@@ -839,8 +880,10 @@ class TaskBuilder:
             self.w_tables.options = selected
             self.w_tables.value = tuple(selected)
             self._refresh_table_lists()
-            self.w_preview_table.options = selected
+            self._set_preview_options(selected)
             self.w_path.value = ""
+            self._proposed_path = ""
+            self._propose_path()
             self.filter_rows, self.transformation_rows = [], []
             self.filters_box.children, self.transformations_box.children = [], []
             self.groups = list(dict.fromkeys(f["or_group"] for f in doc.get("filters", []) if f.get("or_group")))

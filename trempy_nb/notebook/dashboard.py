@@ -12,12 +12,13 @@ from __future__ import annotations
 import html
 import threading
 import time
+from datetime import datetime
 from typing import Any
 
 import polars as pl
 
 from trempy_nb.connections import mask
-from trempy_nb.notebook.render import frame_html, frame_text, one_line, sparkline_svg
+from trempy_nb.notebook.render import frame_text, one_line, sparkline_svg, table_html
 
 _DONE = ("succeeded", "failed", "stopped")
 
@@ -57,6 +58,9 @@ class Dashboard:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.stop_message = ""
+        self.history_points = 200  # stops of the time slider
+        self.history_rows = 10  # rows shown at one stop
+        self._history_loaded = False
         self.ui: Any = None
         self.w: dict[str, Any] = {}
         if use_widgets is None:
@@ -171,16 +175,21 @@ class Dashboard:
         return f"<table><tr>{cells}</tr></table>"
 
     def _plot_html(self) -> str:
-        return sparkline_svg([[p[1] for p in self.points], [p[2] for p in self.points]])
+        window = self.points[-1][0] - self.points[0][0] if len(self.points) > 1 else None
+        return sparkline_svg(
+            [[p[1] for p in self.points], [p[2] for p in self.points]],
+            labels=("rows/s", "lag (s)"),
+            seconds=window,
+        )
 
     def _errors_html(self) -> str:
         out = ""
         if self._errors.height:
-            out += f"<b>errors ({self._errors.height})</b>{frame_html(self._errors, 5)}"
+            out += f"<b>errors ({self._errors.height})</b>{table_html(self._errors, 5)}"
         else:
             out += "<i>no errors</i>"
         if self._dead.height:
-            out += f"<br><b>dead letters ({self._dead.height})</b>{frame_html(self._dead, 5)}"
+            out += f"<br><b>dead letters ({self._dead.height})</b>{table_html(self._dead, 5)}"
         else:
             out += " · <i>no dead letters</i>"
         return mask(out)
@@ -190,7 +199,7 @@ class Dashboard:
         return mask(
             f"<div class='trempy-dashboard'><div style='color:{color}'><b>"
             f"{html.escape(self.status_line())}</b></div>{self._progress_html()}{self._figures_html()}"
-            f"{frame_html(self.counts())}{self._plot_html()}<div>{self._errors_html()}</div></div>"
+            f"{table_html(self.counts())}{self._plot_html()}<div>{self._errors_html()}</div></div>"
         )
 
     def __repr__(self) -> str:
@@ -227,15 +236,18 @@ class Dashboard:
             tooltip="stop after the current batch",
         )
         w["stop"].on_click(lambda _b: self.request_stop())
+        parts = [
+            W.HBox([w["status"], w["stop"]]),
+            w["progress"],
+            w["figures"],
+            w["counts"],
+            w["plot"],
+            w["errors"],
+        ]
+        if self.scd2:
+            parts.append(self._build_history(W))
         self.ui = W.VBox(
-            [
-                W.HBox([w["status"], w["stop"]]),
-                w["progress"],
-                w["figures"],
-                w["counts"],
-                w["plot"],
-                w["errors"],
-            ],
+            parts,
             layout=W.Layout(border="1px solid #ddd", padding="6px"),
         )
         self.ui.add_class("trempy-dashboard")
@@ -261,10 +273,94 @@ class Dashboard:
             bar.bar_style = "success" if total and done >= total else ""
             label.value = f"{done:,} / ~{max(total, done):,} rows"
         w["figures"].value = self._figures_html()
-        w["counts"].value = frame_html(self.counts())
+        w["counts"].value = table_html(self.counts())
         w["plot"].value = self._plot_html()
         w["errors"].value = self._errors_html()
-        w["stop"].disabled = not self.runner.running
+        self._update_stop()
+
+    def _update_stop(self) -> None:
+        """Stop while the runner runs; afterwards a grey, disabled button saying how it ended."""
+        stop = self.w["stop"]
+        if self.runner.running or self.runner.status in ("created", "starting"):
+            return
+        stop.disabled = True
+        stop.button_style = ""
+        stop.icon = "check" if self.runner.status == "succeeded" else "stop"
+        stop.description = "finished" if self.runner.status == "succeeded" else self.runner.status
+        stop.tooltip = f"the task {self.runner.status}"
+
+    # ------------------------------------------------------------------ history pane (SCD2)
+    @property
+    def scd2(self) -> bool:
+        settings = getattr(self.runner.task, "settings", None)
+        return settings is not None and settings.task.cdc_settings.mode == "scd2"
+
+    def _build_history(self, W: Any) -> Any:
+        w = self.w
+        tables = [f"{t.schema_name}.{t.table_name}" for t in self.runner.task.settings.tables]
+        w["h_table"] = W.Dropdown(description="table", options=tables, value=tables[0])
+        w["h_reload"] = W.Button(description="reload times", icon="refresh")
+        w["h_time"] = W.SelectionSlider(
+            description="as of",
+            options=[("(no history yet)", "")],
+            disabled=True,
+            continuous_update=False,
+            readout=True,
+            layout=W.Layout(width="640px"),
+        )
+        w["h_rows"] = W.HTML("<i>the table's history appears here once versions exist</i>")
+        w["h_table"].observe(lambda _c: self.load_history(), names="value")
+        w["h_reload"].on_click(lambda _b: self.load_history())
+        w["h_time"].observe(lambda _c: self.show_as_of(), names="value")
+        box = W.VBox(
+            [
+                W.HTML("<b>history</b>"),
+                W.HBox([w["h_table"], w["h_reload"]]),
+                w["h_time"],
+                w["h_rows"],
+            ]
+        )
+        box.add_class("trempy-history")
+        return box
+
+    def load_history(self) -> None:
+        """Put the instants at which the table changed on the time slider (latest last)."""
+        if "h_time" not in self.w:
+            return
+        w = self.w
+        try:
+            instants = self.runner.task.history_instants(
+                w["h_table"].value, limit=self.history_points
+            )
+        except Exception as exc:  # not created yet, target away: say so in the pane
+            w["h_rows"].value = f"<i>{html.escape(one_line(exc))}</i>"
+            return
+        if not instants:
+            return
+        options = [(t.strftime("%m-%d %H:%M:%S.%f")[:-3], t) for t in instants]  # readout fits
+        w["h_time"].options = options
+        w["h_time"].value = instants[-1]
+        w["h_time"].disabled = False
+        self.show_as_of()
+
+    def show_as_of(self) -> None:
+        """The table as it was at the slider's instant, bounded to `history_rows` rows."""
+        w = self.w
+        ts = w["h_time"].value
+        if not isinstance(ts, datetime):
+            return
+        try:
+            frame = self.runner.task.as_of(ts, w["h_table"].value, limit=self.history_rows)
+        except Exception as exc:
+            w["h_rows"].value = f"<i>{html.escape(one_line(exc))}</i>"
+            return
+        first = f"first {self.history_rows} " if frame.height >= self.history_rows else ""
+        caption = f"{first}rows of {w['h_table'].value} current at {ts.isoformat(sep=' ')}"
+        rows = table_html(frame, self.history_rows)
+        w["h_rows"].value = mask(
+            f"<i>{html.escape(caption)}</i>"
+            f"<div style='max-height:240px;max-width:100%;overflow:auto'>{rows}</div>"
+        )
 
     # ------------------------------------------------------------------ lifecycle
     def refresh(self, force_store: bool = False) -> None:
@@ -273,6 +369,10 @@ class Dashboard:
             self._load_store(force_store or not self.runner.running)
             if self.ui is not None:
                 self._update_widgets()
+        done = not self.runner.running and self.runner.status not in ("created", "starting")
+        if self.ui is not None and done and not self._history_loaded:
+            self._history_loaded = True
+            self.load_history()
 
     def start(self) -> Dashboard:
         """Refresh from a background thread until the runner ends (then one last time)."""

@@ -11,18 +11,21 @@ import argparse
 import re
 import shlex
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from IPython.display import display
-from traitlets import Bool, Float, Int, Unicode
+from traitlets import Bool, CaselessStrEnum, Float, Int, TraitError, Unicode, validate
 
 from trempy_nb.connections import has_literal_password, mask
+from trempy_nb.errors import TrempyError
 from trempy_nb.notebook import commands as cmd
 from trempy_nb.notebook.config import detect_headless, file_config
 from trempy_nb.notebook.render import KeyValues, Note, RunView, one_line
+from trempy_nb.writer.history import TIME_FORMS, parse_time
 
 
 class TrempyMagicError(Exception):
@@ -30,6 +33,25 @@ class TrempyMagicError(Exception):
 
     def _render_traceback_(self) -> list[str]:
         return [f"\x1b[0;31mtrempy: {self}\x1b[0m"]
+
+
+class TrempyInternalError(Exception):
+    """An unexpected exception inside a magic: a bug to report, so its traceback is shown,
+    masked (the message too: it is what a saved notebook records as the error value)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(f"internal error, please report it with the traceback: {one_line(exc)}")
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        self.lines = mask(text).rstrip().splitlines()
+
+    def _render_traceback_(self) -> list[str]:
+        return [*self.lines, f"\x1b[0;31mtrempy: {self}\x1b[0m"]
+
+
+def is_known(exc: BaseException) -> bool:
+    """An error the tool raises on purpose (settings, connection, slot, data) or expects
+    (a wait that timed out): one short line is all a user needs."""
+    return isinstance(exc, (TrempyError, TimeoutError))
 
 
 class _HelpShown(Exception):
@@ -163,6 +185,34 @@ def _a_history(p: argparse.ArgumentParser) -> None:
     p.add_argument("key", nargs="+", metavar="COLUMN=VALUE")
 
 
+def _a_as_of(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name")
+    p.add_argument("ts", metavar="TIME", help=f"when: {TIME_FORMS}")
+    p.add_argument("--table", "-t", help="source or target table (default: the task's first)")
+    p.add_argument(
+        "--limit", "-n", type=int, help="rows (default: all when assigned, else displaylimit)"
+    )
+
+
+def _a_changes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name")
+    p.add_argument("--since", required=True, metavar="TIME", help=f"from: {TIME_FORMS}")
+    p.add_argument("--until", metavar="TIME", help="to (default: now)")
+    p.add_argument("--table", "-t", help="source or target table (default: the task's first)")
+    p.add_argument(
+        "--limit", "-n", type=int, help="rows (default: all when assigned, else displaylimit)"
+    )
+
+
+def _a_connections(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--form", action="store_true", help="the form, even without a widgets front end")
+    p.add_argument("--list", action="store_true", help="the frame of saved connections only")
+
+
+def _a_delete_connection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="connection name")
+
+
 def _a_builder(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", nargs="?", help="edit this task (or start a new one with this name)")
     p.add_argument("--source", help="source connection for a new task")
@@ -186,7 +236,18 @@ VERBS: dict[str, Verb] = {
             _a_connect,
             example="%trempy connect hr postgresql://app:${HR_PASSWORD}@db:5432/hr",
         ),
-        Verb("connections", "saved connections", _no_args),
+        Verb(
+            "connections",
+            "manage saved connections in a form (list, add, edit, test, delete)",
+            _a_connections,
+            example="%trempy connections",
+        ),
+        Verb(
+            "delete-connection",
+            "forget a saved connection",
+            _a_delete_connection,
+            example="%trempy delete-connection old_hr",
+        ),
         Verb("tables", "tables of a connection", _a_tables, example="%trempy tables hr employees"),
         Verb(
             "columns",
@@ -226,6 +287,12 @@ VERBS: dict[str, Verb] = {
         Verb("stop", "stop a runner after its current batch", _a_stop),
         Verb("errors", "rows that failed and were recorded", _a_errors),
         Verb("dead-letters", "batches given up after max_retries", _name),
+        Verb(
+            "replay-dead-letters",
+            "put the dead letters back on the queue once the cause is fixed (rabbitmq)",
+            _name,
+            example="%trempy replay-dead-letters hr_to_dw",
+        ),
         Verb("logs", "the task's log lines", _a_logs),
         Verb("runs", "the task's runs", _a_runs),
         Verb(
@@ -233,6 +300,18 @@ VERBS: dict[str, Verb] = {
             "SCD2 versions of one key",
             _a_history,
             example="%trempy history hr_to_dw employees.employee id=42",
+        ),
+        Verb(
+            "as-of",
+            "an SCD2 target table as it was at a time",
+            _a_as_of,
+            example="df = %trempy as-of hr_to_dw 2024-05-01 --table dim_employee",
+        ),
+        Verb(
+            "changes",
+            "keys that changed in an SCD2 target between two times, before and after",
+            _a_changes,
+            example="%trempy changes hr_to_dw --since -1d",
         ),
         Verb("drop", "stop, remove slot, publication and state", _name),
         Verb("builder", "the widget task builder", _a_builder, example="%trempy builder hr_to_dw"),
@@ -258,9 +337,10 @@ HELP_HEAD = """%trempy VERB [ARGS]  /  %%trempy task [NAME] (cell body: YAML or 
 PostgreSQL full load and change data capture into upsert or SCD2 targets.
 `%trempy VERB --help` describes one verb. `{var}` is replaced by a variable of
 the notebook (in arguments and cell bodies; `${VAR}` is left for the
-environment). Errors are one line and fail the cell
-(`%config Trempy.short_errors = False` shows tracebacks). A trailing `;`
-silences output; the result is also in `_`.
+environment). Known errors (settings, connection, slot, data) are one line and
+fail the cell; an unexpected error shows its traceback, passwords masked
+(`%config Trempy.short_errors = False` raises every error as it is). A trailing
+`;` silences output; the result is also in `_`.
 
 Verbs:
 """
@@ -279,10 +359,13 @@ Examples:
   df = %trempy preview hr_to_dw --limit 10
   %trempy run hr_to_dw
   %trempy history hr_to_dw employees.employee id=42
+  df = %trempy as-of hr_to_dw -1d
+  %trempy changes hr_to_dw --since 2024-05-01 --until 2024-05-02
   %trempy stop hr_to_dw
 Options (%config Trempy.<name> = value; also [tool.trempy_nb] in pyproject.toml
-or $TREMPY_HOME/config): preview_limit, short_errors, dashboard, dashboard_interval,
-progress_interval, headless, save_tasks, settings_dir, warn_inline_passwords.
+or $TREMPY_HOME/config): preview_limit, displaylimit, short_errors, dashboard,
+dashboard_interval, progress_interval, headless, save_tasks, settings_dir,
+warn_inline_passwords.
 """
 
 
@@ -300,20 +383,18 @@ class Help:
 
 
 _NAME_RE = re.compile(r"(?<![$\\{])\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\}")
-_WARNED_INLINE = False
+_RELATIVE_ARG = re.compile(r"^-\d+(\.\d+)?[smhdwSMHDW]$")
 
 
-def _warn_inline_password() -> None:
-    global _WARNED_INLINE
-    if _WARNED_INLINE:
-        return
-    _WARNED_INLINE = True
-    print(
-        "trempy: warning: a password is written in this cell; it is stored encrypted and never shown,"
-        " but the notebook file keeps it. Write it as ${VAR} (read from the environment),"
-        " pass it in a {variable}, or use a saved connection name.",
-        file=sys.stderr,
-    )
+
+
+class AutoBool(CaselessStrEnum):  # type: ignore[type-arg]
+    """'auto', 'true' or 'false' (any case); a Python bool (`= True`, TOML `true`) counts too."""
+
+    def validate(self, obj: Any, value: Any) -> Any:
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        return super().validate(obj, value)
 
 
 @magics_class
@@ -321,14 +402,21 @@ class Trempy(Magics):
     """PostgreSQL change data capture from the notebook (see `%trempy --help`)."""
 
     preview_limit = Int(20, help="rows shown by %trempy preview").tag(config=True)
-    short_errors = Bool(True, help="one-line errors (False: full tracebacks)").tag(config=True)
+    displaylimit = Int(
+        50, help="rows that as-of and changes fetch when their result is shown, not assigned"
+    ).tag(config=True)
+    short_errors = Bool(
+        True, help="known errors in one line (False: every error raised as it is)"
+    ).tag(config=True)
     dashboard = Bool(True, help="show the live dashboard when a run starts").tag(config=True)
     dashboard_interval = Float(0.5, help="seconds between dashboard refreshes").tag(config=True)
     progress_interval = Float(10.0, help="headless --wait: seconds between progress lines").tag(
         config=True
     )
-    headless = Unicode(
-        "auto", help="auto, true or false: print text progress instead of widgets"
+    headless = AutoBool(
+        ["auto", "true", "false"],
+        "auto",
+        help="auto, true or false: print text progress instead of widgets",
     ).tag(config=True)
     save_tasks = Bool(True, help="keep tasks in $TREMPY_HOME as well as in the session").tag(
         config=True
@@ -339,6 +427,12 @@ class Trempy(Magics):
     warn_inline_passwords = Bool(True, help="warn once when a cell holds a literal password").tag(
         config=True
     )
+
+    @validate("displaylimit", "preview_limit")
+    def _check_positive(self, proposal: Any) -> int:
+        if proposal["value"] <= 0:
+            raise TraitError(f"{proposal['trait'].name} must be a positive number of rows")
+        return int(proposal["value"])
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
@@ -376,7 +470,9 @@ class Trempy(Magics):
         except Exception as exc:
             if not self.short_errors:
                 raise
-            raise TrempyMagicError(one_line(exc)) from None
+            if is_known(exc):
+                raise TrempyMagicError(one_line(exc)) from None
+            raise TrempyInternalError(exc) from None
 
     def _dispatch(self, line: str, cell: str | None) -> Any:
         line = line.strip()
@@ -408,6 +504,9 @@ class Trempy(Magics):
         args_tokens = [
             e for t in raw_args if (e := self._expand_token(t)) != "" or not _NAME_RE.fullmatch(t)
         ]
+        if verb.name in ("as-of", "changes"):
+            # "-1d" would read as an option: a leading space keeps it a value (parse_time strips it)
+            args_tokens = [" " + t if _RELATIVE_ARG.match(t) else t for t in args_tokens]
         parser = _Parser(
             prog=f"%trempy {verb.name}",
             description=verb.summary,
@@ -480,22 +579,62 @@ class Trempy(Magics):
             display(obj)
 
     def _is_headless(self) -> bool:
-        value = str(self.headless).strip().lower()
-        if value in ("true", "1", "yes"):
+        if self.headless == "true":
             return True
-        if value in ("false", "0", "no"):
+        if self.headless == "false":
             return False
         return detect_headless()
+
+    def _assigned(self, verb: str) -> bool:
+        """Whether the running cell assigns this verb's result (`df = %trempy as-of ...`).
+
+        Only what a cell shows is bounded by `displaylimit`; an assignment, or a call the
+        cell text does not show (`run_line_magic` from code), gets the whole result.
+        """
+        hook = getattr(self.shell, "displayhook", None)
+        info = getattr(getattr(hook, "exec_result", None), "info", None)
+        cell = getattr(info, "raw_cell", None)
+        pattern = rf"%trempy\s+{re.escape(verb)}\b"
+        if not cell or not re.search(pattern, cell):
+            return True
+        return bool(re.search(rf"^[^#\n]*[\w\]]\s*=\s*{pattern}", cell, re.MULTILINE))
+
+    def _warn_inline_password(self) -> None:
+        """Once per loaded extension (a notebook session), not once per process."""
+        if getattr(self, "_warned_inline", False):
+            return
+        self._warned_inline = True
+        print(
+            "trempy: warning: a password is written in this cell; it is stored encrypted and never shown,"
+            " but the notebook file keeps it. Write it as ${VAR} (read from the environment),"
+            " pass it in a {variable}, or use a saved connection name.",
+            file=sys.stderr,
+        )
 
     # ------------------------------------------------------------------ verbs
     def _v_connect(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
         raw_uri = raw[1] if len(raw) > 1 else ""
-        if self.warn_inline_passwords and has_literal_password(raw_uri):
-            _warn_inline_password()
-        return cmd.connect(a.name, a.uri, test=not a.no_test)
+        inline = has_literal_password(raw_uri)
+        if self.warn_inline_passwords and inline:
+            self._warn_inline_password()
+        note = cmd.connect(a.name, a.uri, test=not a.no_test)
+        if inline:
+            print(
+                "trempy: hint: `%trempy connections` (a password field) or ${VAR} in the URI"
+                " keeps the password out of the notebook file",
+                file=sys.stderr,
+            )
+        return note
 
     def _v_connections(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
-        return cmd.connections()
+        if a.list or (not a.form and self._is_headless()):
+            return cmd.connections()
+        from trempy_nb.notebook.connections_form import ConnectionsForm
+
+        return ConnectionsForm()
+
+    def _v_delete_connection(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        return cmd.delete_connection(a.name)
 
     def _v_tables(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
         return cmd.tables(a.connection, a.schema)
@@ -523,7 +662,7 @@ class Trempy(Magics):
         if self.warn_inline_passwords and literal_password_refs(task):
             t = task.settings.task
             if any(ref in cell for ref in (t.source, t.target) if has_literal_password(ref)):
-                _warn_inline_password()
+                self._warn_inline_password()
         checked = "validated against the source" if not a.no_validate else "not validated"
         return Note(
             f"task {task.name} ready ({checked}; {len(task.settings.tables)} table(s))", "ok"
@@ -606,6 +745,9 @@ class Trempy(Magics):
             self._show(Note(f"no dead letters for task {a.name}"), quiet)
         return frame
 
+    def _v_replay_dead_letters(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        return cmd.replay_dead_letters(a.name)
+
     def _v_logs(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
         return cmd.logs(a.name, a.limit)
 
@@ -620,6 +762,42 @@ class Trempy(Magics):
                 raise TrempyMagicError(f"key {item!r} is not COLUMN=VALUE")
             key[column] = self._typed.get(column, value)
         return cmd.history(a.name, a.table, key)
+
+    def _bound(self, verb: str, limit: int | None) -> int | None:
+        if limit is not None:
+            if limit <= 0:
+                raise TrempyMagicError("--limit must be a positive number")
+            return limit
+        return None if self._assigned(verb) else self.displaylimit + 1
+
+    def _shown(self, frame: Any, limit: int | None, caption: str, quiet: bool) -> Any:
+        """The caption, and the frame cut to displaylimit when more rows exist than shown."""
+        more = limit == self.displaylimit + 1 and frame.height > self.displaylimit
+        if more:
+            frame = frame.head(self.displaylimit)
+            caption += (
+                f"; showing the first {self.displaylimit} (assign the result to get them all:"
+                " df = %trempy ...)"
+            )
+        self._show(Note(caption), quiet)
+        return frame
+
+    def _v_as_of(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        limit = self._bound("as-of", a.limit)
+        frame = cmd.as_of(a.name, a.ts.strip(), a.table, limit)
+        when = parse_time(a.ts.strip()).isoformat(sep=" ")
+        caption = f"{frame.height:,} row(s) of task {a.name} current at {when}"
+        return self._shown(frame, limit, caption, quiet)
+
+    def _v_changes(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        limit = self._bound("changes", a.limit)
+        until = a.until.strip() if a.until else None
+        frame = cmd.changes(a.name, a.since.strip(), until, a.table, limit)
+        span = f"since {parse_time(a.since.strip()).isoformat(sep=' ')}"
+        if until:
+            span += f" until {parse_time(until).isoformat(sep=' ')}"
+        caption = f"{frame.height:,} key(s) of task {a.name} changed {span}"
+        return self._shown(frame, limit, caption, quiet)
 
     def _v_drop(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
         return cmd.drop(a.name)

@@ -118,6 +118,58 @@ def frame_html(df: pl.DataFrame, max_rows: int = 20) -> str:
         return df._repr_html_()
 
 
+def _cell(value: Any, dtype: pl.DataType) -> tuple[str, bool]:
+    """(text, is_number) of one value: numbers with thousands separators, None blank."""
+    if value is None:
+        return "", dtype.is_numeric()
+    if isinstance(value, bool):
+        return ("yes" if value else "no"), False
+    if isinstance(value, int):
+        return f"{value:,}", True
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "NaN", True
+        return (f"{value:,.0f}" if value.is_integer() else f"{value:,.3f}".rstrip("0")), True
+    if dtype.is_numeric():  # Decimal
+        return f"{value:,}", True
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value), False
+    return str(value), False
+
+
+def table_html(df: pl.DataFrame, max_rows: int = 20, css_class: str = "trempy-table") -> str:
+    """A frame as a plain HTML table for people: column headers, numbers right-aligned with
+    thousands separators, text as is (no dtype row, no quotes); bounded to `max_rows`."""
+    if df.width == 0 or df.height == 0:
+        return "<i>(none)</i>"
+    shown = df.head(max_rows)
+    th = "padding:2px 10px;border-bottom:1px solid #bbb;white-space:nowrap"
+    head = "".join(
+        f'<th style="{th};text-align:{"right" if dt.is_numeric() else "left"}">{esc(name)}</th>'
+        for name, dt in shown.schema.items()
+    )
+    body = []
+    for row in shown.iter_rows():
+        cells = []
+        for value, dt in zip(row, shown.dtypes, strict=True):
+            text, number = _cell(value, dt)
+            align = "right" if number else "left"
+            cells.append(
+                f'<td style="padding:2px 10px;text-align:{align};white-space:nowrap">{esc(text)}</td>'
+            )
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    more = (
+        f'<div style="color:#666;font-size:90%">first {max_rows:,} of {df.height:,} rows</div>'
+        if df.height > max_rows
+        else ""
+    )
+    return (
+        f'<table class="{css_class}" style="border-collapse:collapse;'
+        f'font-variant-numeric:tabular-nums"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>{more}"
+    )
+
+
 def frame_text(df: pl.DataFrame, max_rows: int = 20) -> str:
     if df.width == 0:
         return "(empty)"
@@ -142,34 +194,68 @@ class Titled:
         )
 
 
+def _span(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.0f} s"
+
+
 def sparkline_svg(
     series: Sequence[Sequence[float]],
     colors: Sequence[str] = ("#1f6feb", "#cf222e"),
     labels: Sequence[str] = ("changes/s", "lag s"),
-    width: int = 320,
-    height: int = 70,
+    width: int = 360,
+    height: int = 110,
+    seconds: float | None = None,
 ) -> str:
-    """A tiny inline SVG plot of one or more series (each scaled to its own max)."""
+    """A small inline SVG plot of one or more series over the same time window.
+
+    Each series is scaled to its own maximum, so each has its own y axis: the first on the
+    left, the second on the right, both labelled with their unit and their range; the x
+    axis is time, labelled with the window it covers (`seconds`) and ending at "now".
+    """
+    left, right, top, bottom = 52, 52, 8, 30
+    plot_w, plot_h = width - left - right, height - top - bottom
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" style="background:#fafafa;border:1px solid #ddd">'
+        f'viewBox="0 0 {width} {height}" class="trempy-plot" '
+        f'style="background:#fafafa;border:1px solid #ddd;font-family:sans-serif">',
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#888"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#888"/>',
+        f'<line x1="{left + plot_w}" y1="{top}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#888"/>',
     ]
-    for i, values in enumerate(series):
+    window = f"last {_span(seconds)}" if seconds else "time"
+    parts.append(
+        f'<text x="{left}" y="{height - 4}" font-size="10" fill="#555">'
+        f"{html.escape('-' + _span(seconds) if seconds else '')}</text>"
+        f'<text x="{left + plot_w}" y="{height - 4}" font-size="10" fill="#555" text-anchor="end">now</text>'
+        f'<text x="{left + plot_w / 2:.0f}" y="{height - 4}" font-size="10" fill="#555" '
+        f'text-anchor="middle">time ({html.escape(window)})</text>'
+    )
+    for i, values in enumerate(series[:2]):
         vals = [float(v) for v in values if v == v]  # drop NaN
+        color = colors[i % len(colors)]
+        peak = max(vals, default=0.0) or 1.0
+        x_axis = left - 4 if i == 0 else left + plot_w + 4
+        anchor = "end" if i == 0 else "start"
+        label = html.escape(labels[i % len(labels)])
+        parts.append(
+            f'<text x="{x_axis}" y="{top + 8}" font-size="10" fill="{color}" text-anchor="{anchor}">'
+            f"{peak:,.4g}</text>"
+            f'<text x="{x_axis}" y="{top + plot_h}" font-size="10" fill="{color}" text-anchor="{anchor}">0</text>'
+            f'<text x="{x_axis}" y="{top + plot_h / 2 + 4:.0f}" font-size="10" fill="{color}" '
+            f'text-anchor="{anchor}">{label}</text>'
+        )
         if len(vals) < 2:
             continue
-        top = max(vals) or 1.0
-        step = (width - 4) / (len(vals) - 1)
+        step = plot_w / (len(vals) - 1)
         pts = " ".join(
-            f"{2 + j * step:.1f},{height - 14 - (v / top) * (height - 20):.1f}"
+            f"{left + j * step:.1f},{top + plot_h - (v / peak) * plot_h:.1f}"
             for j, v in enumerate(vals)
         )
-        color = colors[i % len(colors)]
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{pts}"/>')
-        label = html.escape(f"{labels[i % len(labels)]} (max {top:,.2f})")
-        parts.append(
-            f'<text x="{4 + i * width // 2}" y="{height - 3}" font-size="10" fill="{color}">{label}</text>'
-        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -206,4 +292,4 @@ class RunView:
             for ln in lines[1:]
             if ln.startswith("  changes")
         )
-        return f"<div><b>{head}</b>{frame_html(stats)}{extra}</div>"
+        return f"<div><b>{head}</b>{table_html(stats)}{extra}</div>"

@@ -4,11 +4,18 @@ Each one calls the public Python API (Task, Runner, connections, catalog,
 metadata) and returns a Polars frame or a display object from `render`.
 """
 
-from trempy_nb.notebook.commands.connections import columns, connect, connections, tables
+from trempy_nb.notebook.commands.connections import (
+    columns,
+    connect,
+    connections,
+    delete_connection,
+    tables,
+)
 from trempy_nb.notebook.commands.runs import (
     dead_letters,
     errors,
     logs,
+    replay_dead_letters,
     run,
     runs,
     stats,
@@ -17,6 +24,8 @@ from trempy_nb.notebook.commands.runs import (
 )
 from trempy_nb.notebook.commands.session import SESSION, Session, get_task, put_task
 from trempy_nb.notebook.commands.tasks import (
+    as_of,
+    changes,
     define_task,
     drop,
     history,
@@ -31,11 +40,14 @@ from trempy_nb.notebook.commands.tasks import (
 __all__ = [
     "SESSION",
     "Session",
+    "as_of",
+    "changes",
     "columns",
     "connect",
     "connections",
     "dead_letters",
     "define_task",
+    "delete_connection",
     "drop",
     "errors",
     "get_task",
@@ -46,6 +58,7 @@ __all__ = [
     "preview",
     "preview_changes",
     "put_task",
+    "replay_dead_letters",
     "run",
     "runs",
     "show_task",

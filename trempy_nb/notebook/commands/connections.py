@@ -1,10 +1,11 @@
-"""connect, connections, tables, columns."""
+"""connect, connections, delete-connection, tables, columns."""
 
 from __future__ import annotations
 
 import polars as pl
 
 from trempy_nb import catalog
+from trempy_nb.connections import delete_connection as forget_connection
 from trempy_nb.connections import list_connections, resolve, save_connection
 from trempy_nb.db import connect as db_connect
 from trempy_nb.errors import SettingsError
@@ -22,6 +23,12 @@ def connect(name: str, uri: str, test: bool = True) -> Note:
 def connections() -> pl.DataFrame:
     """Saved connections (no password)."""
     return list_connections()
+
+
+def delete_connection(name: str) -> Note:
+    """Forget a saved connection (tasks that name it fail until it is saved again)."""
+    forget_connection(name)
+    return Note(f"deleted connection {name}", "ok")
 
 
 def tables(name: str, schema: str | None = None) -> pl.DataFrame:

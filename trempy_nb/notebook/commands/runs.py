@@ -170,6 +170,18 @@ def dead_letters(name: str) -> pl.DataFrame:
     return _store().dead_letters(task=name)
 
 
+def replay_dead_letters(name: str) -> Note:
+    """Put the task's dead letters back on its queue (rabbitmq), once their cause is fixed."""
+    count = get_task(name).replay_dead_letters()
+    if not count:
+        return Note(f"no dead letters to replay for task {name}")
+    return Note(
+        f"replayed {count:,} dead-lettered batch(es) of task {name}: the consumer applies them"
+        " again (a running task now; otherwise at its next run)",
+        "ok",
+    )
+
+
 def logs(name: str, limit: int = 200) -> pl.DataFrame:
     get_task(name)
     return _store().logs(task=name, limit=limit)

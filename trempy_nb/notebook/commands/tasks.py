@@ -137,6 +137,22 @@ def history(name: str, table: str, key: dict[str, Any], limit: int = 1000) -> pl
     return get_task(name).history(table, key, limit=limit)
 
 
+def as_of(name: str, ts: Any, table: str | None = None, limit: int | None = None) -> pl.DataFrame:
+    """An SCD2 target table as it was at `ts` (ISO text, datetime or `-1d`)."""
+    return get_task(name).as_of(ts, table, limit=limit)
+
+
+def changes(
+    name: str,
+    since: Any,
+    until: Any = None,
+    table: str | None = None,
+    limit: int | None = None,
+) -> pl.DataFrame:
+    """Keys of an SCD2 target that changed between `since` and `until` (default: now)."""
+    return get_task(name).changes(since, until, table, limit=limit)
+
+
 def drop(name: str) -> Note:
     """Stop its runner, remove the task's slot, publication and state, forget it."""
     task = get_task(name)
