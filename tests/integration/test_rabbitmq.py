@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import in_ci
 from trempy_nb.capture.slot import drop_task_objects, slot_status
-from trempy_nb.engine import ConsumerRunner
+from trempy_nb.engine import ConsumerRunner, run_role
 from trempy_nb.errors import ConnectionFailed
 from trempy_nb.task import Task
 from trempy_nb.transport import rabbitmq as rmq
@@ -362,7 +362,7 @@ def _batches(msgs: list) -> list:
 
 def _role(task: Task, role: str) -> None:
     """Run one side until caught up (the CLI's --role ... --until-caught-up)."""
-    assert rmq.run_role(task, role, until_caught_up=True, progress=False) == 0
+    assert run_role(task, role, until_caught_up=True, progress=False) == 0
 
 
 def test_separate_producer_and_consumer_processes_until_caught_up(
