@@ -5,10 +5,13 @@
   loud SlotLost) and not merely advanced;
 - `source_shapes`: the source columns each table is planned with, so `continue`
   notices a column dropped, renamed or retyped while the task was stopped;
-- `load_state`: which tables the full load finished (written by `fullload`).
+- `load_state`: which tables the full load finished (written by `fullload`);
+- `rabbitmq_held`: tables of the RabbitMQ transport held behind a dead letter, and
+  the per-stream checkpoints of replays (`<task>#replay:<schema>.<table>`).
 
-The tables are created by `ddl.ensure_state_tables`; held tables of the RabbitMQ
-transport keep their own table (`transport/rabbitmq/held.py`).
+The tables are created by `ddl.ensure_state_tables` (`rabbitmq_held` on first
+use by the transport). Every query of these tables is here; callers pass the
+connection (and own its transaction).
 """
 
 from __future__ import annotations
@@ -66,3 +69,54 @@ def forget_task(conn: psycopg.Connection, task: str, tables: Iterable[str] = ("l
     """start_mode reload: the task's load state and recorded shapes go (its checkpoint is reset apart)."""
     for table in tables:
         conn.execute(sql.SQL("DELETE FROM {}.{} WHERE task = %s").format(_S, sql.Identifier(table)), (task,))
+
+
+# -- held tables (RabbitMQ: tables waiting behind a dead letter) and replay checkpoints --------------
+
+_HELD_DDL = sql.SQL(
+    "CREATE TABLE IF NOT EXISTS {}.rabbitmq_held (task text, schema_name text, table_name text,"
+    " since_lsn bigint, held_upto bigint, replay_failed boolean NOT NULL DEFAULT false,"
+    " updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (task, schema_name, table_name))"
+).format(_S)
+_HELD_GET = sql.SQL(
+    "SELECT schema_name, table_name, since_lsn, held_upto, replay_failed FROM {}.rabbitmq_held WHERE task = %s"
+).format(_S)
+_HELD_SET = sql.SQL(
+    "INSERT INTO {}.rabbitmq_held (task, schema_name, table_name, since_lsn, held_upto, replay_failed)"
+    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (task, schema_name, table_name) DO UPDATE"
+    " SET held_upto = EXCLUDED.held_upto, replay_failed = EXCLUDED.replay_failed, updated_at = now()"
+).format(_S)
+_HELD_DEL = sql.SQL(
+    "DELETE FROM {}.rabbitmq_held WHERE task = %s AND schema_name = %s AND table_name = %s"
+).format(_S)
+_HELD_DEL_TASK = sql.SQL("DELETE FROM {}.rabbitmq_held WHERE task = %s").format(_S)
+_STREAM_CHECKPOINTS_DEL = sql.SQL("DELETE FROM {}.checkpoints WHERE task LIKE %s").format(_S)
+
+Held = tuple[int, int, bool]  # (since_lsn, held_upto, replay_failed)
+
+
+def ensure_held_table(conn: psycopg.Connection) -> None:
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(_S))
+    conn.execute(_HELD_DDL)
+
+
+def read_held(conn: psycopg.Connection, task: str) -> dict[tuple[str, str], Held]:
+    return {(s, t): (int(since), int(upto), bool(failed))
+            for s, t, since, upto, failed in conn.execute(_HELD_GET, (task,))}
+
+
+def write_held(conn: psycopg.Connection, task: str, key: tuple[str, str], held: Held) -> None:
+    conn.execute(_HELD_SET, (task, key[0], key[1], *held))
+
+
+def delete_held(conn: psycopg.Connection, task: str, key: tuple[str, str] | None = None) -> None:
+    """Release one held table of the task, or (no key) all of them."""
+    if key is None:
+        conn.execute(_HELD_DEL_TASK, (task,))
+    else:
+        conn.execute(_HELD_DEL, (task, *key))
+
+
+def delete_stream_checkpoints(conn: psycopg.Connection, task: str) -> None:
+    """The task's per-stream checkpoints (`<task>#...`, e.g. replays), not the task's own."""
+    conn.execute(_STREAM_CHECKPOINTS_DEL, (task.replace("_", r"\_") + "#%",))
