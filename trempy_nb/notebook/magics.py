@@ -3,6 +3,9 @@
 The functions under the verbs live in `trempy_nb.notebook.commands` and call
 the public Python API only. Domain errors become one short, masked line at
 this edge, and are still raised so a failing cell fails papermill and nbmake.
+
+Over 800 lines on purpose: it is one table of verbs with their argument
+parsers and help, read top to bottom; each verb's work lives in `commands/`.
 """
 
 from __future__ import annotations
