@@ -1,7 +1,12 @@
 """Capture: the source side of a task (slot + publication, snapshot hand-over, change reader).
 
-`pgoutput` is the pure decoder; `slot`, `snapshot` and `reader` are the only
-modules here that talk to PostgreSQL.
+Pure, unit-tested on bytes: `pgoutput` (the decoder), `walproto` (the
+replication sub-protocol's frames), `inbox` (streamed messages cut into whole
+units), `tuples` (vectorised TupleData), `batching` (whole transactions for a
+batch), `rowframes` (their rows as Polars frames), `positions` (where a
+confirm may move the slot). Talking to PostgreSQL: `slot`, `snapshot`,
+`slotconn`, `stream` (the main path), `peek`, and `reader`, the one
+`ChangeSource` (`source` holds the protocols).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from trempy_nb.capture.slot import (
     slot_status,
 )
 from trempy_nb.capture.snapshot import create_slot_with_snapshot, snapshot_transaction
+from trempy_nb.capture.source import ChangeSource, Checkpoint
 
 __all__ = [
     "UNCHANGED_TOAST",
@@ -29,6 +35,8 @@ __all__ = [
     "decode",
     "decode_many",
     "ChangeReader",
+    "ChangeSource",
+    "Checkpoint",
     "HEARTBEAT_PREFIX",
     "SlotStatus",
     "advance_slot",

@@ -1,4 +1,4 @@
-"""The logical replication stream: START_REPLICATION on a replication connection, pgoutput.
+"""Stream mode, the main path: START_REPLICATION on a replication connection, pgoutput.
 
 Why a stream and not `pg_logical_slot_peek_binary_changes`: every peek (and
 every `pg_replication_slot_advance`) starts decoding again at the slot's
@@ -9,31 +9,41 @@ continuously, and a standby status update moves the slot at no decoding cost.
 
 psycopg 3 has no replication API, but its libpq wrapper (`conn.pgconn`) has
 everything the COPY BOTH sub-protocol needs: the command goes out with the
-simple query protocol, then XLogData ('w') and keepalive ('k') messages come
-in with `get_copy_data` and status updates ('r') go out with `put_copy_data`.
+simple query protocol, then XLogData and keepalive messages come in with
+`get_copy_data` and status updates go out with `put_copy_data`. The bytes of
+those messages are `walproto.py`'s business, the waiting `pgwait.py`'s.
+
+`WalStream` is the session; `StreamWindows` turns what it delivers into
+windows of whole units for the reader (a `WindowSource`).
 """
 
 from __future__ import annotations
 
-import select
-import struct
 import time
 from datetime import datetime, timezone
 
 import psycopg
 from psycopg import pq, sql
 
+from trempy_nb import pgwait
+from trempy_nb.capture import tuples as tp
+from trempy_nb.capture import walproto
+from trempy_nb.capture.inbox import Inbox
+from trempy_nb.capture.slotconn import SlotConnection
 from trempy_nb.capture.snapshot import replication_connection
 from trempy_nb.changes import int_to_lsn
-from trempy_nb.errors import TransientError
+from trempy_nb.errors import TransientError, TrempyError
 
-__all__ = ["WalStream"]
+__all__ = ["WalStream", "StreamWindows", "FEEDBACK_EVERY_S", "STREAM_WAIT_S", "STREAM_STALL_S"]
 
-_PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
-_STATUS = struct.Struct("!cQQQqB")  # 'r', written, flushed, applied, clock (us since 2000), reply
-_KEEPALIVE = struct.Struct("!QqB")  # server WAL end, clock, reply requested
-_XLOG_HEADER = 25  # 'w', data start, WAL end, clock
+_XLOG, _XLOG_HEADER = walproto.TAG_XLOG, walproto.XLOG_HEADER  # see walproto.xlog_payload
 FEEDBACK_EVERY_S = 10.0  # well under the default wal_sender_timeout (60 s)
+#: how long a fetch waits for a first message when nothing is pending
+STREAM_WAIT_S = 0.05
+#: a transaction whose commit has not come after this long is a broken stream
+STREAM_STALL_S = 300.0
+#: while waiting for a catch-up bound, a new heartbeat at most this often
+BEACON_EVERY_S = 5.0
 
 
 def _quote(value: str) -> str:
@@ -93,13 +103,12 @@ class WalStream:
         while True:
             n, data = pg.get_copy_data(1)
             if n > 0:
-                tag = data[0]
-                if tag == 119:  # 'w'
+                if data[0] == _XLOG:  # once per change: the test and slice inline, no call
                     return memoryview(data)[_XLOG_HEADER:]
-                if tag == 107:  # 'k'
-                    end, _clock, reply = _KEEPALIVE.unpack_from(data, 1)
-                    self.server_end = max(self.server_end, end)
-                    if reply:
+                ka = walproto.keepalive(data)
+                if ka is not None:
+                    self.server_end = max(self.server_end, ka.wal_end)
+                    if ka.reply:
                         self.status()
                 continue
             if n < 0:
@@ -110,8 +119,7 @@ class WalStream:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            select.select([pg.socket], [], [], left)
-            pg.consume_input()
+            pgwait.receive(pg, left)
 
     def status(self, flushed: int | None = None, *, reply: bool = False) -> None:
         """Send a standby status update: everything before `flushed` may be released.
@@ -120,13 +128,10 @@ class WalStream:
         server sent before it, so its WAL end (`server_end`) is what has been sent."""
         if flushed is not None:
             self.flushed = max(self.flushed, flushed)
-        now = datetime.now(timezone.utc) - _PG_EPOCH
-        clock = (now.days * 86_400 + now.seconds) * 1_000_000 + now.microseconds
-        f = self.flushed
-        if self.pg.put_copy_data(_STATUS.pack(b"r", f, f, f, clock, int(reply))) != 1:
+        msg = walproto.standby_status(self.flushed, datetime.now(timezone.utc), reply=reply)
+        if self.pg.put_copy_data(msg) != 1:
             raise TransientError("cannot send a status update on the replication stream")
-        while self.pg.flush() == 1:
-            select.select([], [self.pg.socket], [], 1.0)
+        pgwait.flush(self.pg)
         self.last_status = time.monotonic()
 
     def close(self) -> None:
@@ -142,11 +147,124 @@ class WalStream:
                     if n == -1:
                         break
                     if n == 0:
-                        select.select([self.pg.socket], [], [], 0.1)
-                        self.pg.consume_input()
+                        pgwait.receive(self.pg, 0.1)
                 while self.pg.get_result() is not None:
                     pass
         except (psycopg.Error, OSError):
             pass
         finally:
             self.conn.close()
+
+
+class StreamWindows:
+    """A `WindowSource` over a `WalStream`, opened on first use and reopened after an error.
+
+    A stream never resends: what it delivered but no window took yet stays in
+    the inbox (a transaction still arriving, units past a catch-up bound), and
+    after an error the new session simply starts again at the slot's confirmed
+    position. The slot moves by status updates: no decoding on the server.
+    """
+
+    resends = False
+
+    def __init__(self, link: SlotConnection) -> None:
+        self._link = link
+        self._wal: WalStream | None = None
+        self._inbox = Inbox()
+        self._beacon_for: int | None = None  # the catch-up bound a heartbeat was written for
+        self.blocked_at: int | None = None  # the bound the last fetch stopped at
+
+    def _stream(self) -> WalStream:
+        if self._wal is None:
+            link = self._link
+            link.check()
+            self._wal = WalStream(
+                link.uri, link.slot, link.publication, application_name=link.application_name
+            )
+        return self._wal
+
+    def _drop(self) -> None:
+        """Close the stream; what it delivered but no window took is simply received again."""
+        wal, self._wal = self._wal, None
+        self._inbox = Inbox()
+        if wal is not None:
+            wal.close()
+
+    def close(self) -> None:
+        self._drop()
+
+    def advance(self, lsn: int) -> None:
+        try:
+            self._stream().status(lsn)  # a status update: no decoding on the server
+        except psycopg.Error:
+            self._drop()
+            raise
+
+    def prefetch(self, timeout: float, limit: int) -> bool:
+        """Receive what arrives within `timeout` (up to `limit` messages held); also keeps the
+        walsender from timing out. False if nothing was received."""
+        if self._wal is None:
+            return False
+        got = False
+        try:
+            deadline = time.monotonic() + timeout
+            while len(self._inbox) < limit:
+                msg = self._wal.read(max(0.0, deadline - time.monotonic()))
+                if msg is None:
+                    break
+                self._inbox.add(msg)
+                got = True
+            if time.monotonic() - self._wal.last_status > FEEDBACK_EVERY_S:
+                self._wal.status()
+        except psycopg.Error:
+            self._drop()  # the next fetch reconnects (or reports why it cannot)
+        return got
+
+    def fetch(self, upto_lsn: int | None, nchanges: int) -> tp.Window:
+        """Whole units: at least `nchanges` messages if they come without waiting, only units
+        before `upto_lsn`; what is left stays for the next call."""
+        inbox = self._inbox
+        try:
+            wal = self._stream()
+            ok_end, blocked, seen, pinged = 0, False, 0, time.monotonic()
+            while True:
+                for end, lsn in inbox.units[seen:]:
+                    if upto_lsn is not None and lsn >= upto_lsn:
+                        blocked = True
+                        break
+                    ok_end = end
+                seen = len(inbox.units)
+                if blocked or (ok_end and ok_end >= nchanges):
+                    break
+                if inbox.units:
+                    timeout = 0.0  # something whole is here: take what comes without waiting
+                elif inbox.in_txn:
+                    timeout = 1.0  # a transaction is arriving: wait for its commit
+                else:
+                    timeout = STREAM_WAIT_S
+                msg = wal.read(timeout)
+                if msg is not None:
+                    inbox.add(msg)
+                    continue
+                if inbox.in_txn and not inbox.units:
+                    if time.monotonic() - inbox.txn_since > STREAM_STALL_S:
+                        raise TransientError("the replication stream stalled inside a transaction")
+                    continue
+                if upto_lsn is not None and not inbox.units:
+                    # quiet is not "caught up": the walsender may still be decoding towards
+                    # upto_lsn. A message written now lies past it, and the stream delivers
+                    # it after every transaction that committed before it: read until a unit
+                    # at or past upto_lsn arrives (then everything before it is here).
+                    if self._beacon_for != upto_lsn or time.monotonic() - pinged > BEACON_EVERY_S:
+                        self._link.heartbeat()
+                        self._beacon_for, pinged = upto_lsn, time.monotonic()
+                    continue
+                break
+        except psycopg.Error as exc:
+            self._drop()
+            err = self._link.translate(exc)
+            if isinstance(err, TrempyError):
+                raise err from None
+            raise
+        self.blocked_at = upto_lsn if blocked else None
+        return inbox.take(ok_end)

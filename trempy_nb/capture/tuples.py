@@ -9,7 +9,7 @@ object is made per value. The structural messages (Begin, Commit, Relation,
 Truncate, ...) are few and are decoded one by one with `pgoutput.decode`.
 
 Pure: no I/O, unit-tested on captured bytes through the reader. The buffer and the
-slicing are shared with the full load's COPY binary reader (pipeline/rowbuffer.py).
+slicing are shared with the full load's COPY binary reader (pgcopy/rowbuffer.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from trempy_nb.capture.pgoutput import DecodeError, Message, decode
-from trempy_nb.pipeline.rowbuffer import RowBuffer
+from trempy_nb.pgcopy.rowbuffer import RowBuffer
 
 __all__ = ["Window", "Tuples", "ROW_TAGS", "walk", "text_columns", "equal_values"]
 

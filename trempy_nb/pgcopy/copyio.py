@@ -10,7 +10,6 @@ source to target.
 
 from __future__ import annotations
 
-import select
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ import polars as pl
 import psycopg
 from psycopg import pq, sql
 
+from trempy_nb import pgwait
 from trempy_nb.pgcopy.binarycodec import Tail, read_copy_binary
 from trempy_nb.pgcopy.textcodec import read_copy_text, write_copy_text
 
@@ -84,8 +84,7 @@ def _iter_copy(
                 pending = bytearray()
                 sizes = [] if binary else None
             elif state == "wait":
-                select.select([pg.socket], [], [])
-                pg.consume_input()
+                pgwait.receive(pg)
             else:
                 break
     finally:
@@ -189,8 +188,8 @@ def stream_copy(
 ) -> int:
     """COPY a source query straight into a target table, no Python rows. Returns rows copied.
 
-    Both COPYs run at once in one thread: libpq in non-blocking mode, a select()
-    loop moving whole buffers from one socket to the other (the GIL is released
+    Both COPYs run at once in one thread: libpq in non-blocking mode, a wait
+    loop (`pgwait`) moving whole buffers from one socket to the other (the GIL is released
     while waiting), which keeps pace with `psql | psql`.
     """
     fmt = sql.SQL(" (FORMAT binary)") if binary else sql.SQL("")
@@ -213,7 +212,6 @@ def pump(sp: pq.abc.PGconn, tp: pq.abc.PGconn, out_sql: bytes, in_sql: bytes, fl
     try:
         buf = bytearray()
         pending = False
-        sfd, tfd = sp.socket, tp.socket
         while True:
             state = _take(sp, buf, flush_bytes)
             done = state == "done"
@@ -224,20 +222,17 @@ def pump(sp: pq.abc.PGconn, tp: pq.abc.PGconn, out_sql: bytes, in_sql: bytes, fl
                 pending = tp.flush() == 1
             if done and not buf:
                 break
-            rl = [sfd] if state == "wait" else []
-            wl = [tfd] if pending else []
-            if rl or wl:
-                readable, writable, _ = select.select(rl, wl, [])
+            want_input = state == "wait"
+            if want_input or pending:
+                readable, writable = pgwait.wait(sp if want_input else None, tp if pending else None)
                 if readable:
                     sp.consume_input()
                 if writable:
                     pending = tp.flush() == 1
-        while tp.flush() == 1:
-            select.select([], [tfd], [])
+        pgwait.flush(tp)
         _drain(sp)
         tp.put_copy_end()
-        while tp.flush() == 1:
-            select.select([], [tfd], [])
+        pgwait.flush(tp)
     finally:
         sp.nonblocking = 0
         tp.nonblocking = 0

@@ -1,0 +1,66 @@
+"""Streamed pgoutput messages waiting to be framed, and where whole units end among them.
+
+A walsender sends one message at a time; a batch may only hold whole units
+(a transaction Begin..Commit, or a non-transactional message such as a
+heartbeat). The inbox appends every message to one buffer, notes the end of
+each whole unit with its LSN, and hands out a `Window` of the leading whole
+units while the rest (a transaction still arriving, or units past a catch-up
+bound) stays for later. Pure: fed bytes, unit-tested on captured messages.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+
+from trempy_nb.capture import tuples as tp
+
+__all__ = ["Inbox"]
+
+_Q = struct.Struct("!Q")
+
+
+class Inbox:
+    """Received messages in one buffer; `units` lists (messages through, lsn) of whole units.
+
+    A transaction's LSN is its commit LSN; a non-transactional message's is its own.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._ends: list[int] = []  # where each message ends in the buffer
+        self.units: list[tuple[int, int]] = []
+        self.in_txn = False  # a Begin arrived whose Commit has not
+        self.txn_lsn = 0  # final LSN the open transaction's Begin announced
+        self.txn_since = 0.0  # monotonic time its Begin arrived
+
+    def __len__(self) -> int:
+        """Messages held."""
+        return len(self._ends)
+
+    def add(self, msg: bytes | memoryview) -> None:
+        """Append a streamed message; note where whole units (transactions, messages) end.
+
+        Called once per change: the tags are literals (a global lookup each costs more)."""
+        self._buf += msg
+        self._ends.append(len(self._buf))
+        tag = msg[0]
+        if tag == 66:  # 'B'
+            self.in_txn = True
+            self.txn_lsn = _Q.unpack_from(msg, 1)[0]
+            self.txn_since = time.monotonic()
+        elif tag == 67:  # 'C'
+            self.in_txn = False
+            self.units.append((len(self._ends), _Q.unpack_from(msg, 2)[0]))
+        elif tag == 77 and not self.in_txn and not msg[1] & 1:  # non-transactional 'M'
+            self.units.append((len(self._ends), _Q.unpack_from(msg, 2)[0]))
+
+    def take(self, n: int) -> tp.Window:
+        """The first `n` messages (the end of a whole unit, or 0) as a window; the rest stays."""
+        nbytes = self._ends[n - 1] if n else 0
+        buf, self._buf = self._buf, bytearray(memoryview(self._buf)[nbytes:])  # the rest
+        del buf[nbytes:]  # the window keeps the received buffer itself: no copy of it
+        win = tp.Window.from_buffer(buf, self._ends[:n])
+        self._ends = [e - nbytes for e in self._ends[n:]]
+        self.units = [(end - n, lsn) for end, lsn in self.units if end > n]
+        return win
