@@ -2,8 +2,9 @@
 
 A run has three parts (pgstream's listener → processor → checkpointer):
 
-- a `ChangeSource` (capture's `ChangeReader`): whole source transactions, read up
-  to a bound, and `confirm(lsn)` once they are durable downstream (the slot moves);
+- a `ChangeSource` (capture's protocol, `capture/source.py`, re-exported here;
+  `ChangeReader` implements it): whole source transactions, read up to a bound,
+  and `confirm(lsn)` once they are durable downstream (the slot moves);
 - a `ChangeSink` (the engine's `ChangeApplier`): `put(batch, checkpoint)` applies a
   batch in one target transaction with its checkpoint row, then calls
   `checkpoint(batch.end_lsn)`;
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from trempy_nb.capture.source import ChangeSource, Checkpoint
 from trempy_nb.changes import ChangeBatch
 from trempy_nb.settings import TaskSettings
 
@@ -50,35 +52,9 @@ STATS_EVERY_S = 2.0  # slot health and lag are refreshed this often while stream
 Role = Literal["both", "producer", "consumer"]
 ROLES: tuple[Role, ...] = ("both", "producer", "consumer")
 
-#: "every transaction that committed at or before this LSN (a batch's `end_lsn`) is durable"
-Checkpoint = Callable[[int], None]
-
 #: called with a source table's key as the sink takes it up (None: past the tables), so a
 #: caller can pin a failure on its table
 TableHook = Callable[[tuple[str, str] | None], None]
-
-
-class ChangeSource(Protocol):
-    """Whole transactions from a slot, in commit order, until they are confirmed."""
-
-    def read_batch(self, upto_lsn: int | None = None) -> ChangeBatch | None:
-        """The next transactions (about the batch size, never part of one); None when there
-        are none for now. With `upto_lsn`: only those that committed before it."""
-        ...
-
-    def confirm(self, lsn: int) -> None:
-        """The `Checkpoint`: the batch ending at commit `lsn` (and all before it) is durable."""
-        ...
-
-    def has_buffered(self, upto_lsn: int | None = None) -> bool:
-        """Whether the next `read_batch(upto_lsn)` is served without asking the server."""
-        ...
-
-    def prefetch(self, timeout: float) -> bool:
-        """Receive what arrives within `timeout` (the next batch grows); False if nothing did."""
-        ...
-
-    def close(self) -> None: ...
 
 
 class ChangeSink(Protocol):
