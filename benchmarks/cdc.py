@@ -1,6 +1,7 @@
 """Change-data-capture throughput, memory and latency, on throwaway clusters of its own.
 
     python -m benchmarks.cdc [--rows 500000] [--latency-seconds 20] [--one-cluster]
+    python -m benchmarks.cdc --workloads wide [--wide-changes 300000] [--repeat 3]
 
 Workloads, each applied by `trempy-nb run --until-caught-up` (a subprocess, so its peak RSS is
 its own) from a backlog committed before the run starts, for upsert and for SCD2:
@@ -11,6 +12,13 @@ time from the last source commit to the last target commit is at most that). Nex
 server-side decode rate, `pg_logical_slot_peek_binary_changes` alone on the same backlog.
 Then p50/p95 latency (source clock_timestamp() at update -> target trigger clock_timestamp()
 at apply) with a `trempy-nb run` streaming while ~1k single-row transactions/s commit.
+
+W (`--workloads wide`): wide rows as a user has them, end to end as a user runs it: a
+14-column table with jsonb, text[], bytea, uuid and timestamptz columns, a backlog of 300k
+changes (3,000 transactions of 100-row updates) caught up by a `trempy-nb run --until-caught-up`
+process, source and target databases in one cluster. Each of `--repeat` rounds writes a fresh
+backlog (outside the timing) and times the process from its start to its exit; printed are the
+median changes/s and the median of the per-round ratios to the 50k changes/s target.
 
 Source and targets are two clusters on this machine, as in production (the target is
 another server). `--one-cluster` puts the target databases in the source's cluster: the
@@ -24,6 +32,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,6 +71,42 @@ sys.exit(code)
 """
 
 TARGETS = {"upsert": 50_000, "scd2": 30_000}
+
+WIDE_SQL = """
+CREATE SCHEMA IF NOT EXISTS bench;
+CREATE TABLE bench.w (
+  id bigint PRIMARY KEY, k integer NOT NULL, name text, amount numeric(12,2), qty integer,
+  active boolean, created timestamptz, updated timestamptz, uid uuid, doc jsonb, tags text[],
+  blob bytea, note text, score double precision
+);
+INSERT INTO bench.w
+SELECT i, i % 1000, 'name ' || i, (i % 100000) / 7.0, i % 500, i % 3 = 0,
+       TIMESTAMPTZ '2020-01-01 00:00+00' + i * INTERVAL '1 second', now(), md5(i::text)::uuid,
+       jsonb_build_object('id', i, 'kind', 'order', 'lines', jsonb_build_array(i % 7, i % 11, 'x' || i),
+                          'paid', i % 2 = 0),
+       ARRAY['tag' || (i % 10), 'group ' || (i % 97), md5(i::text)],
+       decode(md5(i::text) || md5((i + 1)::text), 'hex'),
+       CASE WHEN i % 10 = 0 THEN NULL ELSE 'note about row ' || i || ' ' || md5(i::text) END,
+       i / 3.0
+FROM generate_series(1, {rows}) i;
+ANALYZE bench.w;
+"""
+
+# {txns} transactions of {per} row updates, touching the wide columns
+WIDE_TXNS = """
+DO $$
+BEGIN
+  FOR n IN 0..{txns} - 1 LOOP
+    UPDATE bench.w SET qty = qty + 1, updated = clock_timestamp(),
+           doc = jsonb_set(doc, '{{paid}}', to_jsonb(NOT (doc->>'paid')::boolean)),
+           tags[1] = 'tag' || (qty + 1), blob = sha256(blob), amount = amount + 1
+     WHERE id > (n * {per}) % {rows} AND id <= (n * {per}) % {rows} + {per};
+    COMMIT;
+  END LOOP;
+END $$;
+"""
+
+WIDE_CHECK = "SELECT count(*), md5(string_agg(w::text, ',' ORDER BY id)) FROM bench.w AS w"
 
 
 def settings(name: str, src: str, tgt: str, mode: str) -> dict:
@@ -193,12 +238,68 @@ def latency(
     return float(row[0] or 0), float(row[1] or 0), rate, int(row[2])
 
 
+def wide(changes: int, repeat: int) -> None:
+    """Workload W: wide rows, one cluster, `trempy-nb run --until-caught-up` timed in rounds."""
+    per = 100
+    txns = max(1, changes // per)
+    rows = txns * per
+    cluster = start_cluster(conf={"shared_buffers": "512MB"})
+    work = Path(tempfile.mkdtemp(prefix="trempy_bench_cdc_"))
+    try:
+        src = cluster.create_database("bench_src")
+        tgt = cluster.create_database("bench_tgt")
+        env = {**os.environ, "TREMPY_HOME": str(work / "home")}
+        print(f"building bench.w with {rows:,} rows x 14 columns ...", flush=True)
+        with connect(src, autocommit=True) as c:
+            c.execute(WIDE_SQL.format(rows=rows))
+        path = work / "w.json"
+        doc = settings("b_wide", src, tgt, "upsert")
+        doc["tables"] = [{"schema_name": "bench", "table_name": "w"}]
+        path.write_text(json.dumps(doc))
+        run_child(["run", str(path), "--until-caught-up", "-q"], env)  # full load, slot
+        found: list[tuple[int, float, int]] = []
+        for r in range(repeat):
+            with connect(src, autocommit=True) as c:
+                c.execute(WIDE_TXNS.format(txns=txns, per=per, rows=rows))
+                c.execute("CHECKPOINT")
+            n = pending_changes(src, "trempy_b_wide")
+            print(f"round {r + 1} of {repeat}: {n:,} changes pending ...", flush=True)
+            secs, rss = run_child(["run", str(path), "--until-caught-up", "--start-mode", "continue", "-q"], env)
+            with connect(src, autocommit=True) as c:
+                want = c.execute(WIDE_CHECK).fetchone()
+            with connect(tgt, autocommit=True) as c:
+                got = c.execute(WIDE_CHECK).fetchone()
+            if got != want:
+                sys.exit(f"wide: the target does not match the source after round {r + 1}")
+            found.append((n, secs, rss))
+        rates = [n / secs for n, secs, _ in found]
+        print(f"\nW: CDC catch-up, {txns:,} txns x {per} row updates, 14 columns (jsonb, text[], bytea, uuid,"
+              " timestamptz), source and target in one cluster, 2 cores")
+        print(f"{'changes':>9} {'seconds':>8} {'changes/s':>10} {'vs 50k':>7} {'range':>13} {'peak RSS':>9}")
+        spread = f"{min(rates) / TARGETS['upsert']:.2f}-{max(rates) / TARGETS['upsert']:.2f}x"
+        print(f"{statistics.median(n for n, _, _ in found):9,.0f} {statistics.median(s for _, s, _ in found):8.2f}"
+              f" {statistics.median(rates):10,.0f} {statistics.median(rates) / TARGETS['upsert']:6.2f}x {spread:>13}"
+              f" {max(r for _, _, r in found) / 1024:7.0f} MB")
+        print(f"(median of {repeat} rounds; rate = changes / wall time of the whole process, start to exit)")
+    finally:
+        cluster.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=500_000)
     ap.add_argument("--latency-seconds", type=float, default=20.0)
     ap.add_argument("--one-cluster", action="store_true", help="targets in the source's cluster")
+    ap.add_argument("--workloads", default="narrow", help="narrow (A, B and latency), wide (W), or narrow,wide")
+    ap.add_argument("--wide-changes", type=int, default=300_000, help="W: changes in the backlog")
+    ap.add_argument("--repeat", type=int, default=3, help="W: rounds")
     args = ap.parse_args()
+    workloads = {w.strip() for w in args.workloads.split(",")}
+    if "wide" in workloads:
+        wide(args.wide_changes, args.repeat)
+    if "narrow" not in workloads:
+        return
     rows = int(args.rows)
     per = 100
     txns = rows // per

@@ -7,6 +7,7 @@ only queries.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import psycopg
@@ -72,26 +73,24 @@ WHERE c.relkind IN ('r', 'p')
 ORDER BY 1, 2
 """
 
-_TABLE_SQL = """
-SELECT c.oid, c.relreplident, GREATEST(c.reltuples, 0)::bigint
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
-"""
-
-_COLUMNS_SQL = """
-SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, a.attnum
-FROM pg_attribute a
-WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY a.attnum
-"""
-
-_INDEX_COLUMNS_SQL = """
-SELECT a.attname
-FROM pg_index i
-JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
-JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-WHERE i.indrelid = %s AND {cond}
-ORDER BY k.ord
+_DESCRIBE_SQL = """
+SELECT want.ord, c.oid, c.relreplident, GREATEST(c.reltuples, 0)::bigint,
+  (SELECT array_agg(ARRAY[a.attname::text, format_type(a.atttypid, a.atttypmod), (NOT a.attnotnull)::text,
+                          a.attnum::text] ORDER BY a.attnum)
+     FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+  (SELECT array_agg(a.attname::text ORDER BY k.ord)
+     FROM pg_index i
+     JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    WHERE i.indrelid = c.oid AND i.indisprimary),
+  (SELECT array_agg(a.attname::text ORDER BY k.ord)
+     FROM pg_index i
+     JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    WHERE i.indrelid = c.oid AND i.indisreplident)
+FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS want(schema, name, ord)
+JOIN pg_namespace n ON n.nspname = want.schema
+JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = want.name AND c.relkind IN ('r', 'p')
 """
 
 
@@ -110,34 +109,42 @@ def list_tables(conn: psycopg.Connection, schema: str | None = None) -> list[tup
 
 def describe_table(conn: psycopg.Connection, schema: str, table: str) -> TableInfo:
     """Everything the pipeline and writer need to know about one source table."""
-    row = conn.execute(_TABLE_SQL, (schema, table)).fetchone()
-    if row is None:
+    info = describe_tables(conn, [(schema, table)])[(schema, table)]
+    if info is None:
         known = [f"{s}.{t}" for s, t, _ in list_tables(conn, schema)][:20]
         hint = f" (tables in schema {schema}: {', '.join(known)})" if known else f" (no tables in schema {schema})"
         raise ValidationFailed(f"table {schema}.{table} does not exist on the source{hint}")
-    oid, replident, estimate = row
-    cols = tuple(
-        ColumnInfo(name=n, pg_type=t, nullable=bool(nl), position=int(p))
-        for n, t, nl, p in conn.execute(_COLUMNS_SQL, (oid,)).fetchall()
-    )
-    pk = tuple(r[0] for r in conn.execute(_INDEX_COLUMNS_SQL.format(cond="i.indisprimary"), (oid,)))
-    if replident == "f":
-        identity = tuple(c.name for c in cols)
-    elif replident == "i":
-        identity = tuple(
-            r[0] for r in conn.execute(_INDEX_COLUMNS_SQL.format(cond="i.indisreplident"), (oid,))
+    return info
+
+
+def describe_tables(conn: psycopg.Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], TableInfo | None]:
+    """`describe_table` of many tables in one catalog query (None: no such table)."""
+    keys = list(dict.fromkeys(keys))
+    out: dict[tuple[str, str], TableInfo | None] = dict.fromkeys(keys)
+    if not keys:
+        return out
+    rows = conn.execute(_DESCRIBE_SQL, ([k[0] for k in keys], [k[1] for k in keys])).fetchall()
+    for ord_, oid, replident, estimate, cols_raw, pk_raw, ri_raw in rows:
+        schema, table = keys[int(ord_) - 1]
+        cols = tuple(ColumnInfo(name=n, pg_type=t, nullable=nl == "true", position=int(p))
+                     for n, t, nl, p in (cols_raw or []))
+        pk = tuple(pk_raw or ())
+        if replident == "f":
+            identity = tuple(c.name for c in cols)
+        elif replident == "i":
+            identity = tuple(ri_raw or ())
+        elif replident == "d":
+            identity = pk
+        else:
+            identity = ()
+        out[(schema, table)] = TableInfo(
+            schema=schema,
+            name=table,
+            columns=cols,
+            primary_key=pk,
+            replica_identity=str(replident),
+            identity_columns=identity,
+            estimated_rows=int(estimate),
+            oid=int(oid),
         )
-    elif replident == "d":
-        identity = pk
-    else:
-        identity = ()
-    return TableInfo(
-        schema=schema,
-        name=table,
-        columns=cols,
-        primary_key=pk,
-        replica_identity=str(replident),
-        identity_columns=identity,
-        estimated_rows=int(estimate),
-        oid=int(oid),
-    )
+    return out

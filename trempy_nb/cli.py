@@ -70,7 +70,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(rows=args.rows, keep=args.keep)
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Subcommands defined here; the others plug in from their feature's module.
+CORE_COMMANDS = ("schema", "validate", "run", "drop", "demo", "runs", "stats", "errors", "history")
+
+
+def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; `plugins=False` leaves out the plugged-in subcommands (start-up speed:
+    their modules import the notebook, AI and widget stacks, which a core command never uses)."""
     p = argparse.ArgumentParser(prog="trempy-nb", description="PostgreSQL full load and change data capture, upsert or SCD2.")
     p.add_argument("--version", action="version", version=f"trempy-nb {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -103,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep", action="store_true", help="keep the embedded cluster running (prints its URI)")
     s.set_defaults(func=_cmd_demo)
 
-    reports_cli.add_parsers(sub)  # runs, stats, errors, history
+    reports_cli.add_parsers(sub)  # runs, stats, errors, history (argparse only: cheap)
+    if not plugins:
+        return p
     for name, module in PLUGINS:
         _plug(sub, name, module)
     return p
@@ -128,12 +136,15 @@ def _plug(sub: argparse._SubParsersAction, name: str, module: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Building the parser imports the heavy modules (its subcommands' plugins): a million
-    # long-lived objects the cyclic GC would scan again and again. Not collecting while they
-    # load, then freezing them out of later collections, saves ~10% of a short run's startup.
+    # Building the parser may import heavy modules (the plug-ins' subcommands; a core command
+    # leaves them out): a million long-lived objects the cyclic GC would scan again and again.
+    # Not collecting while they load, then freezing them out of later collections, saves ~10%
+    # of a short run's startup.
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
     gc.disable()
     try:
-        parser = build_parser()
+        parser = build_parser(plugins=command not in CORE_COMMANDS)
     except PluginError as exc:
         print(f"trempy-nb: error: {mask(str(exc))}", file=sys.stderr)
         return 1

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import psycopg
@@ -33,7 +33,6 @@ from psycopg import sql
 from trempy_nb.connections import mask
 from trempy_nb.db import connect
 from trempy_nb.errors import TrempyError
-from trempy_nb.pgcopy.binarycodec import describe_raw, encode, split_tail
 from trempy_nb.pgcopy.copyio import (
     copy_binary,
     copy_frame,
@@ -43,7 +42,6 @@ from trempy_nb.pgcopy.copyio import (
     stream_copy,
 )
 from trempy_nb.pgcopy.textcodec import write_copy_text
-from trempy_nb.pipeline.copylayout import CopyLayout, copy_layout, select_sql
 from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.settings import TaskSettings
 from trempy_nb.writer import errorpolicy as policy
@@ -55,6 +53,12 @@ from trempy_nb.writer.ddl import (
     key_sql,
 )
 from trempy_nb.writer.sql import merge_sql
+
+if TYPE_CHECKING:
+    from trempy_nb.pipeline.copylayout import CopyLayout
+
+# The binary codecs (numpy, pyarrow) are imported where the pipeline path needs them, not here:
+# start-up speed, a pass-through load never uses them.
 
 #: Bytes of COPY text per pipeline batch (TREMPY_CHUNK_MB): bigger batches amortise per-batch costs,
 #: smaller ones bound memory (about 6 batches are in flight across the three stages).
@@ -153,6 +157,8 @@ class _Writer:
     def encode(self, df: pl.DataFrame) -> Any:
         """The batch as the target takes it: COPY binary (+ columns sent as text) or COPY text."""
         if self.layout is not None:
+            from trempy_nb.pgcopy.binarycodec import encode  # start-up speed (see the imports)
+
             return encode(df, self.layout.encoders, self.layout.tail)
         return write_copy_text(df)
 
@@ -207,6 +213,9 @@ class _Writer:
         error = mask(policy.error_text(exc))
         row = df.row(0, named=True)
         if self.layout is not None and self.layout.tail is not None:
+            # start-up speed (see the imports)
+            from trempy_nb.pgcopy.binarycodec import split_tail
+
             tail = row.pop(self.layout.tail.name)
             row.update(zip(self.layout.raw_columns, split_tail(tail, self.layout.tail.fields), strict=True))
             row = {c: row[c] for c in self.spec.data_columns if c in row}
@@ -224,6 +233,8 @@ class _Writer:
 def _readable(value: Any, pg_type: str) -> Any:
     """A value of a bad row as its error record stores it (JSON): raw bytes and Decimals as text."""
     if isinstance(value, bytes):
+        from trempy_nb.pgcopy.binarycodec import describe_raw  # start-up speed (see the imports)
+
         return describe_raw(value, pg_type)
     if isinstance(value, Decimal):
         return format(value, "f")
@@ -235,6 +246,9 @@ def _load_through_pipeline(plan: TablePlan, scur: psycopg.Cursor, tcur: psycopg.
                            on_progress: Callable[[int], None] | None, result: TableLoadResult,
                            chunk_bytes: int, load_ts: Any = None, types: dict[str, str] | None = None) -> None:
     """Three overlapping stages: COPY out (thread) -> plan + encode (thread) -> COPY in (here)."""
+    # start-up speed (see the imports)
+    from trempy_nb.pipeline.copylayout import copy_layout, select_sql
+
     source_types = {c.name: c.pg_type for c in plan.source.columns}
     layout = None
     if COPY_FORMAT != "text" and types:
@@ -319,17 +333,25 @@ def _load(settings: TaskSettings, plan: TablePlan, spec: TargetSpec, src: psycop
         passed = False
         if plan.passthrough and empty:
             same_types = all(types.get(c.name) == c.pg_type for c in plan.target_columns)
+            told = [0]  # rows reported during the copy: taken back if the table is redone
+
+            def on_rows(n: int) -> None:
+                told[0] += n
+                if on_progress:
+                    on_progress(n)
+
             try:
                 with tgt.transaction():
-                    rows = stream_copy(scur, tcur, query, spec.ident, spec.data_columns, binary=same_types)
+                    rows = stream_copy(scur, tcur, query, spec.ident, spec.data_columns, binary=same_types,
+                                       on_rows=on_rows)
                 passed = True
                 result.path = "passthrough"
                 result.rows_read = result.rows_written = rows
-                if on_progress:
-                    on_progress(result.rows_read)
             except psycopg.Error:
                 # The target refused something (pump's errors carry no SQLSTATE to classify): redo
                 # the table batch by batch, where the error policy retries, isolates or stops.
+                if on_progress and told[0]:
+                    on_progress(-told[0])
                 src.close()
                 src = connect(source_uri)
                 _begin_snapshot(src, snapshot)

@@ -14,7 +14,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -476,6 +475,8 @@ def load_document(doc: dict[str, Any] | str | Path) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
+        import yaml  # start-up speed: only YAML settings need it
+
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:

@@ -65,9 +65,10 @@ class Task:
         return resolve(self.settings.task.target)
 
     # validation -------------------------------------------------------------------
-    def validate(self) -> Task:
-        """Check against the live source; raises ValidationFailed listing every problem."""
-        self._validated = validate_live(self.settings, self.source_uri)
+    def validate(self, conn: Any = None) -> Task:
+        """Check against the live source; raises ValidationFailed listing every problem.
+        `conn`: an open source connection to use instead of a new one."""
+        self._validated = validate_live(self.settings, self.source_uri, conn)
         return self
 
     @property

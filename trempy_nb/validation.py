@@ -8,11 +8,13 @@ plan per table. It collects every problem, each led by its field path.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import psycopg
 
-from trempy_nb.catalog import TableInfo, describe_table
+from trempy_nb import catalog
+from trempy_nb.catalog import TableInfo
 from trempy_nb.connections import mask, resolve
 from trempy_nb.db import connect
 from trempy_nb.errors import SettingsError, TrempyError, ValidationFailed
@@ -66,13 +68,8 @@ def _needs_key(settings: TaskSettings) -> bool:
 
 
 def describe_tables(conn: psycopg.Connection, settings: TaskSettings) -> dict[tuple[str, str], TableInfo | None]:
-    out: dict[tuple[str, str], TableInfo | None] = {}
-    for ref in settings.tables:
-        try:
-            out[ref.key] = describe_table(conn, ref.schema_name, ref.table_name)
-        except ValidationFailed:
-            out[ref.key] = None
-    return out
+    """Every table of the task, in one catalog query."""
+    return catalog.describe_tables(conn, [ref.key for ref in settings.tables])
 
 
 def validate_settings(settings: TaskSettings, source_uri: str | None = None) -> list[str]:
@@ -90,10 +87,9 @@ def validate_settings(settings: TaskSettings, source_uri: str | None = None) -> 
 
 
 def _cdc_problems(conn: psycopg.Connection, settings: TaskSettings) -> list[str]:
-    try:
-        from trempy_nb.capture.slot import check_prerequisites
-    except ImportError:  # pragma: no cover - capture lands with the CDC issue
-        return []
+    # lazy: start-up speed (importing capture loads the decoder stack; a full-load task needs none)
+    from trempy_nb.capture.slot import check_prerequisites
+
     try:
         check_prerequisites(conn, [t.key for t in settings.tables])
     except ValidationFailed as exc:
@@ -101,13 +97,14 @@ def _cdc_problems(conn: psycopg.Connection, settings: TaskSettings) -> list[str]
     return []
 
 
-def validate_live(settings: TaskSettings, source_uri: str) -> ValidatedTask:
-    """Validate and compile, or raise ValidationFailed listing every problem."""
-    with connect(source_uri) as conn:
-        tables = describe_tables(conn, settings)
+def validate_live(settings: TaskSettings, source_uri: str, conn: psycopg.Connection | None = None) -> ValidatedTask:
+    """Validate and compile, or raise ValidationFailed listing every problem. `conn`: a source
+    connection to use (a run validates on the connection holding its task lock)."""
+    with contextlib.nullcontext(conn) if conn is not None else connect(source_uri) as c:
+        tables = describe_tables(c, settings)
         plans, problems = validate_with_catalog(settings, tables)
         if settings.task.replication_type != "full_load":
-            problems.extend(_cdc_problems(conn, settings))
+            problems.extend(_cdc_problems(c, settings))
     if problems:
         raise ValidationFailed("\n".join(problems))
     return ValidatedTask(settings=settings, plans=plans)

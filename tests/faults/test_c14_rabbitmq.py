@@ -160,6 +160,7 @@ def test_c14_broker_faults_and_dead_letters(pair):
             time.sleep(2.0)
             v.close_connections()
             time.sleep(2.0)
+            assert cons.alive(), f"the consumer exited during the broker faults:\n{cons.log()[-4000:]}"
             os.kill(cons.pid, signal.SIGSTOP)  # a stalled consumer ...
             RESULTS.fault("consumer stalled (SIGSTOP)")
             time.sleep(2.0)

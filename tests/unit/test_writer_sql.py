@@ -55,7 +55,7 @@ def all_statements() -> list[sql.Composable]:
         w.create_staging_sql(
             STG, u.ident, u.data_columns, {w.S_OP: "text", "_trempy_u0": "boolean"}
         ),
-        w.analyze_sql(STG),
+        w.analyze_sql(STG, [*u.key, w.S_OP]),
         w.fill_unchanged_sql(STG, u.ident, u.key, [(HOSTILE[1], "_trempy_u0")]),
         w.fill_unchanged_sql(STG, s.ident, s.key, [(HOSTILE[1], "_trempy_u0")], s.current_col),
         w.upsert_delete_sql(u.ident, STG, u.key),

@@ -55,6 +55,14 @@ class Inbox:
         elif tag == 77 and not self.in_txn and not msg[1] & 1:  # non-transactional 'M'
             self.units.append((len(self._ends), _Q.unpack_from(msg, 2)[0]))
 
+    def lone_message(self, end: int, after: int) -> bool:
+        """Whether the unit ending at message `end`, right after a unit ending at `after`, is
+        one non-transactional message (a heartbeat) rather than a transaction."""
+        if end - 1 != after:
+            return False
+        start = self._ends[end - 2] if end > 1 else 0
+        return self._buf[start] == 77  # 'M'
+
     def take(self, n: int) -> tp.Window:
         """The first `n` messages (the end of a whole unit, or 0) as a window; the rest stays."""
         nbytes = self._ends[n - 1] if n else 0

@@ -230,6 +230,11 @@ class StreamWindows:
             while True:
                 for end, lsn in inbox.units[seen:]:
                     if upto_lsn is not None and lsn >= upto_lsn:
+                        if inbox.lone_message(end, ok_end):
+                            # the first unit past the bound is a lone message (our beacon): a
+                            # no-op taken too, so the slot moves past it and the next run does
+                            # not decode again the WAL in between (other databases' in a cluster)
+                            ok_end = end
                         blocked = True
                         break
                     ok_end = end

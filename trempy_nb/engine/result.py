@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import polars as pl
+import psycopg
 
 from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.settings import TaskSettings
@@ -31,7 +32,9 @@ class RunnableTask(Protocol):
     @property
     def plans(self) -> dict[tuple[str, str], TablePlan]: ...
 
-    def validate(self) -> object: ...
+    def validate(self, conn: psycopg.Connection | None = None) -> object:
+        """Check against the live source (on `conn` when given); raises ValidationFailed."""
+        ...
 
 
 @dataclass

@@ -141,38 +141,44 @@ class Runner:
         task = self.task
         settings = task.settings
         source, target = task.source_uri, task.target_uri
-        task.validate()
-        plans = task.plans
         rtype = settings.task.replication_type
-        with task_lock(source, task.name):
+        with task_lock(source, task.name) as lock:
+            task.validate(lock)  # on the lock's connection: one connection (and login) fewer
+            plans = task.plans
             record_targets(store, settings, plans)  # what `history NAME` reads
             if rtype == "full_load":
                 self.status = "full_load"
                 return self._full_load(store, run_id, plans, source, target, None, None), 0
             session = self._new_session(store, run_id, plans)
-            if self._catch_up_requested:
-                session.catch_up.target = session.current_lsn()
-            tables: list[TableLoadResult] = []
-            with session.prepare() as handoff:
-                if handoff.needs_full_load:
-                    self.status = "full_load"
-                    crash_point("full_load_start")
-                    tables = self._full_load(store, run_id, plans, source, target, handoff.snapshot,
-                                             handoff.lsn, handoff.ts)
-                    crash_point("full_load_before_checkpoint")
-                    session.mark_loaded(handoff.lsn)
-            changes = self._stream(session, run_id)
-            return tables, changes
+            try:
+                if self._catch_up_requested:
+                    session.catch_up.target = session.current_lsn()
+                tables: list[TableLoadResult] = []
+                with session.prepare() as handoff:
+                    if handoff.needs_full_load:
+                        self.status = "full_load"
+                        crash_point("full_load_start")
+                        tables = self._full_load(store, run_id, plans, source, target, handoff.snapshot,
+                                                 handoff.lsn, handoff.ts)
+                        crash_point("full_load_before_checkpoint")
+                        session.mark_loaded(handoff.lsn)
+                changes = self._stream(session, run_id)
+                return tables, changes
+            finally:
+                session.close()
 
     def _consume(self, store: MetadataStore, run_id: str) -> int:
         """The consumer side alone: no slot, no task lock (the producer holds those)."""
         plans = self.task.plans
         record_targets(store, self.task.settings, plans)  # what `history NAME` reads
         session = self._new_session(store, run_id, plans)
-        with connect(self.task.target_uri) as tgt:
-            ensure_state_tables(tgt)
-            tgt.commit()
-        return self._stream(session, run_id)
+        try:
+            with connect(self.task.target_uri) as tgt:
+                ensure_state_tables(tgt)
+                tgt.commit()
+            return self._stream(session, run_id)
+        finally:
+            session.close()
 
     def _new_session(self, store: MetadataStore, run_id: str, plans: dict[tuple[str, str], TablePlan]) -> CdcSession:
         session = CdcSession(self.task, plans, self.task.source_uri, self.task.target_uri, store=store,

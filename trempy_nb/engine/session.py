@@ -119,6 +119,8 @@ class CdcSession:
         self.catch_up = CatchUp()
         self.on_status: Callable[[str], None] | None = None
         self._wal_warned: tuple[str | None, bool] | None = None
+        self._control: psycopg.Connection | None = None  # see `_on_source`
+        self._control_lock = threading.Lock()
 
     @property
     def catch_up_target(self) -> int | None:
@@ -127,6 +129,33 @@ class CdcSession:
     @catch_up_target.setter
     def catch_up_target(self, lsn: int | None) -> None:
         self.catch_up.target = lsn
+
+    @contextlib.contextmanager
+    def _on_source(self) -> Iterator[psycopg.Connection]:
+        """The session's one source connection for its small queries (WAL position, slot health,
+        heartbeats), from any of its threads: a connection (and its authentication) per query cost
+        ~5-10 ms each, and a catch-up polls the WAL position every 50 ms. A failed query drops it,
+        so the next one reconnects (a restarted server)."""
+        with self._control_lock:
+            if self._control is None or self._control.closed:
+                self._control = connect(self.source, autocommit=True,
+                                        application_name=f"trempy_nb:{self.name}:control")
+            try:
+                yield self._control
+            except BaseException:
+                self._close_control()
+                raise
+
+    def _close_control(self) -> None:
+        if self._control is not None:
+            with contextlib.suppress(Exception):
+                self._control.close()
+            self._control = None
+
+    def close(self) -> None:
+        """Release the session's own source connection (the run's other connections are scoped)."""
+        with self._control_lock:
+            self._close_control()
 
     # slot lifecycle ------------------------------------------------------------------
     @contextlib.contextmanager
@@ -275,28 +304,28 @@ class CdcSession:
         return False
 
     def flush_lsn(self) -> int:
-        with connect(self.source, autocommit=True) as src:
+        with self._on_source() as src:
             row = src.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
         return ch.lsn_to_int(row[0]) if row else 0
 
     def current_lsn(self) -> int:
-        with connect(self.source, autocommit=True) as src:
+        with self._on_source() as src:
             row = src.execute("SELECT pg_current_wal_lsn()::text").fetchone()
         return ch.lsn_to_int(row[0]) if row else 0
 
     def slot_confirmed_lsn(self) -> int:
-        with connect(self.source, autocommit=True) as src:
+        with self._on_source() as src:
             st = slot_status(src, self.slot)
         return int(st.confirmed_flush_lsn or 0) if st is not None else 0
 
     def heartbeat(self) -> None:
         """Idle: write a heartbeat into the captured database's WAL; the reader's next read
         moves the slot past it, so a busy neighbour database's WAL is not pinned."""
-        with connect(self.source, autocommit=True) as src:
+        with self._on_source() as src:
             emit_heartbeat(src)
 
     def refresh_lag(self) -> None:
-        with contextlib.suppress(Exception), connect(self.source, autocommit=True) as src:
+        with contextlib.suppress(Exception), self._on_source() as src:
             st = slot_status(src, self.slot)
             row = src.execute("SELECT pg_current_wal_lsn()::text").fetchone()
             if st is not None and row:

@@ -10,17 +10,19 @@ source to target.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import polars as pl
 import psycopg
 from psycopg import pq, sql
 
 from trempy_nb import pgwait
-from trempy_nb.pgcopy.binarycodec import Tail, read_copy_binary
 from trempy_nb.pgcopy.textcodec import read_copy_text, write_copy_text
+
+if TYPE_CHECKING:
+    from trempy_nb.pgcopy.binarycodec import Tail
 
 CHUNK_BYTES = 16 * 1024 * 1024
 
@@ -100,6 +102,11 @@ def iter_binary_frames(
 ) -> Iterator[pl.DataFrame]:
     """Batches of rows from COPY binary: String columns where `as_text`, Binary (raw values)
     elsewhere, and the last fields as one Binary column with a `tail`."""
+    # start-up speed: numpy and the binary codec (pyarrow) load only for a load that reads binary
+    import numpy as np
+
+    from trempy_nb.pgcopy.binarycodec import read_copy_binary
+
     for data, sizes in _iter_copy(cur, query, None, chunk_bytes, binary=True):
         yield read_copy_binary(data, np.cumsum(np.array(sizes, np.int64)), names, as_text, tail)
 
@@ -185,8 +192,10 @@ def stream_copy(
     target: sql.Composable,
     target_columns: Sequence[str],
     binary: bool = True,
+    on_rows: Callable[[int], None] | None = None,
 ) -> int:
     """COPY a source query straight into a target table, no Python rows. Returns rows copied.
+    `on_rows(n)` hears of the rows moved so far, about twice a second.
 
     Both COPYs run at once in one thread: libpq in non-blocking mode, a wait
     loop (`pgwait`) moving whole buffers from one socket to the other (the GIL is released
@@ -198,11 +207,15 @@ def stream_copy(
     src, tgt = src_cur.connection, tgt_cur.connection
     for conn in (src, tgt):  # open the transactions psycopg expects to own
         conn.execute("SELECT 1")
-    return pump(src.pgconn, tgt.pgconn, out_sql, in_sql)
+    return pump(src.pgconn, tgt.pgconn, out_sql, in_sql, on_rows=on_rows)
 
 
-def pump(sp: pq.abc.PGconn, tp: pq.abc.PGconn, out_sql: bytes, in_sql: bytes, flush_bytes: int = 1 << 18) -> int:
-    """Move COPY data from `sp` (COPY TO) into `tp` (COPY FROM); returns the target's row count."""
+def pump(sp: pq.abc.PGconn, tp: pq.abc.PGconn, out_sql: bytes, in_sql: bytes, flush_bytes: int = 1 << 18,
+         on_rows: Callable[[int], None] | None = None, every_s: float = 0.5) -> int:
+    """Move COPY data from `sp` (COPY TO) into `tp` (COPY FROM); returns the target's row count.
+
+    `on_rows(n)` gets the rows moved since its last call, at most every `every_s` seconds and
+    once at the end (a COPY TO message is one row)."""
     sp.send_query(out_sql)
     _expect(sp, pq.ExecStatus.COPY_OUT)
     tp.send_query(in_sql)
@@ -212,14 +225,19 @@ def pump(sp: pq.abc.PGconn, tp: pq.abc.PGconn, out_sql: bytes, in_sql: bytes, fl
     try:
         buf = bytearray()
         pending = False
+        rows = [0]
+        told, next_tell = 0, time.monotonic() + every_s
         while True:
-            state = _take(sp, buf, flush_bytes)
+            state = _take(sp, buf, flush_bytes, rows=rows)
             done = state == "done"
             if buf and (state == "full" or done):
                 if tp.put_copy_data(bytes(buf)) != 1:
                     raise psycopg.OperationalError(tp.get_error_message())
                 buf.clear()
                 pending = tp.flush() == 1
+                if on_rows is not None and not done and time.monotonic() >= next_tell:
+                    on_rows(rows[0] - told)
+                    told, next_tell = rows[0], time.monotonic() + every_s
             if done and not buf:
                 break
             want_input = state == "wait"
@@ -236,31 +254,41 @@ def pump(sp: pq.abc.PGconn, tp: pq.abc.PGconn, out_sql: bytes, in_sql: bytes, fl
     finally:
         sp.nonblocking = 0
         tp.nonblocking = 0
-    return _drain(tp)
+    count = _drain(tp)
+    if on_rows is not None:  # the exact count: a binary COPY's trailer came as one more message
+        on_rows(max(0, count - told))
+    return count
 
 
-def _take(pg: pq.abc.PGconn, buf: bytearray, limit: int, sizes: list[int] | None = None) -> str:
+def _take(pg: pq.abc.PGconn, buf: bytearray, limit: int, sizes: list[int] | None = None,
+          rows: list[int] | None = None) -> str:
     """Append the COPY rows libpq already holds to `buf`, up to `limit` bytes.
 
     Returns 'full' (limit reached), 'wait' (nothing more arrived yet) or
-    'done' (the COPY ended). `sizes` gets each row's size. This loop runs once
-    per row, so it does the least it can: one append into one growing buffer
-    (measured: 40% less CPU than a list of bytes joined later).
+    'done' (the COPY ended). `sizes` gets each row's size, `rows[0]` counts them.
+    This loop runs once per row, so it does the least it can: one append into
+    one growing buffer (measured: 40% less CPU than a list of bytes joined later).
     """
     get = pg.get_copy_data
     note = sizes.append if sizes is not None else None
-    while True:
-        nb, data = get(1)
-        if nb > 0:
-            buf += data
-            if note is not None:
-                note(nb)
-            if len(buf) >= limit:
-                return "full"
-        elif nb == 0:
-            return "wait"
-        else:
-            return "done"
+    n = 0
+    try:
+        while True:
+            nb, data = get(1)
+            if nb > 0:
+                n += 1
+                buf += data
+                if note is not None:
+                    note(nb)
+                if len(buf) >= limit:
+                    return "full"
+            elif nb == 0:
+                return "wait"
+            else:
+                return "done"
+    finally:
+        if rows is not None:
+            rows[0] += n
 
 
 def _expect(conn: pq.abc.PGconn, status: pq.ExecStatus) -> None:

@@ -264,7 +264,7 @@ def _stage(ctx: _Ctx, spec: TargetSpec, rows: Rows, columns: list[str]) -> sql.I
         cur.execute(wsql.create_staging_sql(staging, spec.ident, columns, meta))
         copy_frame(cur, staging, [*columns, *meta], rows.frame)
         if rows.frame.height >= ANALYZE_MIN_ROWS:
-            cur.execute(wsql.analyze_sql(staging))
+            cur.execute(wsql.analyze_sql(staging, [*spec.key, *meta]))
     return staging
 
 

@@ -132,13 +132,13 @@ def existing_columns(conn: psycopg.Connection, schema: str, table: str) -> dict[
 
 
 def resolve_types(conn: psycopg.Connection, columns: Sequence[ColumnInfo]) -> dict[str, str]:
-    """Source types that do not exist on the target (enums, domains) fall back to text."""
-    out: dict[str, str] = {}
-    for c in columns:
-        base = c.pg_type.removesuffix("[]")
-        ok = conn.execute("SELECT to_regtype(%s) IS NOT NULL", (base,)).fetchone()
-        out[c.name] = c.pg_type if ok and ok[0] else ("text[]" if c.is_array else "text")
-    return out
+    """Source types that do not exist on the target (enums, domains) fall back to text.
+    One query for all the columns."""
+    bases = list(dict.fromkeys(c.pg_type.removesuffix("[]") for c in columns))
+    rows = conn.execute("SELECT t, to_regtype(t) IS NOT NULL FROM unnest(%s::text[]) AS t", (bases,)).fetchall() if bases else []
+    known = {t for t, ok in rows if ok}
+    return {c.name: c.pg_type if c.pg_type.removesuffix("[]") in known else ("text[]" if c.is_array else "text")
+            for c in columns}
 
 
 def ensure_target(
@@ -186,7 +186,20 @@ def ensure_target(
     return False, current
 
 
+#: The state tables `state_tables_sql` creates
+STATE_TABLES = ("checkpoints", "load_state", "source_shapes")
+
+
 def ensure_state_tables(conn: psycopg.Connection) -> None:
+    """Create the state schema and tables unless all exist (one catalog query when they do: the
+    DDL takes locks and round trips at every run)."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.relkind = 'r'",
+        (STATE_SCHEMA, list(STATE_TABLES)),
+    ).fetchone()
+    if row and row[0] == len(STATE_TABLES):
+        return
     for stmt in state_tables_sql():
         conn.execute(stmt)
 

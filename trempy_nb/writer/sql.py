@@ -75,9 +75,12 @@ def create_staging_sql(
     ).format(staging, sql.SQL(", ").join(parts), target)
 
 
-def analyze_sql(staging: sql.Identifier) -> sql.Composed:
-    """Temp tables have no statistics; a big batch deserves a real join plan."""
-    return sql.SQL("ANALYZE {}").format(staging)
+def analyze_sql(staging: sql.Identifier, columns: Sequence[str]) -> sql.Composed:
+    """Temp tables have no statistics; a big batch deserves a real join plan. Only the columns the
+    statements join or filter on (key, meta): the row count comes with any of them, and statistics
+    of wide values (jsonb, arrays, long text) would cost more than the join they inform (measured:
+    ANALYZE of a 20k-row, 14-column batch 200-450 ms, of its key 20-40 ms)."""
+    return sql.SQL("ANALYZE {} ({})").format(staging, sql.SQL(", ").join(map(sql.Identifier, columns)))
 
 
 def fill_unchanged_sql(
