@@ -5,7 +5,7 @@
   loud SlotLost) and not merely advanced;
 - `source_shapes`: the source columns each table is planned with, so `continue`
   notices a column dropped, renamed or retyped while the task was stopped;
-- `load_state`: which tables the full load finished (written by `fullload`);
+- `load_state`: which tables the full load finished;
 - `rabbitmq_held`: tables of the RabbitMQ transport held behind a dead letter, and
   the per-stream checkpoints of replays (`<task>#replay:<schema>.<table>`).
 
@@ -34,6 +34,12 @@ _SHAPE_SET = sql.SQL(
     " ON CONFLICT (task, schema_name, table_name) DO UPDATE SET columns = EXCLUDED.columns, updated_at = now()"
 ).format(_S)
 _SHAPE_GET = sql.SQL("SELECT schema_name, table_name, columns FROM {}.source_shapes WHERE task = %s").format(_S)
+_LOADED_SET = sql.SQL(
+    "INSERT INTO {}.load_state (task, schema_name, table_name, status, rows, snapshot_lsn, updated_at)"
+    " VALUES (%s, %s, %s, 'done', %s, %s, now()) ON CONFLICT (task, schema_name, table_name)"
+    " DO UPDATE SET status = 'done', rows = EXCLUDED.rows, snapshot_lsn = EXCLUDED.snapshot_lsn,"
+    " updated_at = now()"
+).format(_S)
 _LOADED = sql.SQL(
     "SELECT schema_name, table_name FROM {}.load_state WHERE task = %s AND status = 'done'"
 ).format(_S)
@@ -58,6 +64,12 @@ def record_shapes(conn: psycopg.Connection, task: str, shapes: dict[tuple[str, s
 
 def read_shapes(conn: psycopg.Connection, task: str) -> dict[tuple[str, str], Shape]:
     return {(r[0], r[1]): [(c[0], c[1]) for c in r[2]] for r in conn.execute(_SHAPE_GET, (task,)).fetchall()}
+
+
+def record_loaded(cur: psycopg.Connection | psycopg.Cursor, task: str, key: tuple[str, str], rows: int,
+                  snapshot_lsn: int | None) -> None:
+    """A table's full load is done (in the transaction that wrote its rows)."""
+    cur.execute(_LOADED_SET, (task, key[0], key[1], rows, snapshot_lsn))
 
 
 def loaded_tables(conn: psycopg.Connection, task: str) -> set[tuple[str, str]]:
