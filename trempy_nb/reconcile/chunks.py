@@ -81,6 +81,7 @@ class TableDiff:
     buckets: int = 0
     narrowed: int = 0  # buckets narrowed down to keys
     rounds: int = 1
+    streaming: bool = False  # the task was streaming: the target was read once it had caught up
     rows: list[DiffRow] = field(default_factory=list)
     repaired: int = 0
     not_compared: tuple[str, ...] = ()  # datetime_now columns and what derives from them

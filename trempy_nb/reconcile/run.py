@@ -53,6 +53,8 @@ from trempy_nb.writer.ddl import STATE_SCHEMA, existing_columns
 CHUNK_ROWS = int(os.environ.get("TREMPY_DIFF_CHUNK_ROWS", "50000"))
 #: how long to wait for a streaming task's target to reach the source snapshot
 WAIT_SECONDS = float(os.environ.get("TREMPY_DIFF_WAIT_S", "60"))
+#: 'auto' (hashtextextended when both servers agree on it, else md5) or 'md5'
+HASH = os.environ.get("TREMPY_DIFF_HASH", "auto").lower()
 
 Log = Callable[[str, str], None]  # (level, message)
 
@@ -98,7 +100,32 @@ def build_shape(settings: TaskSettings, plan: TablePlan, src: psycopg.Connection
     volatile = sqlgen.volatile_columns(plan)
     compared = tuple(c for c in spec.data_columns if c not in volatile)
     return DiffShape(plan, spec, {c: types[c] for c in spec.data_columns}, compared,
-                     sqlgen.source_exprs(plan), known)
+                     sqlgen.source_exprs(plan), known, fast_hash=_same_fast_hash(src, tgt))
+
+
+def _probe(conn: psycopg.Connection) -> str | None:
+    try:
+        row = conn.execute(sqlgen.PROBE_SQL).fetchone()
+        return str(row[0]) if row else None
+    except psycopg.Error:  # PostgreSQL before 11
+        return None
+    finally:
+        conn.rollback()
+
+
+def _same_fast_hash(src: psycopg.Connection, tgt: psycopg.Connection) -> bool:
+    """Whether both servers hash text alike with the fast function (same byte order, 11+)."""
+    if HASH == "md5":
+        return False
+    a = _probe(src)
+    return a is not None and a == _probe(tgt)
+
+
+def _session(conn: psycopg.Connection) -> psycopg.Connection:
+    """A diff's queries are single scans: compiling them with JIT costs more than it saves."""
+    conn.execute("SET jit = off")
+    conn.commit()
+    return conn
 
 
 # -- snapshots and waiting -------------------------------------------------------------------
@@ -165,12 +192,12 @@ class _Table:
         self.settings, self.plan, self.options, self.streaming = settings, plan, options, streaming
         self.source_uri, self.target_uri, self.log = source_uri, target_uri, log
         self.local = settings.task.transport == "local"
-        self.src = connect(source_uri)
-        self.tgt = connect(target_uri)
+        self.src = _session(connect(source_uri))
+        self.tgt = _session(connect(target_uri))
         self.shape = build_shape(settings, plan, self.src, self.tgt)
         self.tgt.rollback()
         spec = self.shape.spec
-        self.result = TableDiff(plan.source.qualified, f"{spec.schema}.{spec.table}",
+        self.result = TableDiff(plan.source.qualified, f"{spec.schema}.{spec.table}", streaming=streaming,
                                 not_compared=tuple(c for c in spec.data_columns if c not in self.shape.compared))
 
     def close(self) -> None:
