@@ -32,7 +32,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="a JSON array, one object per differing key")
     p.add_argument("--repair", action="store_true",
                    help="fix the differing keys on the target, one transaction per chunk (logged)")
-    p.add_argument("--chunk-rows", type=int, help="rows per chunk (default 50000, TREMPY_DIFF_CHUNK_ROWS)")
+    p.add_argument("--chunk-rows", type=int, help="rows per chunk (default 50000)")
     p.add_argument("--wait", type=float,
                    help="seconds to wait for a streaming task's target to catch up (default 60)")
     return p

@@ -17,7 +17,6 @@ after the chunk is newer than the repair's snapshot, so it ends in the source's 
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -50,11 +49,11 @@ from trempy_nb.writer.checkpoint import read_checkpoint, state_tables_exist
 from trempy_nb.writer.ddl import STATE_SCHEMA, existing_columns
 
 #: rows per chunk: a bucket holds about this many rows, a narrowing or repair step this many keys
-CHUNK_ROWS = int(os.environ.get("TREMPY_DIFF_CHUNK_ROWS", "50000"))
+CHUNK_ROWS = 50_000
 #: how long to wait for a streaming task's target to reach the source snapshot
-WAIT_SECONDS = float(os.environ.get("TREMPY_DIFF_WAIT_S", "60"))
+WAIT_SECONDS = 60.0
 #: 'auto' (hashtextextended when both servers agree on it, else md5) or 'md5'
-HASH = os.environ.get("TREMPY_DIFF_HASH", "auto").lower()
+HASH = "auto"
 
 Log = Callable[[str, str], None]  # (level, message)
 
