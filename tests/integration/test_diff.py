@@ -247,6 +247,13 @@ def test_cli_exit_codes_json_and_bad_input(
     assert repaired.returncode == 0, repaired.stderr
     assert "repaired 1" in repaired.stdout
     assert run_cli(["diff", str(path)]).returncode == 0
+    MetadataStore().save_task(task_name, task.settings.model_dump(mode="json", exclude_none=True))
+    execute(target_uri, f"DELETE FROM dim_emp WHERE id = {key}")
+    by_name = run_cli(["diff", task_name, "--chunk-rows", str(CHUNK)])
+    assert by_name.returncode == 3, by_name.stderr
+    assert "1 difference(s): 1 missing" in by_name.stdout and "missing" in by_name.stdout.splitlines()[2]
+    unknown = run_cli(["diff", "no_such_task"])
+    assert unknown.returncode == 2 and "unknown task 'no_such_task'" in unknown.stderr
 
     bad = run_cli(["diff", str(path), "--table", "public.nope"])
     assert bad.returncode == 2
