@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.cdc_helpers import (
+    connect,
     drop_task,
     execute,
     rows,
@@ -32,6 +33,7 @@ from trempy_nb.errors import SettingsError, TerminalError
 from trempy_nb.metadata import MetadataStore
 from trempy_nb.reconcile import run as reconcile_run
 from trempy_nb.reconcile.chunks import frame
+from trempy_nb.reconcile.run import TargetBehind
 from trempy_nb.task import Task
 
 N = 3000
@@ -270,3 +272,23 @@ def test_a_table_without_key_is_a_clear_error(
         Task.from_settings(doc).diff()
     with pytest.raises(SettingsError, match=r"not part of task .*public\.emp"):
         Task.from_settings(doc).diff(table="public.other")
+
+
+def test_a_target_that_does_not_catch_up_is_reported_behind_not_different(
+    source_uri: str, target_uri: str, trempy_home: Path, task_name: str
+) -> None:
+    """The task streams but cannot apply (its checkpoint row is locked by another session): the
+    diff waits, then says the target is behind instead of reporting changes in flight."""
+    task = _loaded(source_uri, target_uri, task_name, "upsert", SQL_TRANSFORMS, rtype="full_load_and_cdc")
+    runner = task.start()
+    try:
+        assert task.diff(chunk_rows=CHUNK, wait=30).height == 0  # streaming and caught up
+        with connect(target_uri, autocommit=False) as blocker:
+            blocker.execute("SELECT 1 FROM trempy.checkpoints WHERE task = %s FOR UPDATE", (task_name,))
+            execute(source_uri, "UPDATE emp SET last_name = 'late' WHERE id = 3")
+            with pytest.raises(TargetBehind, match=r"target behind: task \w+'s checkpoint"):
+                task.diff(chunk_rows=CHUNK, wait=2)
+            blocker.rollback()
+        assert task.diff(chunk_rows=CHUNK, wait=30).height == 0  # caught up again: no difference
+    finally:
+        runner.stop()
