@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
+from trempy_nb.pgtypes import is_blank_padded, type_category
 from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.pipeline.transformations import ConcatStep, ConstantStep, Step, TextCaseStep
 from trempy_nb.writer.ddl import TargetSpec
@@ -77,8 +78,17 @@ def volatile_columns(plan: TablePlan) -> frozenset[str]:
     return frozenset(found)
 
 
-def step_sql(step: Step, exprs: Mapping[str, sql.Composable]) -> sql.Composable | None:
-    """The SQL form of one value step over the current expressions, or None when it has no exact one."""
+def output_text(expr: sql.Composable, pg_type: str) -> sql.Composable:
+    """A value as its type's output function prints it (what the plan reads as raw text), NULL
+    kept: `::text` differs from it for some types (boolean true/t, character padding, inet)."""
+    if type_category(pg_type) == "text" and not is_blank_padded(pg_type):
+        return sql.SQL("({})::text").format(expr)
+    return sql.SQL("(CASE WHEN ({0}) IS NULL THEN NULL ELSE format('%s', {0}) END)").format(expr)
+
+
+def step_sql(step: Step, exprs: Mapping[str, sql.Composable], types: Mapping[str, str]) -> sql.Composable | None:
+    """The SQL form of one value step over the current expressions (of the current `types`), or
+    None when it has no exact one."""
     if isinstance(step, TextCaseStep):
         col = exprs[step.column]
         if step.operation == "uppercase":
@@ -87,7 +97,7 @@ def step_sql(step: Step, exprs: Mapping[str, sql.Composable]) -> sql.Composable 
             return sql.SQL("lower({})").format(col)
         return sql.SQL("btrim({}, {})").format(col, sql.Literal(_WHITESPACE))
     if isinstance(step, ConcatStep):
-        parts = [sql.SQL("({})::text").format(exprs[c]) for c in step.inputs]
+        parts = [output_text(exprs[c], types[c]) for c in step.inputs]
         return sql.SQL("concat_ws({}, {})").format(sql.Literal(step.separator), sql.SQL(", ").join(parts))
     if isinstance(step, ConstantStep):
         if step.now or step.value is None:
@@ -100,11 +110,13 @@ def source_exprs(plan: TablePlan) -> dict[str, sql.Composable] | None:
     """Target column -> SQL over the source columns, through renames and steps; None when a step
     has no exact SQL form."""
     exprs: dict[str, sql.Composable] = {plan.target_name(c): sql.Identifier(c) for c in plan.source_columns}
+    types = {plan.target_name(c.name): c.pg_type for c in plan.source.columns}
     for step in plan.steps:
-        expr = step_sql(step, exprs)
+        expr = step_sql(step, exprs, types)
         if expr is None:
             return None
         exprs[step.column] = sql.SQL("({})").format(expr)
+        types[step.column] = step.pg_type
     return exprs
 
 
