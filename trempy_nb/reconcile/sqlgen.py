@@ -80,8 +80,9 @@ def volatile_columns(plan: TablePlan) -> frozenset[str]:
 
 def output_text(expr: sql.Composable, pg_type: str) -> sql.Composable:
     """A value as its type's output function prints it (what the plan reads as raw text), NULL
-    kept: `::text` differs from it for some types (boolean true/t, character padding, inet)."""
-    if type_category(pg_type) == "text" and not is_blank_padded(pg_type):
+    kept. `::text` is the output function for most types (numbers, dates, text, arrays) and the
+    cheaper; not for booleans (true/t), character(n) (padding) and some others (inet's mask)."""
+    if type_category(pg_type) not in ("boolean", "other") and not is_blank_padded(pg_type):
         return sql.SQL("({})::text").format(expr)
     return sql.SQL("(CASE WHEN ({0}) IS NULL THEN NULL ELSE format('%s', {0}) END)").format(expr)
 
