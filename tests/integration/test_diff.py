@@ -293,3 +293,25 @@ def test_a_target_that_does_not_catch_up_is_reported_behind_not_different(
         assert task.diff(chunk_rows=CHUNK, wait=30).height == 0  # caught up again: no difference
     finally:
         runner.stop()
+
+
+@pytest.mark.parametrize("mode", ["upsert", "scd2"])
+def test_composite_text_key(source_uri: str, target_uri: str, trempy_home: Path, task_name: str, mode: str) -> None:
+    """A key of a text and a date column: buckets from the key's hash, keys selected as a pair."""
+    execute(source_uri, "CREATE TABLE sales (region text, day date, amount numeric, note text,"
+                        " PRIMARY KEY (region, day))")
+    execute(source_uri, "INSERT INTO sales SELECT r, date '2024-01-01' + i, i * 1.5, 'n' || i"
+                        " FROM unnest(ARRAY['north', 'south', 'Ünïcode \"q\"']) r, generate_series(0, 399) i")
+    doc = settings(task_name, source_uri, target_uri, rtype="full_load", mode=mode, tables=[("public", "sales")])
+    Task.from_settings(doc).run(until_caught_up=True, progress=False)
+    task = Task.from_settings(doc)
+    fresh = task.diff_tables(chunk_rows=CHUNK)
+    assert fresh[0].equal and fresh[0].buckets > 1 and fresh[0].narrowed == 0
+    cur = " AND scd_current" if mode == "scd2" else ""
+    execute(target_uri, f"UPDATE sales SET note = 'x' WHERE region = 'Ünïcode \"q\"' AND day = '2024-01-05'{cur}")
+    execute(target_uri, f"DELETE FROM sales WHERE region = 'north' AND day = '2024-02-01'{cur}")
+    found = {(json.loads(r["key"])["region"], json.loads(r["key"])["day"]): (r["kind"], r["columns"])
+             for r in task.diff(chunk_rows=CHUNK).iter_rows(named=True)}
+    assert found == {('Ünïcode "q"', "2024-01-05"): ("different", ["note"]), ("north", "2024-02-01"): ("missing", [])}
+    task.diff(repair=True, chunk_rows=CHUNK)
+    assert task.diff(chunk_rows=CHUNK).height == 0
