@@ -1,7 +1,8 @@
 """Running a diff (and its repair) against the source and the target: the only I/O of reconcile/.
 
 One round: the source is read in one REPEATABLE READ snapshot whose WAL position L is recorded;
-when the task streams (its slot is active) the target is read once its checkpoint has passed L,
+when the task runs (its runner lock is held, or its slot is active) the target is read once its
+checkpoint has passed L,
 else at once. Both sides compute bucket fingerprints concurrently (sqlgen); differing buckets
 are narrowed to keys through the plan and a staged join on the target. While CDC runs, the target
 may already hold changes committed after L: the keys a round finds are checked again in fresh
@@ -173,11 +174,22 @@ def _wait_for_target(source_uri: str, target_uri: str, task: str, lsn: int, loca
             time.sleep(0.2)
 
 
+#: Is the task's runner lock held? Runners hold a session advisory lock on the source, keyed
+#: hashtext('trempy:<task>') (runner.task_lock); pg_locks shows a bigint key as classid (high 32
+#: bits) and objid (low 32 bits).
+_RUNNER_LOCKED = sql.SQL(
+    "SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+    " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtext(%s)::bigint)"
+)
+
+
 def _streaming(source_uri: str, task: str) -> bool:
-    """Whether the task's slot is being read right now (a runner is streaming its changes)."""
+    """Whether a runner of the task is running (it holds the task's lock) or its slot is being read."""
     with connect(source_uri, autocommit=True) as src:
+        row = src.execute(_RUNNER_LOCKED, (f"trempy:{task}",)).fetchone()
         status = slot_status(src, slot_name(task))
-    return bool(status is not None and status.active)
+    return bool(row and row[0]) or bool(status is not None and status.active)
 
 
 # -- one table -------------------------------------------------------------------------------
