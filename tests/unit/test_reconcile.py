@@ -18,7 +18,6 @@ from trempy_nb.reconcile.chunks import (
     diff_row,
     differing_buckets,
     frame,
-    group_buckets,
     records,
 )
 from trempy_nb.reconcile.sqlgen import DiffShape, Selection
@@ -124,7 +123,6 @@ def test_bucket_arithmetic() -> None:
         bucket_count(10, 0)
     assert differing_buckets({0: (2, 5), 1: (1, 1)}, {0: (2, 5), 2: (1, 9)}) == [1, 2]
     assert differing_buckets({0: (0, 0)}, {}) == []
-    assert list(group_buckets([1, 2, 3, 4, 5], 2)) == [(1, 2), (3, 4), (5,)]
 
 
 def test_rows_frame_and_json() -> None:

@@ -2,7 +2,7 @@
 
 Memory is bounded by the chunk size: a table of N rows is cut into about N / chunk_rows buckets,
 each side returns one fingerprint per bucket (a few numbers), and the buckets whose fingerprints
-differ are narrowed a group at a time, a group holding about chunk_rows rows.
+differ are narrowed together: their rows are staged on the target server, not held in Python.
 """
 
 from __future__ import annotations
@@ -32,13 +32,6 @@ def differing_buckets(source: Mapping[int, Fingerprint], target: Mapping[int, Fi
     """Buckets whose fingerprints differ (a bucket absent on one side differs unless empty)."""
     out = [b for b in set(source) | set(target) if source.get(b, (0, 0)) != target.get(b, (0, 0))]
     return sorted(out)
-
-
-def group_buckets(buckets: Sequence[int], per_group: int) -> Iterator[tuple[int, ...]]:
-    """Consecutive groups of at most `per_group` buckets (one narrowing step each)."""
-    size = max(1, per_group)
-    for i in range(0, len(buckets), size):
-        yield tuple(buckets[i:i + size])
 
 
 def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
