@@ -199,6 +199,33 @@ class Task:
             rows = cur.fetchall()
         return frame_of_rows(names, rows, oids)
 
+    # reconciliation --------------------------------------------------------------------
+    def diff(self, table: str | None = None, repair: bool = False, chunk_rows: int | None = None,
+             wait: float | None = None) -> pl.DataFrame:
+        """Compare the target with the source through the task's plan, by key (docs/reconcile.md).
+
+        One row per differing key: `table`, `target`, `key` (a JSON object), `kind` (`missing`,
+        `extra`, `different`) and `columns` (the differing columns); an empty frame when equal.
+        `repair=True` fixes those keys on the target (logged); a second diff then returns no rows.
+        """
+        from trempy_nb.reconcile.chunks import frame  # lazy: start-up speed
+
+        return frame(self.diff_tables(table, repair=repair, chunk_rows=chunk_rows, wait=wait))
+
+    def diff_tables(self, table: str | None = None, repair: bool = False, chunk_rows: int | None = None,
+                    wait: float | None = None) -> list[Any]:
+        """`diff` per table, with its counts and route (reconcile.chunks.TableDiff), for reports."""
+        from trempy_nb.metadata import MetadataStore  # lazy: start-up speed
+        from trempy_nb.reconcile.run import DiffOptions, diff_tables
+
+        plans = [self._plan_for(table)] if table is not None else list(self.plans.values())
+        defaults = DiffOptions()
+        options = DiffOptions(chunk_rows=chunk_rows or defaults.chunk_rows,
+                              wait_seconds=defaults.wait_seconds if wait is None else wait, repair=repair)
+        store = MetadataStore()
+        return diff_tables(self.settings, plans, self.source_uri, self.target_uri, options,
+                           log=lambda level, message: store.log(self.name, None, level, message))
+
     def preview_changes(self, limit: int = 50) -> pl.DataFrame:
         """The next pending changes of the task's slot, transformed, without consuming them."""
         from trempy_nb.engine.pending import frame_of_pending  # lazy: start-up speed

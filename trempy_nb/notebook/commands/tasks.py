@@ -137,6 +137,14 @@ def history(name: str, table: str, key: dict[str, Any], limit: int = 1000) -> pl
     return get_task(name).history(table, key, limit=limit)
 
 
+def diff(name: str, table: str | None = None, repair: bool = False) -> tuple[pl.DataFrame, list[Any]]:
+    """The task's differing keys (docs/reconcile.md) and each table's outcome (its `summary()`)."""
+    tables = get_task(name).diff_tables(table, repair=repair)
+    from trempy_nb.reconcile.chunks import frame  # lazy: start-up speed
+
+    return frame(tables), tables
+
+
 def as_of(name: str, ts: Any, table: str | None = None, limit: int | None = None) -> pl.DataFrame:
     """An SCD2 target table as it was at `ts` (ISO text, datetime or `-1d`)."""
     return get_task(name).as_of(ts, table, limit=limit)
