@@ -307,7 +307,7 @@ class _Table:
         for frame in iter_frames(self.src.cursor(), sqlgen.source_rows_sql(shape, sel), columns,
                                  chunk_bytes=chunk_bytes):
             copy_frame(tcur, sqlgen.STAGE, shape.spec.data_columns, self.plan.apply(frame))
-        tcur.execute(wsql.analyze_sql(sqlgen.STAGE))
+        tcur.execute(wsql.analyze_sql(sqlgen.STAGE, shape.spec.key))  # joined on the key
 
     def _compare(self, sel: Selection) -> Iterator[DiffRow]:
         shape, res = self.shape, self.result
