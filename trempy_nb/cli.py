@@ -43,11 +43,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.start_mode:
         task.settings.task.start_mode = args.start_mode
     if args.role:
-        from trempy_nb.runner import run_role
+        from trempy_nb.engine.runner import run_role
 
         return run_role(task, args.role, until_caught_up=args.until_caught_up, progress=not args.quiet)
     if task.settings.task.replication_type != "full_load" and not args.until_caught_up:
-        from trempy_nb.runner import run_forever
+        from trempy_nb.engine.runner import run_forever
 
         result = run_forever(task, progress=not args.quiet)
     else:
@@ -57,7 +57,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_drop(args: argparse.Namespace) -> int:
-    from trempy_nb.runner import drop_task_by_name
+    from trempy_nb.engine.runner import drop_task_by_name
 
     drop_task_by_name(args.task, source=args.source, target=args.target)
     print(f"dropped task {args.task}: slot, publication, state")
@@ -118,7 +118,7 @@ def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
 
 
 # subcommands that live with their feature (`add_parser(subparsers)` + `run(args)`)
-PLUGINS = (("ai", "trempy_nb.ai.cli"), ("notebook", "trempy_nb.notebook.cli"), ("connect", "trempy_nb.connections_cli"))
+PLUGINS = (("ai", "trempy_nb.ai.cli"), ("diff", "trempy_nb.reconcile.cli"), ("notebook", "trempy_nb.notebook.cli"), ("connect", "trempy_nb.connections_cli"))
 
 
 class PluginError(TrempyError):

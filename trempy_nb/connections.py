@@ -27,6 +27,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import polars as pl
 from psycopg.conninfo import conninfo_to_dict
 
+from trempy_nb.db import connect
 from trempy_nb.errors import SettingsError
 from trempy_nb.redact import MASK, mask, register_secret
 from trempy_nb.redact import forget_secrets as _forget_secrets  # noqa: F401 - tests clear the registry here
@@ -358,8 +359,6 @@ def save_connection(
             entry["password"] = kept["password"]
             entry["password_is_template"] = bool(kept.get("password_is_template"))
     if test:
-        from trempy_nb.db import connect
-
         full = expand_env(_build(bare, entry), context=f"connection {name}")
         connect(full, connect_timeout=10).close()
     with _locked():
@@ -426,8 +425,6 @@ def check_connection(
     password (a form testing an edited host before saving). Raises ConnectionFailed with
     a masked one-line message when it cannot connect.
     """
-    from trempy_nb.db import connect  # as in save_connection: db imports this module
-
     conninfo = resolve(ref)
     if keep_password_of and _is_uri(conninfo) and _split_userinfo(conninfo)[2] is None:
         with _locked():

@@ -45,8 +45,8 @@ from trempy_nb.pgcopy.textcodec import write_copy_text
 from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.settings import TaskSettings
 from trempy_nb.writer import errorpolicy as policy
+from trempy_nb.writer import state
 from trempy_nb.writer.ddl import (
-    STATE_SCHEMA,
     TargetSpec,
     ensure_state_tables,
     ensure_target,
@@ -359,15 +359,8 @@ def _load(settings: TaskSettings, plan: TablePlan, spec: TargetSpec, src: psycop
         if not passed:
             _load_through_pipeline(plan, scur, tcur, spec, empty, settings, on_row_error,
                                    on_progress, result, chunk_bytes or CHUNK_BYTES, load_ts, types)
-        tcur.execute(
-            sql.SQL(
-                "INSERT INTO {}.load_state (task, schema_name, table_name, status, rows, snapshot_lsn, updated_at)"
-                " VALUES (%s, %s, %s, 'done', %s, %s, now()) ON CONFLICT (task, schema_name, table_name)"
-                " DO UPDATE SET status = 'done', rows = EXCLUDED.rows, snapshot_lsn = EXCLUDED.snapshot_lsn,"
-                " updated_at = now()"
-            ).format(sql.Identifier(STATE_SCHEMA)),
-            (settings.name, plan.source.schema, plan.source.name, result.rows_written, snapshot_lsn),
-        )
+        state.record_loaded(tcur, settings.name, (plan.source.schema, plan.source.name), result.rows_written,
+                            snapshot_lsn)
         if created:  # keys built once, after the rows are in (a duplicate key fails the load here)
             for stmt in key_sql(spec):
                 tcur.execute(stmt)

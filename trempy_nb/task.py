@@ -1,12 +1,11 @@
 """The Python API every surface calls: `Task.from_settings(...)`, `validate`, `preview`, `run`.
 
 Magics, widgets, the CLI and the AI assistant only call these methods; the
-engine lives in fullload/runner/writer.
+engine (`trempy_nb/engine/`) runs them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import polars as pl
 
 from trempy_nb.connections import mask, resolve
 from trempy_nb.db import connect
+from trempy_nb.engine.result import RunResult
 from trempy_nb.errors import SettingsError, TrempyError
 from trempy_nb.pgcopy.copyio import iter_frames, select_query
 from trempy_nb.pipeline.plan import TablePlan
@@ -28,49 +28,6 @@ from trempy_nb.writer.history import (
     instants_query,
     parse_time,
 )
-
-
-@dataclass
-class RunResult:
-    """What a run did, per table; `stats` is the same as a Polars frame."""
-
-    task: str
-    run_id: str | None
-    status: str
-    tables: list[Any] = field(default_factory=list)
-    seconds: float = 0.0
-    changes_applied: int = 0
-
-    @property
-    def stats(self) -> pl.DataFrame:
-        rows = [
-            {
-                "table": f"{r.schema}.{r.table}",
-                "target": r.target,
-                "path": r.path,
-                "rows_read": r.rows_read,
-                "rows_written": r.rows_written,
-                "rows_filtered": r.rows_filtered,
-                "rows_failed": r.rows_failed,
-                "seconds": round(r.seconds, 3),
-            }
-            for r in self.tables
-        ]
-        return pl.DataFrame(rows) if rows else pl.DataFrame()
-
-    def __str__(self) -> str:
-        lines = [f"task {self.task}: {self.status} in {self.seconds:.1f}s"]
-        for r in self.tables:
-            rate = r.rows_read / r.seconds if r.seconds else 0
-            lines.append(
-                f"  {r.schema}.{r.table} -> {r.target}: read {r.rows_read:,}, written {r.rows_written:,},"
-                f" filtered {r.rows_filtered:,}, failed {r.rows_failed:,} ({rate:,.0f} rows/s, {r.path})"
-            )
-        if self.changes_applied:
-            lines.append(f"  changes applied: {self.changes_applied:,}")
-        return "\n".join(lines)
-
-
 
 
 class Task:
@@ -156,13 +113,17 @@ class Task:
 
         Raises on failure, so a scheduled notebook or job fails loudly.
         """
-        from trempy_nb.runner import run_task
+        from trempy_nb.engine.runner import (
+            run_task,  # lazy: start-up speed (validate/preview run nothing)
+        )
 
         return run_task(self, until_caught_up=until_caught_up, progress=progress)
 
     def start(self, until_caught_up: bool = False, progress: bool = False) -> Any:
-        """Start a background runner (thread); see `runner.Runner`."""
-        from trempy_nb.runner import Runner
+        """Start a background runner (thread); see `engine.runner.Runner`."""
+        from trempy_nb.engine.runner import (
+            Runner,  # lazy: start-up speed (validate/preview run nothing)
+        )
 
         return Runner(self, until_caught_up=until_caught_up, progress=progress).start()
 
@@ -238,23 +199,50 @@ class Task:
             rows = cur.fetchall()
         return frame_of_rows(names, rows, oids)
 
+    # reconciliation --------------------------------------------------------------------
+    def diff(self, table: str | None = None, repair: bool = False, chunk_rows: int | None = None,
+             wait: float | None = None) -> pl.DataFrame:
+        """Compare the target with the source through the task's plan, by key (docs/reconcile.md).
+
+        One row per differing key: `table`, `target`, `key` (a JSON object), `kind` (`missing`,
+        `extra`, `different`) and `columns` (the differing columns); an empty frame when equal.
+        `repair=True` fixes those keys on the target (logged); a second diff then returns no rows.
+        """
+        from trempy_nb.reconcile.chunks import frame  # lazy: start-up speed
+
+        return frame(self.diff_tables(table, repair=repair, chunk_rows=chunk_rows, wait=wait))
+
+    def diff_tables(self, table: str | None = None, repair: bool = False, chunk_rows: int | None = None,
+                    wait: float | None = None) -> list[Any]:
+        """`diff` per table, with its counts and route (reconcile.chunks.TableDiff), for reports."""
+        from trempy_nb.metadata import MetadataStore  # lazy: start-up speed
+        from trempy_nb.reconcile.run import DiffOptions, diff_tables
+
+        plans = [self._plan_for(table)] if table is not None else list(self.plans.values())
+        defaults = DiffOptions()
+        options = DiffOptions(chunk_rows=chunk_rows or defaults.chunk_rows,
+                              wait_seconds=defaults.wait_seconds if wait is None else wait, repair=repair)
+        store = MetadataStore()
+        return diff_tables(self.settings, plans, self.source_uri, self.target_uri, options,
+                           log=lambda level, message: store.log(self.name, None, level, message))
+
     def preview_changes(self, limit: int = 50) -> pl.DataFrame:
         """The next pending changes of the task's slot, transformed, without consuming them."""
-        from trempy_nb.cdc import frame_of_pending
+        from trempy_nb.engine.pending import frame_of_pending  # lazy: start-up speed
 
         return frame_of_pending(self, limit)
 
     def stats(self, table: str | None = None) -> pl.DataFrame:
         """Per-table counters recorded by the task's runs (see `reports.stats`)."""
         from trempy_nb import reports  # lazy: start-up speed (validate/preview need no store)
-        from trempy_nb.metadata import MetadataStore
+        from trempy_nb.metadata import MetadataStore  # lazy: start-up speed
 
         return reports.stats(MetadataStore(), self.name, table=table)
 
     def errors(self, table: str | None = None, limit: int | None = None) -> pl.DataFrame:
         """Rows that failed and were recorded, oldest first (see `reports.errors`)."""
         from trempy_nb import reports  # lazy: start-up speed (validate/preview need no store)
-        from trempy_nb.metadata import MetadataStore
+        from trempy_nb.metadata import MetadataStore  # lazy: start-up speed
 
         return reports.errors(MetadataStore(), self.name, table=table, limit=limit)
 
@@ -263,25 +251,19 @@ class Task:
 
         With the rabbitmq transport: the task's dead-letter queue, read without consuming it;
         otherwise the metadata store's record."""
-        if self.settings.task.transport == "rabbitmq":
-            from trempy_nb.transport.rabbitmq import dead_letters
+        from trempy_nb.engine.runner import dead_letters  # lazy: start-up speed
 
-            return dead_letters(self.name)
-        from trempy_nb.metadata import MetadataStore
-
-        return MetadataStore().dead_letters(task=self.name)
+        return dead_letters(self)
 
     def replay_dead_letters(self) -> int:
         """Put the dead letters back on the queue, in order, after the cause is fixed; returns how many."""
-        if self.settings.task.transport != "rabbitmq":
-            raise TrempyError(f"task {self.name}: replaying dead letters needs the rabbitmq transport")
-        from trempy_nb.transport.rabbitmq import replay_dead_letters
+        from trempy_nb.engine.runner import replay_dead_letters  # lazy: start-up speed
 
-        return replay_dead_letters(self.name)
+        return replay_dead_letters(self)
 
     def drop(self) -> None:
         """Remove everything the task owns on the source (slot, publication) and its state."""
-        from trempy_nb.runner import drop_task
+        from trempy_nb.engine.runner import drop_task  # lazy: start-up speed
 
         drop_task(self)
 

@@ -87,10 +87,9 @@ def validate_settings(settings: TaskSettings, source_uri: str | None = None) -> 
 
 
 def _cdc_problems(conn: psycopg.Connection, settings: TaskSettings) -> list[str]:
-    try:
-        from trempy_nb.capture.slot import check_prerequisites
-    except ImportError:  # pragma: no cover - capture lands with the CDC issue
-        return []
+    # lazy: start-up speed (importing capture loads the decoder stack; a full-load task needs none)
+    from trempy_nb.capture.slot import check_prerequisites
+
     try:
         check_prerequisites(conn, [t.key for t in settings.tables])
     except ValidationFailed as exc:

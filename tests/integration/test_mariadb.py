@@ -747,27 +747,27 @@ def test_cli_refuses_mariadb_as_source(tmp_path: Path, trempy_home: Path) -> Non
 
 
 def test_task_state_for_the_cdc_session(conn: Any, dbs: Callable[..., str]) -> None:
+    """writer/mariadb/state.py: writer/state.py's functions, same names and arguments."""
     db = conn.db.decode()
     ensure_state_tables(conn, db)
     spec = make(conn, dbs, "upsert")
     apply_batch(conn, "st", [TableApply(spec, changes([("I", 100, ts(1), (1, "a", 1, "x"))]))], 100,
                 error_handling=STOP)
-    state.set_slot_lsn(conn, db, "st", 90)
-    state.set_slot_lsn(conn, db, "st", 120)
-    state.set_slot_lsn(conn, db, "st", 110)  # never backwards
-    state.set_shape(conn, db, "st", "public", "t", [["id", "integer"], ["name", "text"]])
+    for lsn in (90, 120, 110):  # never backwards
+        state.record_slot_lsn(conn, "st", lsn)
+    state.record_shapes(conn, "st", {("public", "t"): [("id", "integer"), ("name", "text")]})
     conn.commit()
-    assert state.get_slot_lsn(conn, db, "st") == 120
-    assert state.get_shapes(conn, db, "st") == {("public", "t"): [["id", "integer"], ["name", "text"]]}
+    assert state.read_slot_lsn(conn, "st") == 120
+    assert state.read_shapes(conn, "st") == {("public", "t"): [("id", "integer"), ("name", "text")]}
     # a column added on the source while the task was stopped is added on `continue`
     wider = TargetSpec(spec.schema, spec.table, (*COLUMNS, ColumnInfo("extra", "numeric(5,1)")), ("id",), "upsert")
     ensure_target(conn, wider, create=False, add_missing=True)
     assert query(conn, "SELECT column_type FROM information_schema.columns WHERE table_schema = %s"
                  " AND table_name = 'items' AND column_name = 'extra'", (spec.schema,)) == [("decimal(5,1)",)]
-    state.reset_task(conn, db, "st")
+    state.forget_task(conn, "st", ("load_state", "source_shapes", "checkpoints"))
     conn.commit()
-    assert read_checkpoint(conn, "st") is None and state.get_shapes(conn, db, "st") == {}
-    assert state.loaded_tables(conn, db, "st") == set()
+    assert read_checkpoint(conn, "st") is None and state.read_shapes(conn, "st") == {}
+    assert state.loaded_tables(conn, "st") == set() and state.read_slot_lsn(conn, "st") == 0
 
 
 @pytest.mark.parametrize("mode", ["upsert", "scd2"])

@@ -24,10 +24,11 @@ import pytest
 
 from tests.conftest import in_ci
 from trempy_nb.capture.slot import drop_task_objects, slot_status
+from trempy_nb.engine import ConsumerRunner, run_role
 from trempy_nb.errors import ConnectionFailed
 from trempy_nb.task import Task
-from trempy_nb.transport import codec
 from trempy_nb.transport import rabbitmq as rmq
+from trempy_nb.transport.rabbitmq import codec
 
 OPTIONS = "-c TimeZone=UTC -c synchronous_commit=on"
 
@@ -311,7 +312,7 @@ def test_one_message_per_batch_and_split_payloads(
     assert all(len(m[2]) <= 20000 for m in batches)
     assert {m[1].delivery_mode for m in batches} == {2}
     assert codec.decode(b"".join(m[2] for m in batches)).n_changes == 5000
-    runner = rmq.ConsumerRunner(task).start()
+    runner = ConsumerRunner(task).start()
     try:
         wait_for(lambda: same_rows(source_uri, target_uri), what="the split batch applied")
         wait_for(lambda: rmq.queue_depth(task_name)[0] == 0, what="markers consumed")
@@ -335,7 +336,7 @@ def test_a_backlog_of_small_transactions_goes_out_in_few_messages(
     msgs = _produce_and_peek(task, task_name)
     batches = {m[1].message_id for m in _batches(msgs)}
     assert 1 <= len(batches) <= 30, f"{len(batches)} messages for 300 transactions"
-    runner = rmq.ConsumerRunner(task).start()
+    runner = ConsumerRunner(task).start()
     try:
         wait_for(lambda: same_rows(source_uri, target_uri), what="the backlog applied")
     finally:
@@ -361,7 +362,7 @@ def _batches(msgs: list) -> list:
 
 def _role(task: Task, role: str) -> None:
     """Run one side until caught up (the CLI's --role ... --until-caught-up)."""
-    assert rmq.run_role(task, role, until_caught_up=True, progress=False) == 0
+    assert run_role(task, role, until_caught_up=True, progress=False) == 0
 
 
 def test_separate_producer_and_consumer_processes_until_caught_up(
@@ -420,12 +421,12 @@ def test_consumer_restart_mid_stream_no_loss_no_duplicate(
         )
     _role(task, "producer")
     slow = threading.Event()
-    runner = rmq.ConsumerRunner(task, prefetch=4).start()
+    runner = ConsumerRunner(task, prefetch=4).start()
     wait_for(lambda: runner.counters.batches >= 5, what="some batches applied")
     runner.stop(30)  # mid-stream: prefetched, unacked batches go back to the queue
     slow.set()
     assert rmq.queue_depth(task_name)[0] > 0
-    rmq.ConsumerRunner(task, until_caught_up=False).start()  # a second consumer finishes the queue
+    ConsumerRunner(task, until_caught_up=False).start()  # a second consumer finishes the queue
     wait_for(lambda: rmq.queue_depth(task_name)[0] == 0, what="queue drained")
     wait_for(
         lambda: (

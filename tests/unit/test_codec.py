@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from trempy_nb import changes as ch
-from trempy_nb.transport import codec
+from trempy_nb.transport.rabbitmq import codec
 
 
 def _frame(n: int, start: int = 0) -> pl.DataFrame:

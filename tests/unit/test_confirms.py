@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from trempy_nb.transport.confirms import ConfirmTracker
+from trempy_nb.transport.rabbitmq.confirms import ConfirmTracker
 
 
 def _tracker(lsns: list[int | None]) -> ConfirmTracker:

@@ -1,4 +1,4 @@
-"""The local stream's reader thread (cdc._ReadAhead) over a fake reader: no database."""
+"""The local stream's reader thread (transport.local._ReadAhead) over a fake reader: no database."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from trempy_nb.cdc import _CAUGHT_UP, _ReadAhead
 from trempy_nb.errors import TransientError
+from trempy_nb.transport.base import CatchUp
+from trempy_nb.transport.local import _CAUGHT_UP, _ReadAhead, _ReaderContext
 
 
 class FakeReader:
@@ -42,14 +43,8 @@ class FakeReader:
 
 
 def _session(catch_up: int | None = 10**9) -> Any:
-    return SimpleNamespace(
-        task=SimpleNamespace(name="t"),
-        stop_event=threading.Event(),
-        catch_up_target=catch_up,
-        settings=SimpleNamespace(task=SimpleNamespace(interval_seconds=0.01)),
-        _flushed_past=lambda lsn: True,
-        _heartbeat=lambda reader, tgt: None,
-    )
+    hooks = SimpleNamespace(flushed_past=lambda lsn: True, heartbeat=lambda: None)
+    return _ReaderContext("t", hooks, threading.Event(), CatchUp(catch_up), 0.01)
 
 
 def _batch(lsn: int) -> Any:
@@ -106,7 +101,7 @@ def test_advance_error_reaches_the_caller_on_close() -> None:
     reader = Failing([])
     session = _session(catch_up=None)
     ahead = _ReadAhead(session, reader, deque())
-    session.stop_event.set()
+    session.stop.set()
     ahead.confirm(5)
     with pytest.raises(TransientError, match="advance failed"):
         ahead.close(drain=True, raise_errors=True)

@@ -11,7 +11,7 @@ Reference: PostgreSQL docs, "Logical Replication Message Formats".
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Literal
@@ -196,7 +196,7 @@ def _cstring(buf: bytes, pos: int) -> tuple[str, int]:
 
 
 def _tuple(
-    buf: bytes, pos: int, _len: object = _I.unpack_from, _unchanged: object = UNCHANGED_TOAST
+    buf: bytes, pos: int, _len: object = _I.unpack_from, _unchanged: _UnchangedToast = UNCHANGED_TOAST
 ) -> tuple[tuple[TupleValue, ...], int]:
     """TupleData at `pos` -> (values, position after it).
 
@@ -218,7 +218,7 @@ def _tuple(
         elif kind == 110:  # 'n' null
             pos += 1
         elif kind == 117:  # 'u' unchanged toast
-            out[k] = _unchanged  # type: ignore[assignment]
+            out[k] = _unchanged
             pos += 1
         elif kind == 98:  # 'b' binary (only with the binary option; kept as bytes)
             pos += 5
@@ -312,7 +312,7 @@ def _message(buf: bytes) -> LogicalMessage:
     return LogicalMessage(bool(flags & 1), lsn, prefix, bytes(buf[pos : pos + ln]))
 
 
-_DISPATCH = {
+_DISPATCH: dict[int, Callable[[bytes], Message]] = {
     ord("B"): _begin,
     ord("C"): _commit,
     ord("O"): _origin,

@@ -32,14 +32,13 @@ from psycopg import sql
 from trempy_nb.changes import lsn_to_int
 from trempy_nb.db import SESSION_OPTIONS, refusal_sqlstate
 from trempy_nb.errors import AlreadyRunning, ConnectionFailed, TerminalError
+from trempy_nb.redact import mask
 
 __all__ = ["create_slot_with_snapshot", "snapshot_transaction"]
 
 
 def replication_connection(uri: str, application_name: str) -> psycopg.Connection:
     """An autocommit `replication=database` connection (walsender commands); the error is masked."""
-    from trempy_nb.connections import mask
-
     try:
         return psycopg.connect(
             uri,

@@ -6,6 +6,10 @@ lists and the live catalog (operators limited to the column's type). Buttons
 call the public API only: Task.preview, the session's define_task, Runner.
 No widget ever holds a password: a source/target written with one is saved
 as a connection first and the form shows that connection's name.
+
+Over 800 lines on purpose: the form is one settings document, and its widgets,
+their two-way binding to that document and the buttons change together; split
+across modules, one field's widget and its binding would live apart.
 """
 
 from __future__ import annotations

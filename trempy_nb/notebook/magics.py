@@ -3,6 +3,9 @@
 The functions under the verbs live in `trempy_nb.notebook.commands` and call
 the public Python API only. Domain errors become one short, masked line at
 this edge, and are still raised so a failing cell fails papermill and nbmake.
+
+Over 800 lines on purpose: it is one table of verbs with their argument
+parsers and help, read top to bottom; each verb's work lives in `commands/`.
 """
 
 from __future__ import annotations
@@ -204,6 +207,12 @@ def _a_changes(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _a_diff(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name")
+    p.add_argument("--table", help="one table of the task (default: every table)")
+    p.add_argument("--repair", action="store_true", help="fix the differing keys on the target")
+
+
 def _a_connections(p: argparse.ArgumentParser) -> None:
     p.add_argument("--form", action="store_true", help="the form, even without a widgets front end")
     p.add_argument("--list", action="store_true", help="the frame of saved connections only")
@@ -312,6 +321,12 @@ VERBS: dict[str, Verb] = {
             "keys that changed in an SCD2 target between two times, before and after",
             _a_changes,
             example="%trempy changes hr_to_dw --since -1d",
+        ),
+        Verb(
+            "diff",
+            "compare the target with the source through the plan, by key (--repair fixes it)",
+            _a_diff,
+            example="%trempy diff hr_to_dw --table employees.employee",
         ),
         Verb("drop", "stop, remove slot, publication and state", _name),
         Verb("builder", "the widget task builder", _a_builder, example="%trempy builder hr_to_dw"),
@@ -753,6 +768,12 @@ class Trempy(Magics):
 
     def _v_runs(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
         return cmd.runs(a.name, limit=a.limit)
+
+    def _v_diff(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        frame, tables = cmd.diff(a.name, a.table, repair=a.repair)
+        for t in tables:
+            self._show(Note(t.summary(), "ok" if t.equal or t.repaired == len(t.rows) else "warning"), quiet)
+        return frame
 
     def _v_history(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
         key: dict[str, Any] = {}

@@ -314,7 +314,7 @@ def _bad_rows(
 
     Each row is recorded with its own operation; an SCD2 key's events in one batch are applied
     together, so the key stops when any of its operations' flags says stop."""
-    mode = "scd2" if spec.scd2 else "upsert"
+    mode: policy.Mode = "scd2" if spec.scd2 else "upsert"
     ops = [policy.operation_of(o) for o in frame.get_column(OP).to_list()]
     decision = policy.decide(ctx.error_handling, ops, mode)
     first = frame.row(0, named=True)

@@ -131,6 +131,7 @@ def upsert_insert_sql(
     """INSERT the staged rows ... ON CONFLICT (key) DO UPDATE the non-key columns (DO NOTHING
     when every column is key). The staging rows must hold each key once."""
     non_key = [c for c in columns if c not in key]
+    action: sql.Composable
     if non_key:
         action = sql.SQL("DO UPDATE SET {}").format(
             sql.SQL(", ").join(

@@ -27,6 +27,7 @@ from trempy_nb.notebook.commands.tasks import (
     as_of,
     changes,
     define_task,
+    diff,
     drop,
     history,
     list_tasks,
@@ -38,6 +39,7 @@ from trempy_nb.notebook.commands.tasks import (
 )
 
 __all__ = [
+    "diff",
     "SESSION",
     "Session",
     "as_of",

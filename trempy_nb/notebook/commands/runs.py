@@ -22,7 +22,7 @@ def start(name: str, until_caught_up: bool = False) -> Any:
         raise AlreadyRunning(
             f"task {name} is already running in this session (%trempy stop {name})"
         )
-    from trempy_nb.runner import Runner
+    from trempy_nb.engine.runner import Runner
 
     runner = Runner(task, until_caught_up=until_caught_up, progress=False).start()
     SESSION.runners[name] = runner

@@ -127,7 +127,7 @@ def preview_view(name: str, table: str | None = None, limit: int = 20) -> Titled
 
 def preview_changes(name: str, limit: int = 50) -> pl.DataFrame:
     """Pending changes of the task's slot, transformed, without consuming them."""
-    from trempy_nb.cdc import frame_of_pending
+    from trempy_nb.engine.pending import frame_of_pending
 
     return frame_of_pending(get_task(name), limit=limit)
 
@@ -135,6 +135,14 @@ def preview_changes(name: str, limit: int = 50) -> pl.DataFrame:
 def history(name: str, table: str, key: dict[str, Any], limit: int = 1000) -> pl.DataFrame:
     """Every version of one key in an SCD2 target (or its row in an upsert target), oldest first."""
     return get_task(name).history(table, key, limit=limit)
+
+
+def diff(name: str, table: str | None = None, repair: bool = False) -> tuple[pl.DataFrame, list[Any]]:
+    """The task's differing keys (docs/reconcile.md) and each table's outcome (its `summary()`)."""
+    tables = get_task(name).diff_tables(table, repair=repair)
+    from trempy_nb.reconcile.chunks import frame  # lazy: start-up speed
+
+    return frame(tables), tables
 
 
 def as_of(name: str, ts: Any, table: str | None = None, limit: int | None = None) -> pl.DataFrame:

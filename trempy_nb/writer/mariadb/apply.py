@@ -276,7 +276,7 @@ def _run_unit(ctx: _Ctx, spec: TargetSpec, types: dict[str, MariaType], op: str,
 
 
 def _bad_rows(ctx: _Ctx, spec: TargetSpec, frame: pl.DataFrame, exc: BaseException, counts: TableCounts) -> None:
-    mode = "scd2" if spec.scd2 else "upsert"
+    mode: policy.Mode = "scd2" if spec.scd2 else "upsert"
     ops = [policy.operation_of(o) for o in frame.get_column(OP).to_list()]
     decision = policy.decide(ctx.error_handling, ops, mode)
     first = frame.row(0, named=True)

@@ -67,7 +67,7 @@ def is_transient(exc: BaseException) -> bool:
 def message(exc: BaseException) -> str:
     """One line: the server's message with its error number (PyMySQL's args are (errno, text))."""
     code = errno(exc)
-    args = getattr(exc, "args", ())
+    args: tuple[Any, ...] = getattr(exc, "args", ())
     if code is not None and len(args) > 1:
         return " ".join(f"{args[1]} [MariaDB error {code}]".split())
     return " ".join(str(exc).split()) or type(exc).__name__

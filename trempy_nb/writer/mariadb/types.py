@@ -191,7 +191,7 @@ def _element(v: object, cat: str) -> object:
         return None
     if isinstance(v, list):
         return [_element(x, cat) for x in v]
-    _, raw = v  # type: ignore[misc]
+    raw = str(v[1])  # type: ignore[index]  # ('q' quoted | 'u' unquoted, text)
     if cat == "integer":
         return int(raw)
     if cat == "boolean":

@@ -49,7 +49,7 @@ def encode(batch: ChangeBatch, compression: str = DEFAULT_COMPRESSION) -> bytes:
     offset = 0
     for tc in batch.tables:
         buf = io.BytesIO()
-        tc.frame.write_ipc_stream(buf, compression=compression)  # type: ignore[arg-type]
+        tc.frame.write_ipc_stream(buf, compression=compression)  # type: ignore[call-overload]  # a str option
         blob = buf.getvalue()
         tables.append(
             {
@@ -132,7 +132,7 @@ def decode(payload: bytes) -> ChangeBatch:
             raise CodecError(
                 f"table {schema}.{table}: corrupt Arrow data: {type(exc).__name__}: {exc}"
             ) from None
-        tables.append(TableChanges(schema, table, frame, truncated_at=truncated))  # type: ignore[arg-type]
+        tables.append(TableChanges(schema, table, frame, truncated_at=truncated))
     try:
         return ChangeBatch(
             first_lsn=int(header["first_lsn"]),
@@ -145,14 +145,14 @@ def decode(payload: bytes) -> ChangeBatch:
         raise CodecError(f"malformed batch header: {exc}") from None
 
 
-def _trunc_out(t: tuple) -> list[Any]:
+def _trunc_out(t: tuple[Any, ...]) -> list[Any]:
     out: list[Any] = [int(t[0]), int(t[1])]
     if len(t) > 2 and t[2] is not None:
         out.append(t[2].isoformat() if isinstance(t[2], datetime) else t[2])
     return out
 
 
-def _trunc_in(x: list[Any]) -> tuple:
+def _trunc_in(x: list[Any]) -> tuple[Any, ...]:
     if not isinstance(x, list) or len(x) < 2:
         raise ValueError(f"bad truncate entry {x!r}")
     head = (int(x[0]), int(x[1]))

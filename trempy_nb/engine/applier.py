@@ -1,0 +1,215 @@
+"""The change applier: the engine's `ChangeSink`.
+
+A batch goes through the same plan as the full load (per source table: filters,
+transformations, target columns), then to the writer in ONE target transaction
+with the checkpoint of its stream (`writer.apply.apply_batch`: upsert or SCD2,
+bad rows through the one error policy). After the commit the sink calls the
+transport's checkpoint, then counts the batch (dashboard counters, per-table
+stats in the metadata store).
+
+A source schema change met in the stream is followed here: a new column is
+added to the target and the table re-planned; a dropped, renamed or retyped
+column stops the table (SchemaChanged) before any change of the new shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Iterator
+from datetime import datetime
+
+import polars as pl
+import psycopg
+
+from trempy_nb import changes as ch
+from trempy_nb.catalog import describe_table
+from trempy_nb.db import connect
+from trempy_nb.engine.counters import Counters
+from trempy_nb.engine.session import record_shapes
+from trempy_nb.errors import SchemaChanged
+from trempy_nb.fullload import target_spec
+from trempy_nb.metadata import MetadataStore
+from trempy_nb.pipeline.plan import TablePlan, compile_plan
+from trempy_nb.settings import TaskSettings
+from trempy_nb.transport.base import Checkpoint, TableHook
+from trempy_nb.writer import errorpolicy as policy
+from trempy_nb.writer.apply import ApplyResult, TableApply, apply_batch
+from trempy_nb.writer.checkpoint import read_checkpoint
+from trempy_nb.writer.ddl import add_column
+
+_APPLIED_OPS = (("inserted", "insert"), ("updated", "update"), ("deleted", "delete"),
+                ("opened", "scd2 open"), ("closed", "scd2 close"), ("truncates", "truncate"))
+
+
+class ChangeApplier:
+    """Applies change batches of one task to its target (a `ChangeSink`); owns one target connection."""
+
+    def __init__(self, task: str, settings: TaskSettings, plans: dict[tuple[str, str], TablePlan], source: str,
+                 target: str, *, store: MetadataStore, run_id: str, counters: Counters,
+                 connection_name: str = "apply") -> None:
+        self.task, self.settings, self.plans = task, settings, plans  # plans: shared with the session
+        self.source, self.target = source, target
+        self.store, self.run_id, self.counters = store, run_id, counters
+        self.application_name = f"trempy_nb:{task}:{connection_name}"
+        self._tgt: psycopg.Connection | None = None
+
+    # ChangeSink ----------------------------------------------------------------------
+    def put(self, batch: ch.ChangeBatch, checkpoint: Checkpoint | None = None, *,
+            stream: str | None = None, on_table: TableHook | None = None) -> int:
+        result = self._write(batch, self.connection, stream or self.task, on_table)
+        if checkpoint is not None:
+            checkpoint(batch.end_lsn)
+        self._record(result, batch)
+        return batch.n_changes
+
+    def durable_lsn(self, stream: str | None = None) -> int | None:
+        try:
+            value = read_checkpoint(self.connection, stream or self.task)
+            self.connection.commit()
+            return value
+        except psycopg.Error:
+            self.reset()
+            raise
+
+    def reset(self) -> None:
+        if self._tgt is not None:
+            with contextlib.suppress(Exception):
+                if not self._tgt.closed and not self._tgt.broken:
+                    self._tgt.rollback()
+                    return
+            with contextlib.suppress(Exception):
+                self._tgt.close()
+            self._tgt = None
+
+    def close(self) -> None:
+        if self._tgt is not None:
+            with contextlib.suppress(Exception):
+                self._tgt.close()
+            self._tgt = None
+
+    @property
+    def connection(self) -> psycopg.Connection:
+        if self._tgt is None or self._tgt.closed or self._tgt.broken:
+            self._tgt = connect(self.target, application_name=self.application_name)
+        return self._tgt
+
+    # the work ------------------------------------------------------------------------
+    def _write(self, batch: ch.ChangeBatch, tgt: psycopg.Connection, checkpoint_task: str,
+               on_table: TableHook | None) -> ApplyResult:
+        items: list[TableApply] = []
+        keys: list[tuple[str, str]] = []
+        for tc in batch.tables:
+            if on_table is not None:
+                on_table(tc.key)
+            plan = self._plan_for_shape(tc, tgt)
+            frame = tc.frame
+            before = frame.get_column(ch.OP).value_counts() if frame.height else None
+            out = plan.apply_changes(frame) if frame.height else frame
+            name = f"{tc.schema}.{tc.table}"
+            if before is not None:
+                for op, n in before.iter_rows():
+                    self.counters.read[(name, _op_name(op))] += n
+                moved_out = _not_deletes(frame) - _not_deletes(out)
+                if moved_out:
+                    self.counters.filtered[(name, "update/insert")] += moved_out
+            if tc.truncated_at:
+                self.counters.read[(name, "truncate")] += len(tc.truncated_at)
+            keys.append(tc.key)
+            items.append(TableApply(spec=target_spec(plan, self.settings), frame=out,
+                                    truncated_at=list(tc.truncated_at)))
+
+        def on_row_error(bad: policy.BadRow) -> None:
+            self.counters.failed[(f"{bad.schema}.{bad.table}", bad.operation)] += 1
+            self.store.record_error(self.task, self.run_id, bad.schema, bad.table, bad.operation, bad.error,
+                                    bad.payload, key=bad.key)
+
+        tables = _Announced(items, keys, on_table) if on_table is not None else items
+        return apply_batch(tgt, checkpoint_task, tables, batch.end_lsn,
+                           error_handling=self.settings.error_handling, on_row_error=on_row_error)
+
+    def _record(self, result: ApplyResult, batch: ch.ChangeBatch) -> None:
+        c = self.counters
+        c.batches += 1
+        c.changes += batch.n_changes
+        c.last_lsn = batch.end_lsn
+        names = {(p.target_schema, p.target_table): f"{k[0]}.{k[1]}" for k, p in self.plans.items()}
+        for key, counts in (result.tables or {}).items():
+            name = names.get((key[0], key[1]), ".".join(key))
+            for field, op in _APPLIED_OPS:
+                n = int(getattr(counts, field, 0) or 0)
+                if n:
+                    c.applied[(name, op)] += n
+        last_ts: datetime | None = None
+        for tc in batch.tables:
+            if tc.frame.height:
+                ts = tc.frame.get_column(ch.TS).max()
+                if isinstance(ts, datetime) and (last_ts is None or ts > last_ts):
+                    last_ts = ts
+        if last_ts is not None:
+            c.lag_seconds = max(0.0, time.time() - last_ts.timestamp())
+        c.history.append((time.time(), c.changes, c.lag_seconds))
+        del c.history[:-600]
+        for tc in batch.tables:
+            self.store.record_stats(self.run_id, self.task, tc.schema, tc.table, "cdc",
+                                    rows_read=tc.frame.height)
+
+    def _plan_for_shape(self, tc: ch.TableChanges, tgt: psycopg.Connection) -> TablePlan:
+        """Follow a source schema change: a new column is added to the target; others stop the table."""
+        plan = self.plans[tc.key]
+        known = {c.name: c.pg_type for c in plan.source.columns}
+        cols = tc.data_columns
+        if all(c in known for c in cols) and len(cols) == len(known):
+            return plan
+        dropped = [c for c in known if c not in cols]
+        with connect(self.source) as src:
+            info = describe_table(src, tc.schema, tc.table)
+        if dropped:
+            if any(c not in {x.name for x in info.columns} for c in dropped):
+                raise SchemaChanged(
+                    f"column(s) {', '.join(dropped)} of {tc.schema}.{tc.table} were dropped or renamed on the source;"
+                    " the table is stopped before any change of the new shape is applied. Reload the task."
+                )
+            # the plan was compiled from a catalog newer than the stream (a column added since
+            # these changes were committed): plan the stream's own shape; the column comes later
+            info = dataclasses.replace(info, columns=tuple(c for c in info.columns if c.name in cols))
+        new_plan = compile_plan(self.settings, info)
+        for c in info.columns:
+            if c.name in known and known[c.name] != c.pg_type:
+                raise SchemaChanged(
+                    f"column {c.name} of {tc.schema}.{tc.table} changed type from {known[c.name]} to {c.pg_type};"
+                    " reload the task"
+                )
+        spec = target_spec(new_plan, self.settings)
+        added = [c for c in new_plan.target_columns if c.name not in {x.name for x in plan.target_columns}]
+        for col in added:
+            add_column(tgt, spec, col)
+        tgt.commit()
+        self.plans[tc.key] = new_plan
+        record_shapes(tgt, self.task, self.plans, [tc.key])
+        self.store.log(self.task, self.run_id, "INFO",
+                       f"{tc.schema}.{tc.table}: new source column(s) {', '.join(c.name for c in added)} added to the target")
+        return new_plan
+
+
+class _Announced(list[TableApply]):
+    """The writer's table list, calling `on_table(key)` as each table is taken up (failure attribution)."""
+
+    def __init__(self, items: list[TableApply], keys: list[tuple[str, str]], on_table: TableHook) -> None:
+        super().__init__(items)
+        self._keys, self._on_table = keys, on_table
+
+    def __iter__(self) -> Iterator[TableApply]:
+        for key, item in zip(self._keys, list.__iter__(self), strict=True):
+            self._on_table(key)
+            yield item
+        self._on_table(None)  # past the tables: a failure now (checkpoint, commit) is the batch's
+
+
+def _not_deletes(frame: pl.DataFrame) -> int:
+    return frame.height - int(frame.get_column(ch.OP).eq("D").sum())
+
+
+def _op_name(op: str) -> str:
+    return {"I": "insert", "U": "update", "D": "delete"}.get(op, op)

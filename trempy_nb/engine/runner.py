@@ -1,0 +1,366 @@
+"""The run lifecycle: the one place where capture, pipeline, transport and writer are wired together.
+
+A `Runner` runs a task in a background thread, in a role:
+
+- `both` (the default): take the task lock, validate, prepare the slot
+  (`session.CdcSession.prepare`), full-load in the slot's exported snapshot when
+  CDC follows, then stream through the task's transport into the applier until
+  stopped or caught up;
+- `producer` (rabbitmq, `trempy-nb run --role producer`): the same, the
+  transport publishing only;
+- `consumer` (rabbitmq, `--role consumer`): no lock, no slot (the producer holds
+  those): apply from the queue only.
+
+The transport is looked up once per run by the settings' name
+(`transport.registry.lookup`). A runner never dies silently: its exception is
+kept, shown in `status`, recorded in the metadata store and re-raised by
+`wait()`/`stop()`; `finally` releases the task lock and connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import polars as pl
+import psycopg
+
+from trempy_nb.capture.slot import drop_task_objects
+from trempy_nb.connections import is_mariadb_uri, resolve
+from trempy_nb.crash import crash_point
+from trempy_nb.db import connect
+from trempy_nb.engine.applier import ChangeApplier
+from trempy_nb.engine.counters import Counters
+from trempy_nb.engine.lock import task_lock
+from trempy_nb.engine.progress import Progress
+from trempy_nb.engine.result import RunnableTask, RunResult
+from trempy_nb.engine.session import CdcSession
+from trempy_nb.errors import SettingsError, TerminalError, TrempyError
+from trempy_nb.fullload import TableLoadResult, run_full_load
+from trempy_nb.metadata import MetadataStore, RunStatus
+from trempy_nb.pipeline.plan import TablePlan
+from trempy_nb.redact import mask
+from trempy_nb.reports import record_targets
+from trempy_nb.settings import parse_settings
+from trempy_nb.transport.base import Role, StreamContext, Transport
+from trempy_nb.transport.registry import lookup
+from trempy_nb.writer.checkpoint import reset_checkpoint
+from trempy_nb.writer.ddl import ensure_state_tables
+from trempy_nb.writer.errorpolicy import BadRow
+
+#: The full load of one target dialect (`fullload.run_full_load`, `fullload_mariadb.run_full_load_mariadb`)
+FullLoad = Callable[..., list[TableLoadResult]]
+
+
+class Runner:
+    """A task running in a background thread, in a role (see the module docstring)."""
+
+    def __init__(self, task: RunnableTask, *, until_caught_up: bool = False, progress: bool = False,
+                 role: Role = "both", transport: Transport | None = None) -> None:
+        self.task = task
+        self.until_caught_up = until_caught_up
+        self.progress = progress
+        self.role: Role = role
+        self.counters = Counters()
+        self.status = "created"
+        self.error: BaseException | None = None
+        self.result: RunResult | None = None
+        self.run_id: str | None = None
+        self.started_at = 0.0
+        self._transport = transport
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._session: CdcSession | None = None
+        self._catch_up_requested = False
+
+    def _set_status(self, status: str) -> None:
+        if self.status not in ("failed", "succeeded", "stopped"):
+            self.status = status
+
+    # lifecycle ---------------------------------------------------------------------
+    def start(self) -> Runner:
+        self._thread = threading.Thread(target=self._main, name=f"trempy-{self.task.name}", daemon=True)
+        self.status = "starting"
+        self.started_at = time.time()
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 60.0) -> RunResult | None:
+        """Ask the runner to stop after the current batch, wait, and re-raise its error if any."""
+        self._stop.set()
+        return self.wait(timeout)
+
+    def wait(self, timeout: float | None = None) -> RunResult | None:
+        if self._thread:
+            self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def stop_when_caught_up(self, timeout: float | None = None) -> RunResult | None:
+        """Apply every change committed at the source before this call, then stop."""
+        self.until_caught_up = True
+        self._catch_up_requested = True
+        if self._session is not None:
+            self._session.catch_up.target = self._session.current_lsn()
+        self._stop.set()
+        return self.wait(timeout)
+
+    @property
+    def running(self) -> bool:
+        return bool(self._thread and self._thread.is_alive())
+
+    def stats(self) -> pl.DataFrame:
+        return self.counters.frame()
+
+    def _main(self) -> None:
+        store = MetadataStore()
+        t0 = time.perf_counter()
+        kind = self.task.settings.task.replication_type
+        run_id = self.run_id = store.start_run(self.task.name, kind)
+        try:
+            self.status = "running"
+            tables, changes = self._run(store, run_id)
+            final: RunStatus = "stopped" if self._stop.is_set() and not self.until_caught_up else "succeeded"
+            self.status = final = "succeeded" if kind == "full_load" else final
+            self.result = RunResult(self.task.name, run_id, final, tables, time.perf_counter() - t0, changes)
+            store.end_run(run_id, final)
+        except BaseException as exc:  # kept and re-raised by wait(); never swallowed
+            self.error = exc if isinstance(exc, TrempyError) else TrempyError(mask(f"{type(exc).__name__}: {exc}"))
+            self.status = "failed"
+            try:
+                store.end_run(run_id, "failed", mask(str(self.error)))
+                store.log(self.task.name, run_id, "ERROR", mask(str(self.error)))
+            except Exception:  # noqa: S110 - the original error matters more
+                pass
+
+    # the work ----------------------------------------------------------------------
+    def _run(self, store: MetadataStore, run_id: str) -> tuple[list[TableLoadResult], int]:
+        task = self.task
+        settings = task.settings
+        rtype = settings.task.replication_type
+        if is_mariadb_uri(task.target_uri) and (rtype != "full_load" or self.role != "both"):
+            raise SettingsError(f"task.target {mask(settings.task.target)}: a MariaDB/MySQL target takes"
+                                " replication_type full_load for now (its CDC apply is not wired into runs yet)")
+        if self.role == "consumer":
+            return [], self._consume(store, run_id)
+        source, target = task.source_uri, task.target_uri
+        with task_lock(source, task.name) as lock:
+            task.validate(lock)  # on the lock's connection: one connection (and login) fewer
+            plans = task.plans
+            record_targets(store, settings, plans)  # what `history NAME` reads
+            if rtype == "full_load":
+                self.status = "full_load"
+                return self._full_load(store, run_id, plans, source, target, None, None), 0
+            session = self._new_session(store, run_id, plans)
+            try:
+                if self._catch_up_requested:
+                    session.catch_up.target = session.current_lsn()
+                tables: list[TableLoadResult] = []
+                with session.prepare() as handoff:
+                    if handoff.needs_full_load:
+                        self.status = "full_load"
+                        crash_point("full_load_start")
+                        tables = self._full_load(store, run_id, plans, source, target, handoff.snapshot,
+                                                 handoff.lsn, handoff.ts)
+                        crash_point("full_load_before_checkpoint")
+                        session.mark_loaded(handoff.lsn)
+                changes = self._stream(session, run_id)
+                return tables, changes
+            finally:
+                session.close()
+
+    def _consume(self, store: MetadataStore, run_id: str) -> int:
+        """The consumer side alone: no slot, no task lock (the producer holds those)."""
+        plans = self.task.plans
+        record_targets(store, self.task.settings, plans)  # what `history NAME` reads
+        session = self._new_session(store, run_id, plans)
+        try:
+            with connect(self.task.target_uri) as tgt:
+                ensure_state_tables(tgt)
+                tgt.commit()
+            return self._stream(session, run_id)
+        finally:
+            session.close()
+
+    def _new_session(self, store: MetadataStore, run_id: str, plans: dict[tuple[str, str], TablePlan]) -> CdcSession:
+        session = CdcSession(self.task, plans, self.task.source_uri, self.task.target_uri, store=store,
+                             run_id=run_id, counters=self.counters, stop=self._stop)
+        session.on_status = self._set_status
+        self._session = session
+        return session
+
+    def _stream(self, session: CdcSession, run_id: str) -> int:
+        """Hand the stream to the task's transport, the applier as its sink (not for a producer)."""
+        settings = self.task.settings
+        transport = self._transport or lookup(settings.task.transport)
+        sink = None
+        if self.role != "producer":
+            sink = ChangeApplier(self.task.name, settings, session.plans, session.source, session.target,
+                                 store=session.store, run_id=run_id, counters=self.counters,
+                                 connection_name=transport.sink_name)
+        ctx = StreamContext(self.task.name, settings, session.target, session, self._stop, session.catch_up,
+                            until_caught_up=self.until_caught_up)
+        try:
+            return transport.run(self.role, ctx, sink)
+        finally:
+            if sink is not None:
+                sink.close()
+
+    def _full_load(self, store: MetadataStore, run_id: str, plans: dict[tuple[str, str], TablePlan], source: str,
+                   target: str, snapshot: str | None, lsn: int | None,
+                   load_ts: datetime | None = None) -> list[TableLoadResult]:
+        bars = Progress(plans, enabled=self.progress, counters=self.counters)
+
+        def on_row_error(bad: BadRow) -> None:
+            store.record_error(self.task.name, run_id, bad.schema, bad.table, bad.operation, bad.error,
+                               bad.payload, key=bad.key)
+
+        def on_done(r: TableLoadResult) -> None:
+            crash_point("full_load_after_table")  # this table committed, the others maybe not
+            store.record_stats(run_id, self.task.name, r.schema, r.table, "full_load",
+                               rows_read=r.rows_read, rows_written=r.rows_written,
+                               rows_filtered=r.rows_filtered, rows_failed=r.rows_failed,
+                               duration_s=r.seconds)
+            bars.done((r.schema, r.table))
+
+        load = _mariadb_full_load() if is_mariadb_uri(target) else run_full_load
+        try:
+            return load(self.task.settings, plans, source, target, snapshot=snapshot,
+                        snapshot_lsn=lsn, load_ts=load_ts, progress=bars.update, on_row_error=on_row_error,
+                        on_table_done=on_done)
+        finally:
+            bars.close()
+
+
+def _mariadb_full_load() -> FullLoad:
+    """The MariaDB target's full load (`fullload_mariadb.run_full_load_mariadb`, the same arguments
+    and results as `run_full_load`). Its driver is the optional extra `trempy_nb[mariadb]`: imported
+    only when a MariaDB target is used, so PostgreSQL-only installs never need it."""
+    try:
+        from trempy_nb.fullload_mariadb import run_full_load_mariadb
+    except ImportError as exc:
+        raise SettingsError(f"a MariaDB/MySQL target needs its driver: pip install 'trempy_nb[mariadb]' ({exc})") from None
+    return run_full_load_mariadb
+
+
+class ConsumerRunner(Runner):
+    """The rabbitmq consumer side alone in a background thread (`Runner` in role consumer);
+    `wait`/`stop` return the changes applied."""
+
+    def __init__(self, task: RunnableTask, *, until_caught_up: bool = False, url: str | None = None,
+                 prefetch: int | None = None) -> None:
+        # lazy: start-up speed (pika and the broker modules load only for rabbitmq runs)
+        from trempy_nb.transport.rabbitmq import RabbitMqTransport
+
+        super().__init__(task, until_caught_up=until_caught_up, role="consumer",
+                         transport=RabbitMqTransport(url, prefetch))
+
+    @property
+    def applied(self) -> int:
+        return self.result.changes_applied if self.result is not None else 0
+
+    def stop(self, timeout: float = 60.0) -> int:  # type: ignore[override]
+        super().stop(timeout)
+        return self.applied
+
+    def wait(self, timeout: float | None = None) -> int:  # type: ignore[override]
+        super().wait(timeout)
+        return self.applied
+
+
+def run_task(task: RunnableTask, until_caught_up: bool = True, progress: bool = True) -> RunResult:
+    """Blocking run: what `Task.run()` and `trempy-nb run` use. Raises on failure."""
+    runner = Runner(task, until_caught_up=until_caught_up, progress=progress).start()
+    try:
+        result = runner.wait()
+    except KeyboardInterrupt:
+        result = runner.stop()
+    assert result is not None
+    return result
+
+
+def run_forever(task: RunnableTask, progress: bool = True) -> RunResult:
+    """CDC until SIGINT/SIGTERM, then stop cleanly after the current batch."""
+    runner = Runner(task, until_caught_up=False, progress=progress).start()
+    try:
+        while runner.running:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    result = runner.stop()
+    assert result is not None
+    return result
+
+
+def run_role(task: RunnableTask, role: str, until_caught_up: bool = False, progress: bool = True) -> int:
+    """`trempy-nb run SETTINGS --role producer|consumer`: one side of the rabbitmq transport alone."""
+    if role not in ("producer", "consumer"):
+        raise TerminalError(f"unknown role {role!r} (producer or consumer)")
+    if task.settings.task.transport != "rabbitmq":
+        raise TerminalError(
+            f"--role needs transport rabbitmq (task {task.name} uses {task.settings.task.transport})"
+        )
+    if role == "producer":
+        runner = Runner(task, until_caught_up=until_caught_up, progress=progress, role="producer").start()
+        try:
+            result = runner.wait()
+        except KeyboardInterrupt:
+            result = runner.stop()
+        return 0 if result is not None else 1
+    consumer = ConsumerRunner(task, until_caught_up=until_caught_up).start()
+    try:
+        consumer.wait()
+    except KeyboardInterrupt:
+        consumer.stop()
+    return 0
+
+
+def dead_letters(task: RunnableTask) -> pl.DataFrame:
+    """The rabbitmq transport: the task's dead-letter queue, read without consuming it;
+    otherwise the metadata store's record of batches given up."""
+    if task.settings.task.transport == "rabbitmq":
+        # lazy: start-up speed (pika and the broker modules load only for rabbitmq tasks)
+        from trempy_nb.transport.rabbitmq import dead_letters as queued
+
+        return queued(task.name)
+    return MetadataStore().dead_letters(task=task.name)
+
+
+def replay_dead_letters(task: RunnableTask) -> int:
+    """Put the dead letters back on the queue, in order; returns how many (rabbitmq only)."""
+    if task.settings.task.transport != "rabbitmq":
+        raise TrempyError(f"task {task.name}: replaying dead letters needs the rabbitmq transport")
+    # lazy: start-up speed (pika and the broker modules load only for rabbitmq tasks)
+    from trempy_nb.transport.rabbitmq import replay_dead_letters as replay
+
+    return replay(task.name)
+
+
+def drop_task(task: RunnableTask) -> None:
+    """Remove the task's slot, publication, checkpoint and broker objects."""
+    drop_task_by_name(task.name, source=task.settings.task.source, target=task.settings.task.target)
+
+
+def drop_task_by_name(name: str, source: str | None, target: str | None) -> None:
+    """`trempy-nb drop NAME|SETTINGS`: what `drop_task` does, from a name (or a settings file)."""
+    if Path(name).suffix.lower() in (".json", ".yaml", ".yml"):
+        settings = parse_settings(name)
+        name, source, target = settings.name, settings.task.source, settings.task.target
+    if source:
+        with connect(resolve(source), autocommit=True) as conn:
+            drop_task_objects(conn, name)
+    if target:
+        with connect(resolve(target)) as conn:
+            with contextlib.suppress(psycopg.Error):
+                reset_checkpoint(conn, name)
+                conn.commit()
+    with contextlib.suppress(ImportError, TrempyError):
+        # lazy: start-up speed (pika loads only when there may be broker objects to drop)
+        from trempy_nb.transport.rabbitmq import delete_topology
+
+        delete_topology(name)

@@ -1,0 +1,61 @@
+"""Held tables and replay checkpoints, kept on the target (they survive restarts).
+
+A table whose batch was dead-lettered is *held*: its later changes are
+dead-lettered behind it, so its order is kept while the other tables go on.
+Replayed dead letters are applied with a per-table checkpoint
+(`<task>#replay:<schema>.<table>`), so a replay is exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import psycopg
+
+from trempy_nb.db import connect
+from trempy_nb.writer import state
+
+
+def replay_checkpoint_name(task: str, key: tuple[str, str]) -> str:
+    return f"{task}#replay:{key[0]}.{key[1]}"
+
+
+@dataclass
+class Held:
+    since_lsn: int
+    held_upto: int
+    replay_failed: bool = False
+
+
+class HeldTables:
+    """Tables whose changes wait behind a dead letter (kept on the target: survives restarts)."""
+
+    def __init__(self, target: str, task: str) -> None:
+        self.target, self.task = target, task
+        with connect(target, autocommit=True) as conn:
+            state.ensure_held_table(conn)
+            self.tables = {key: Held(*h) for key, h in state.read_held(conn, task).items()}
+
+    def hold(self, key: tuple[str, str], lsn: int, replay_failed: bool | None = None) -> None:
+        h = self.tables.get(key)
+        h = Held(lsn, lsn) if h is None else Held(h.since_lsn, max(h.held_upto, lsn), h.replay_failed)
+        if replay_failed is not None:
+            h.replay_failed = replay_failed
+        with connect(self.target, autocommit=True) as conn:
+            state.write_held(conn, self.task, key, (h.since_lsn, h.held_upto, h.replay_failed))
+        self.tables[key] = h
+
+    def release(self, key: tuple[str, str]) -> None:
+        with connect(self.target, autocommit=True) as conn:
+            state.delete_held(conn, self.task, key)
+        self.tables.pop(key, None)
+
+
+def reset_target_state(target: str, task: str) -> None:
+    """start_mode reload: forget held tables and replay checkpoints of the task."""
+    with connect(target, autocommit=True) as conn:
+        state.ensure_held_table(conn)
+        state.delete_held(conn, task)
+        with contextlib.suppress(psycopg.Error):
+            state.delete_stream_checkpoints(conn, task)
