@@ -1,4 +1,4 @@
-"""Full load into a MariaDB/MySQL target: the same snapshot, plans and results as `fullload.py`.
+"""Full load into a MariaDB/MySQL target: the same snapshot, plans and results as `fullload/`.
 
 The source side is the one PostgreSQL path (a REPEATABLE READ snapshot, COPY
 text batches, the table's Polars plan); the target side is
@@ -30,8 +30,8 @@ from trempy_nb.fullload import (
     CHUNK_BYTES,
     RowErrorHook,
     TableLoadResult,
-    _begin_snapshot,
-    _prefetch,
+    begin_snapshot,
+    prefetch,
     target_spec,
 )
 from trempy_nb.pgcopy.copyio import iter_frames, select_query
@@ -107,7 +107,7 @@ def load_table_mariadb(
     try:
         load.begin(create=fl.create_table_if_not_exists, recreate=fl.recreate_table_if_exists,
                    truncate=fl.truncate_before_insert)
-        _begin_snapshot(src, snapshot)
+        begin_snapshot(src, snapshot)
         source_cols = list(plan.source_columns)
         query = stream_query(plan) if plan.passthrough and load.direct else None
         passed = False
@@ -124,13 +124,13 @@ def load_table_mariadb(
                 # retries, isolates or stops (the source connection is reopened: its COPY broke off)
                 src.close()
                 src = connect(source_uri)
-                _begin_snapshot(src, snapshot)
+                begin_snapshot(src, snapshot)
         if not passed:
             frames = iter_frames(src.cursor(), select_query(plan.source.schema, plan.source.name, source_cols),
                                  source_cols, chunk_bytes=chunk_bytes or CHUNK_BYTES)
 
             def encoded() -> Iterator[tuple[pl.DataFrame, tuple[pl.DataFrame, bytes]]]:
-                for frame in _prefetch(frames):
+                for frame in prefetch(frames):
                     out = plan.apply(frame).select(spec.data_columns)
                     result.rows_read += frame.height
                     result.rows_filtered += frame.height - out.height
@@ -138,7 +138,7 @@ def load_table_mariadb(
                     if on_progress:
                         on_progress(frame.height)
 
-            for out, enc in _prefetch(encoded(), depth=2):
+            for out, enc in prefetch(encoded(), depth=2):
                 load.write(out, enc)
         load.finish(source_schema=plan.source.schema, source_table=plan.source.name, snapshot_lsn=snapshot_lsn)
     except BaseException:

@@ -116,9 +116,9 @@ def test_every_column_read_by_the_plan_round_trips_in_either_copy_format(
 ) -> None:
     """A concat over every column makes the plan read them all as text; the target gets them back in
     binary (encoded) or text, and every value, special ones and BC dates included, lands exactly."""
-    import trempy_nb.fullload as fullload
+    import trempy_nb.fullload.routes as routes
 
-    monkeypatch.setattr(fullload, "COPY_FORMAT", copy_format)
+    monkeypatch.setattr(routes, "COPY_FORMAT", copy_format)
     _exec(source_uri, CODEC_SQL)
     cols = ["id", "i2", "i8", "num", "num2", "f8", "t", "vc", "ch", "b", "d", "ts", "tstz", "u", "j", "js", "by"]
     doc = _settings(source_uri, target_uri, [("src", "typed")])

@@ -261,7 +261,7 @@ def merge_sql(
     at: sql.Composable | None = None,
     staging: sql.Identifier = sql.Identifier("trempy_stage"),
 ) -> list[sql.Composed]:
-    """A full load's staged batch into a target that already has rows (fullload.py's staging
+    """A full load's staged batch into a target that already has rows (fullload/writer.py's staging
     table by default): upsert on the key; or SCD2: close the current versions the staged rows
     change, then open a version for every staged key left without one, both at `at` (the
     load's time; now() when None)."""
