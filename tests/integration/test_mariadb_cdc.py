@@ -93,10 +93,14 @@ def run(doc: dict, start_mode: str | None = None) -> None:
 
 
 def q(admin: Any, text: str, params: tuple = ()) -> list[tuple]:
-    admin.commit()  # a fresh snapshot: see what the runs committed
+    """Read in a transaction of its own: a fresh snapshot, and no metadata lock held afterwards
+    (an open reader's transaction would make the applier's ALTER TABLE wait, as on PostgreSQL)."""
+    admin.commit()
     with admin.cursor() as cur:
         m_execute(cur, text, params)
-        return [tuple(r) for r in cur.fetchall()]
+        out = [tuple(r) for r in cur.fetchall()]
+    admin.commit()
+    return out
 
 
 def source_rows(source_uri: str) -> list[tuple]:
@@ -166,6 +170,7 @@ def test_full_load_and_cdc_under_a_concurrent_writer(source_uri: str, trempy_hom
         # the full load opened the version the snapshot saw; every later update is one more version
         assert values == vs[len(vs) - len(values):], (k, values, vs)
     assert q(admin, f"SELECT COUNT(*) FROM {qualified(data, 't')} WHERE scd_current") == [(len(history),)]
+    assert sum(len(c) for c in got.values()) > len(history)  # the stream opened versions too
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -244,6 +249,33 @@ def test_added_source_column_reaches_the_target(source_uri: str, trempy_home: Pa
     if mode == "scd2":  # 1: load + update; 2: load + w; 3: insert + update
         assert q(admin, f"SELECT id, COUNT(*) FROM {qualified(data, 't')} GROUP BY id ORDER BY id") == [
             (1, 2), (2, 2), (3, 2)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_column_added_while_streaming_reaches_the_target(source_uri: str, trempy_home: Path, task_name: str,
+                                                         maria: tuple[str, str, Any], mode: str) -> None:
+    """The running applier meets the new shape in the stream: ALTER TABLE ... ADD COLUMN on MariaDB."""
+    state, data, admin = maria
+    execute(source_uri, T_SQL)
+    execute(source_uri, "INSERT INTO t VALUES (1, 1, 'a'), (2, 2, 'b')")
+    doc = doc_for(task_name, source_uri, state, data, rtype="full_load_and_cdc", mode=mode)
+    runner = Task.from_settings(doc).start()
+    try:
+        execute(source_uri, "UPDATE t SET v = 10 WHERE id = 1")
+        _wait_for(lambda: bool(q(admin, "SELECT 1 FROM information_schema.tables WHERE table_schema = %s",
+                                 (data,))) and (10,) in q(admin, f"SELECT v FROM {qualified(data, 't')}"))
+        execute(source_uri, "ALTER TABLE t ADD COLUMN w numeric(6,2)")
+        execute(source_uri, "INSERT INTO t VALUES (3, 3, 'c', 3.5)")
+        execute(source_uri, "UPDATE t SET w = 2.25 WHERE id = 2")
+    finally:
+        runner.stop_when_caught_up(timeout=120)
+    assert not runner.running
+    cur = " WHERE scd_current" if mode == "scd2" else ""
+    assert q(admin, f"SELECT id, v, s, w FROM {qualified(data, 't')}{cur} ORDER BY id") == [
+        tuple(r) for r in rows(source_uri, "SELECT id, v, s, w FROM t ORDER BY id")]
+    if mode == "scd2":  # 1: load (+ update, unless the snapshot saw it); 2: load + w; 3: insert
+        counts = dict(q(admin, f"SELECT id, COUNT(*) FROM {qualified(data, 't')} GROUP BY id"))
+        assert counts[1] in (1, 2) and (counts[2], counts[3]) == (2, 1), counts
 
 
 def test_rabbitmq_transport_is_refused_in_one_line(source_uri: str, trempy_home: Path, task_name: str,
