@@ -289,3 +289,22 @@ def test_rabbitmq_transport_is_refused_in_one_line(source_uri: str, trempy_home:
     assert len(res.stderr.strip().splitlines()) == 1
     assert q(admin, "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema IN (%s, %s)",
              (state, data)) == [(0,)]  # nothing written
+
+
+def test_cli_cdc_then_drop_resets_the_checkpoint(source_uri: str, trempy_home: Path, task_name: str,
+                                                 tmp_path: Path, maria: tuple[str, str, Any]) -> None:
+    state, data, admin = maria
+    execute(source_uri, T_SQL)
+    path = write_settings(tmp_path / "d.json", doc_for(task_name, source_uri, state, data))
+    env = {"TREMPY_HOME": str(trempy_home)}
+    assert run_cli(["run", str(path), "--until-caught-up", "-q"], env=env).returncode == 0
+    execute(source_uri, "INSERT INTO t VALUES (1, 1, 'x')")
+    res = run_cli(["run", str(path), "--until-caught-up", "--start-mode", "continue", "-q"], env=env)
+    assert res.returncode == 0, res.stderr
+    assert q(admin, f"SELECT id, v, s FROM {qualified(data, 't')}") == [(1, 1, "x")]
+    checkpoints = f"SELECT COUNT(*) FROM {qualified(state, 'trempy_checkpoints')} WHERE task = %s"
+    assert q(admin, checkpoints, (task_name,)) == [(1,)]
+    res = run_cli(["drop", str(path)], env=env)
+    assert res.returncode == 0, res.stderr
+    assert q(admin, checkpoints, (task_name,)) == [(0,)]
+    assert rows(source_uri, "SELECT slot_name FROM pg_replication_slots") == []
