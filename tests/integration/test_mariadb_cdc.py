@@ -308,3 +308,27 @@ def test_cli_cdc_then_drop_resets_the_checkpoint(source_uri: str, trempy_home: P
     assert res.returncode == 0, res.stderr
     assert q(admin, checkpoints, (task_name,)) == [(0,)]
     assert rows(source_uri, "SELECT slot_name FROM pg_replication_slots") == []
+
+
+def test_cdc_run_checks_the_target_before_writing(source_uri: str, trempy_home: Path, task_name: str,
+                                                  tmp_path: Path, maria: tuple[str, str, Any]) -> None:
+    """A user without the writer's privileges: one line, exit 2, no slot, no state table."""
+    state, data, admin = maria
+    user = f"tr_{uuid.uuid4().hex[:8]}"
+    with admin.cursor() as cur:
+        m_execute(cur, "CREATE USER %s@'%%' IDENTIFIED BY 'Weak!Pw9'", (user,))
+        m_execute(cur, f"GRANT SELECT ON {quote(state)}.* TO %s@'%%'", (user,))
+    try:
+        execute(source_uri, T_SQL)
+        doc = doc_for(task_name, source_uri, state, data)
+        doc["task"]["target"] = f"mysql://{user}:Weak!Pw9@127.0.0.1:3306/{state}"
+        res = run_cli(["run", str(write_settings(tmp_path / "v.json", doc)), "-q"],
+                      env={"TREMPY_HOME": str(trempy_home)})
+        assert res.returncode == 2 and "lacks privilege" in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and "Weak!Pw9" not in res.stderr + res.stdout
+        assert rows(source_uri, "SELECT slot_name FROM pg_replication_slots") == []
+        assert q(admin, "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = %s",
+                 (state,)) == [(0,)]
+    finally:
+        with admin.cursor() as cur:
+            m_execute(cur, "DROP USER IF EXISTS %s@'%%'", (user,))

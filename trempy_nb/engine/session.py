@@ -167,6 +167,7 @@ class CdcSession:
         _check_name_lengths(self.settings)
         d = self.dialect
         with connect(self.source, autocommit=True) as src, d.connect(self.target) as tgt:
+            d.validate(tgt)  # before anything is written
             d.ensure_state_tables(tgt)
             if s.start_mode == "reload":
                 drop_task_objects(src, self.name)

@@ -2,9 +2,10 @@
 
 The engine (session, applier) never asks which database the target is: the run
 picks one `TargetDialect` from the target URI (`engine.runner.target_dialect`:
-`POSTGRES` here, `MARIADB` in `writer.mariadb.dialect`) and calls its functions. Each is the dialect's own writer function with the same meaning (and,
-for the state functions, the same arguments) as `writer.state` / `writer.checkpoint`
-/ `writer.ddl` / `writer.apply`; PostgreSQL's are those functions themselves.
+`POSTGRES` here, `MARIADB` in `writer.mariadb.dialect`) and calls its functions.
+Each is the dialect's own writer function with the same meaning (and, for the
+state functions, the same arguments) as `writer.state` / `writer.checkpoint` /
+`writer.ddl` / `writer.apply`; PostgreSQL's are those functions themselves.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class TargetDialect:
     #: errors of the driver (a failed query); `lost_errors`: a lost connection (reconnect once)
     errors: tuple[type[BaseException], ...]
     lost_errors: tuple[type[BaseException], ...]
+    #: raises ValidationFailed (one line) unless the target can take a CDC run's writes
+    validate: Callable[[Any], None]
     #: (conn, task, tables, end_lsn, *, error_handling, on_row_error) -> ApplyResult
     apply_batch: Callable[..., ApplyResult]
     ensure_state_tables: Callable[[Any], None]
@@ -62,6 +65,10 @@ def _pg_usable(conn: psycopg.Connection) -> bool:
     return not conn.closed and not conn.broken
 
 
+def _pg_validate(conn: psycopg.Connection) -> None:
+    """Nothing more to check: a PostgreSQL target is checked where its tables are created."""
+
+
 def _pg_read_checkpoint(conn: psycopg.Connection, task: str) -> int | None:
     return read_checkpoint(conn, task)
 
@@ -81,6 +88,7 @@ POSTGRES = TargetDialect(
     usable=_pg_usable,
     errors=(psycopg.Error,),
     lost_errors=(psycopg.OperationalError,),
+    validate=_pg_validate,
     apply_batch=apply_batch,
     ensure_state_tables=ensure_state_tables,
     ensure_target=_pg_ensure_target,

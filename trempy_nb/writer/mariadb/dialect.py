@@ -8,7 +8,7 @@ from typing import Any
 import pymysql
 
 from trempy_nb.writer.dialect import TargetDialect
-from trempy_nb.writer.mariadb import ddl, state
+from trempy_nb.writer.mariadb import capabilities, ddl, state
 from trempy_nb.writer.mariadb import uri as maria_uri
 from trempy_nb.writer.mariadb.apply import (
     apply_batch,
@@ -31,6 +31,12 @@ def _usable(conn: Any) -> bool:
     return bool(conn.open)
 
 
+def _validate(conn: Any) -> None:
+    """Server version, InnoDB, local_infile (the apply stages through LOAD DATA), privileges."""
+    capabilities.validate(conn, database_of(conn))
+    conn.commit()
+
+
 def _ensure_state_tables(conn: Any) -> None:
     ddl.ensure_state_tables(conn, database_of(conn))
 
@@ -49,6 +55,7 @@ MARIADB = TargetDialect(
     usable=_usable,
     errors=(pymysql.err.MySQLError,),
     lost_errors=(pymysql.err.OperationalError, pymysql.err.InterfaceError),
+    validate=_validate,
     apply_batch=apply_batch,
     ensure_state_tables=_ensure_state_tables,
     ensure_target=_ensure_target,
