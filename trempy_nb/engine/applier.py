@@ -2,8 +2,9 @@
 
 A batch goes through the same plan as the full load (per source table: filters,
 transformations, target columns), then to the writer in ONE target transaction
-with the checkpoint of its stream (`writer.apply.apply_batch`: upsert or SCD2,
-bad rows through the one error policy). After the commit the sink calls the
+with the checkpoint of its stream (the target dialect's `apply_batch`, from
+`writer.apply` or `writer.mariadb.apply`: upsert or SCD2, bad rows through the
+one error policy). After the commit the sink calls the
 transport's checkpoint, then counts the batch (dashboard counters, per-table
 stats in the metadata store).
 

@@ -11,6 +11,9 @@ Invariant kept for `continue`: the slot's confirmed position never passes the
 target's checkpoint (idle advances write the checkpoint first), and every
 position is written to the target before it is confirmed (`_RecordingReader`).
 A slot that is missing, invalidated, or ahead of the target's record is a SlotLost.
+
+Every target I/O goes through the run's `TargetDialect` (`writer.dialect`): the
+same steps for a PostgreSQL and a MariaDB/MySQL target.
 """
 
 from __future__ import annotations
