@@ -34,7 +34,7 @@ from tests.cdc_helpers import (
     write_settings,
 )
 from tests.conftest import in_ci
-from trempy_nb.errors import ConnectionFailed
+from trempy_nb.errors import ConnectionFailed, SlotLost
 from trempy_nb.task import Task
 from trempy_nb.writer.mariadb import uri
 from trempy_nb.writer.mariadb.names import execute as m_execute
@@ -332,3 +332,21 @@ def test_cdc_run_checks_the_target_before_writing(source_uri: str, trempy_home: 
     finally:
         with admin.cursor() as cur:
             m_execute(cur, "DROP USER IF EXISTS %s@'%%'", (user,))
+
+
+def test_slot_recreated_while_stopped_is_slot_lost(source_uri: str, trempy_home: Path, task_name: str,
+                                                   maria: tuple[str, str, Any]) -> None:
+    """The slot position recorded on the MariaDB target unmasks a recreated slot."""
+    state, data, admin = maria
+    execute(source_uri, T_SQL)
+    doc = doc_for(task_name, source_uri, state, data)
+    run(doc)
+    execute(source_uri, "INSERT INTO t VALUES (1, 1, 'x')")
+    run(doc, "continue")
+    execute(source_uri, "SELECT pg_drop_replication_slot(%s)", (f"trempy_{task_name}",))
+    execute(source_uri, "INSERT INTO t VALUES (2, 2, 'lost')")
+    execute(source_uri, "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (f"trempy_{task_name}",))
+    execute(source_uri, "INSERT INTO t VALUES (3, 3, 'after')")
+    with pytest.raises(SlotLost, match="recreated"):
+        run(doc, "continue")
+    assert q(admin, f"SELECT id FROM {qualified(data, 't')} ORDER BY id") == [(1,)]
