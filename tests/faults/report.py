@@ -44,6 +44,7 @@ CASES = {
     17: "settings fuzzing (hypothesis)",
     18: "least privilege; SELECT revoked mid-run",
     19: "secrets never leak",
+    20: "kill -9 of the runner during CDC into a MariaDB target, repeated",
 }
 
 

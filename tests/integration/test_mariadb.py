@@ -729,11 +729,12 @@ def test_cli_full_load_into_mariadb(conn: Any, dbs: Callable[..., str], source_u
     hist = run_cli(["history", str(tmp_path / "maria.json"), "--key", "7", "--json"], env=env)
     assert hist.returncode == 0, hist.stderr
     assert [(r["id"], r["name"]) for r in json.loads(hist.stdout)] == [(7, "e7")]
-    # CDC into MariaDB is not wired into runs yet: one line, exit 2, nothing written
+    # the rabbitmq transport keeps its held tables on PostgreSQL only: one line, exit 2
+    # (CDC into MariaDB over the local transport: tests/integration/test_mariadb_cdc.py)
     cdc = settings_doc("cli_maria_cdc", source_uri, f"mysql://root@127.0.0.1:3306/{conn.db.decode()}",
-                       tables=[("hr", "employee")])
+                       tables=[("hr", "employee")], transport="rabbitmq")
     refused = run_cli(["run", str(write_settings(tmp_path / "cdc.json", cdc)), "-q"], env=env)
-    assert refused.returncode == 2 and "full_load for now" in refused.stderr
+    assert refused.returncode == 2 and "transport local" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
 
 

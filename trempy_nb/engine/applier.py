@@ -2,8 +2,9 @@
 
 A batch goes through the same plan as the full load (per source table: filters,
 transformations, target columns), then to the writer in ONE target transaction
-with the checkpoint of its stream (`writer.apply.apply_batch`: upsert or SCD2,
-bad rows through the one error policy). After the commit the sink calls the
+with the checkpoint of its stream (the target dialect's `apply_batch`, from
+`writer.apply` or `writer.mariadb.apply`: upsert or SCD2, bad rows through the
+one error policy). After the commit the sink calls the
 transport's checkpoint, then counts the batch (dashboard counters, per-table
 stats in the metadata store).
 
@@ -19,9 +20,9 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 import polars as pl
-import psycopg
 
 from trempy_nb import changes as ch
 from trempy_nb.catalog import describe_table
@@ -35,9 +36,8 @@ from trempy_nb.pipeline.plan import TablePlan, compile_plan
 from trempy_nb.settings import TaskSettings
 from trempy_nb.transport.base import Checkpoint, TableHook
 from trempy_nb.writer import errorpolicy as policy
-from trempy_nb.writer.apply import ApplyResult, TableApply, apply_batch
-from trempy_nb.writer.checkpoint import read_checkpoint
-from trempy_nb.writer.ddl import add_column
+from trempy_nb.writer.apply import ApplyResult, TableApply
+from trempy_nb.writer.dialect import POSTGRES, TargetDialect
 
 _APPLIED_OPS = (("inserted", "insert"), ("updated", "update"), ("deleted", "delete"),
                 ("opened", "scd2 open"), ("closed", "scd2 close"), ("truncates", "truncate"))
@@ -48,12 +48,13 @@ class ChangeApplier:
 
     def __init__(self, task: str, settings: TaskSettings, plans: dict[tuple[str, str], TablePlan], source: str,
                  target: str, *, store: MetadataStore, run_id: str, counters: Counters,
-                 connection_name: str = "apply") -> None:
+                 connection_name: str = "apply", dialect: TargetDialect = POSTGRES) -> None:
         self.task, self.settings, self.plans = task, settings, plans  # plans: shared with the session
+        self.dialect = dialect  # the target's database: every target I/O goes through it
         self.source, self.target = source, target
         self.store, self.run_id, self.counters = store, run_id, counters
         self.application_name = f"trempy_nb:{task}:{connection_name}"
-        self._tgt: psycopg.Connection | None = None
+        self._tgt: Any = None  # a connection of the target's dialect
 
     # ChangeSink ----------------------------------------------------------------------
     def put(self, batch: ch.ChangeBatch, checkpoint: Checkpoint | None = None, *,
@@ -66,17 +67,17 @@ class ChangeApplier:
 
     def durable_lsn(self, stream: str | None = None) -> int | None:
         try:
-            value = read_checkpoint(self.connection, stream or self.task)
+            value = self.dialect.read_checkpoint(self.connection, stream or self.task)
             self.connection.commit()
             return value
-        except psycopg.Error:
+        except self.dialect.errors:
             self.reset()
             raise
 
     def reset(self) -> None:
         if self._tgt is not None:
             with contextlib.suppress(Exception):
-                if not self._tgt.closed and not self._tgt.broken:
+                if self.dialect.usable(self._tgt):
                     self._tgt.rollback()
                     return
             with contextlib.suppress(Exception):
@@ -90,13 +91,13 @@ class ChangeApplier:
             self._tgt = None
 
     @property
-    def connection(self) -> psycopg.Connection:
-        if self._tgt is None or self._tgt.closed or self._tgt.broken:
-            self._tgt = connect(self.target, application_name=self.application_name)
+    def connection(self) -> Any:
+        if self._tgt is None or not self.dialect.usable(self._tgt):
+            self._tgt = self.dialect.connect(self.target, application_name=self.application_name)
         return self._tgt
 
     # the work ------------------------------------------------------------------------
-    def _write(self, batch: ch.ChangeBatch, tgt: psycopg.Connection, checkpoint_task: str,
+    def _write(self, batch: ch.ChangeBatch, tgt: Any, checkpoint_task: str,
                on_table: TableHook | None) -> ApplyResult:
         items: list[TableApply] = []
         keys: list[tuple[str, str]] = []
@@ -126,7 +127,7 @@ class ChangeApplier:
                                     bad.payload, key=bad.key)
 
         tables = _Announced(items, keys, on_table) if on_table is not None else items
-        return apply_batch(tgt, checkpoint_task, tables, batch.end_lsn,
+        return self.dialect.apply_batch(tgt, checkpoint_task, tables, batch.end_lsn,
                            error_handling=self.settings.error_handling, on_row_error=on_row_error)
 
     def _record(self, result: ApplyResult, batch: ch.ChangeBatch) -> None:
@@ -155,7 +156,7 @@ class ChangeApplier:
             self.store.record_stats(self.run_id, self.task, tc.schema, tc.table, "cdc",
                                     rows_read=tc.frame.height)
 
-    def _plan_for_shape(self, tc: ch.TableChanges, tgt: psycopg.Connection) -> TablePlan:
+    def _plan_for_shape(self, tc: ch.TableChanges, tgt: Any) -> TablePlan:
         """Follow a source schema change: a new column is added to the target; others stop the table."""
         plan = self.plans[tc.key]
         known = {c.name: c.pg_type for c in plan.source.columns}
@@ -184,10 +185,10 @@ class ChangeApplier:
         spec = target_spec(new_plan, self.settings)
         added = [c for c in new_plan.target_columns if c.name not in {x.name for x in plan.target_columns}]
         for col in added:
-            add_column(tgt, spec, col)
+            self.dialect.add_column(tgt, spec, col)
         tgt.commit()
         self.plans[tc.key] = new_plan
-        record_shapes(tgt, self.task, self.plans, [tc.key])
+        record_shapes(self.dialect, tgt, self.task, self.plans, [tc.key])
         self.store.log(self.task, self.run_id, "INFO",
                        f"{tc.schema}.{tc.table}: new source column(s) {', '.join(c.name for c in added)} added to the target")
         return new_plan

@@ -27,7 +27,6 @@ from datetime import datetime
 from pathlib import Path
 
 import polars as pl
-import psycopg
 
 from trempy_nb.capture.slot import drop_task_objects
 from trempy_nb.connections import is_mariadb_uri, resolve
@@ -48,8 +47,7 @@ from trempy_nb.reports import record_targets
 from trempy_nb.settings import parse_settings
 from trempy_nb.transport.base import Role, StreamContext, Transport
 from trempy_nb.transport.registry import lookup
-from trempy_nb.writer.checkpoint import reset_checkpoint
-from trempy_nb.writer.ddl import ensure_state_tables
+from trempy_nb.writer.dialect import POSTGRES, TargetDialect
 from trempy_nb.writer.errorpolicy import BadRow
 
 #: The full load of one target dialect (`fullload.run_full_load`, `fullload_mariadb.run_full_load_mariadb`)
@@ -143,9 +141,9 @@ class Runner:
         task = self.task
         settings = task.settings
         rtype = settings.task.replication_type
-        if is_mariadb_uri(task.target_uri) and (rtype != "full_load" or self.role != "both"):
+        if is_mariadb_uri(task.target_uri) and settings.task.transport != "local":
             raise SettingsError(f"task.target {mask(settings.task.target)}: a MariaDB/MySQL target takes"
-                                " replication_type full_load for now (its CDC apply is not wired into runs yet)")
+                                " transport local (the rabbitmq transport's held tables exist only on PostgreSQL)")
         if self.role == "consumer":
             return [], self._consume(store, run_id)
         source, target = task.source_uri, task.target_uri
@@ -180,8 +178,8 @@ class Runner:
         record_targets(store, self.task.settings, plans)  # what `history NAME` reads
         session = self._new_session(store, run_id, plans)
         try:
-            with connect(self.task.target_uri) as tgt:
-                ensure_state_tables(tgt)
+            with session.dialect.connect(self.task.target_uri) as tgt:
+                session.dialect.ensure_state_tables(tgt)
                 tgt.commit()
             return self._stream(session, run_id)
         finally:
@@ -189,7 +187,8 @@ class Runner:
 
     def _new_session(self, store: MetadataStore, run_id: str, plans: dict[tuple[str, str], TablePlan]) -> CdcSession:
         session = CdcSession(self.task, plans, self.task.source_uri, self.task.target_uri, store=store,
-                             run_id=run_id, counters=self.counters, stop=self._stop)
+                             run_id=run_id, counters=self.counters, stop=self._stop,
+                             dialect=target_dialect(self.task.target_uri))
         session.on_status = self._set_status
         self._session = session
         return session
@@ -202,7 +201,7 @@ class Runner:
         if self.role != "producer":
             sink = ChangeApplier(self.task.name, settings, session.plans, session.source, session.target,
                                  store=session.store, run_id=run_id, counters=self.counters,
-                                 connection_name=transport.sink_name)
+                                 connection_name=transport.sink_name, dialect=session.dialect)
         ctx = StreamContext(self.task.name, settings, session.target, session, self._stop, session.catch_up,
                             until_caught_up=self.until_caught_up)
         try:
@@ -235,6 +234,18 @@ class Runner:
                         on_table_done=on_done)
         finally:
             bars.close()
+
+
+def target_dialect(target: str) -> TargetDialect:
+    """The run's target dialect, chosen once from the resolved target URI (the engine asks no more)."""
+    if not is_mariadb_uri(target):
+        return POSTGRES
+    try:
+        # lazy: the MariaDB driver is the optional extra trempy_nb[mariadb], imported only for such targets
+        from trempy_nb.writer.mariadb.dialect import MARIADB
+    except ImportError as exc:
+        raise SettingsError(f"a MariaDB/MySQL target needs its driver: pip install 'trempy_nb[mariadb]' ({exc})") from None
+    return MARIADB
 
 
 def _mariadb_full_load() -> FullLoad:
@@ -355,9 +366,11 @@ def drop_task_by_name(name: str, source: str | None, target: str | None) -> None
         with connect(resolve(source), autocommit=True) as conn:
             drop_task_objects(conn, name)
     if target:
-        with connect(resolve(target)) as conn:
-            with contextlib.suppress(psycopg.Error):
-                reset_checkpoint(conn, name)
+        uri = resolve(target, mariadb=True)
+        dialect = target_dialect(uri)
+        with dialect.connect(uri) as conn:
+            with contextlib.suppress(*dialect.errors):
+                dialect.reset_checkpoint(conn, name)
                 conn.commit()
     with contextlib.suppress(ImportError, TrempyError):
         # lazy: start-up speed (pika loads only when there may be broker objects to drop)

@@ -11,6 +11,9 @@ Invariant kept for `continue`: the slot's confirmed position never passes the
 target's checkpoint (idle advances write the checkpoint first), and every
 position is written to the target before it is confirmed (`_RecordingReader`).
 A slot that is missing, invalidated, or ahead of the target's record is a SlotLost.
+
+Every target I/O goes through the run's `TargetDialect` (`writer.dialect`): the
+same steps for a PostgreSQL and a MariaDB/MySQL target.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import psycopg
 
@@ -48,9 +52,7 @@ from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.redact import mask
 from trempy_nb.settings import TaskSettings
 from trempy_nb.transport.base import CatchUp, ChangeSource, DeadLetter
-from trempy_nb.writer import state
-from trempy_nb.writer.checkpoint import read_checkpoint, reset_checkpoint, write_checkpoint
-from trempy_nb.writer.ddl import ensure_state_tables, ensure_target
+from trempy_nb.writer.dialect import POSTGRES, TargetDialect
 
 
 class _RecordingReader(ChangeReader):
@@ -63,11 +65,11 @@ class _RecordingReader(ChangeReader):
     """
 
     def __init__(self, uri: str, slot: str, publication: str, max_changes: int, *, application_name: str,
-                 target: str, task_name: str, stream: bool) -> None:
+                 target: str, task_name: str, stream: bool, dialect: TargetDialect = POSTGRES) -> None:
         super().__init__(uri, slot, publication, max_changes=max_changes, application_name=application_name,
                          stream=stream)
-        self._target, self._task_name = target, task_name
-        self._rec: psycopg.Connection | None = None
+        self._target, self._task_name, self._dialect = target, task_name, dialect
+        self._rec: Any = None  # a connection of the target's dialect
 
     def _advance(self, lsn: int) -> None:
         self._record(lsn)
@@ -76,11 +78,11 @@ class _RecordingReader(ChangeReader):
     def _record(self, lsn: int) -> None:
         for attempt in (1, 2):
             try:
-                if self._rec is None or self._rec.closed:
-                    self._rec = connect(self._target, autocommit=True)
-                state.record_slot_lsn(self._rec, self._task_name, lsn)
+                if self._rec is None or not self._dialect.usable(self._rec):
+                    self._rec = self._dialect.connect(self._target, autocommit=True)
+                self._dialect.record_slot_lsn(self._rec, self._task_name, lsn)
                 return
-            except psycopg.OperationalError:
+            except self._dialect.lost_errors:
                 self._close_record()  # a target restart: one fresh connection, then give up loudly
                 if attempt == 2:
                     raise
@@ -108,8 +110,10 @@ class CdcSession:
     """One task's slot for one run, and the engine's side of its stream (`StreamHooks`)."""
 
     def __init__(self, task: RunnableTask, plans: dict[tuple[str, str], TablePlan], source: str, target: str, *,
-                 store: MetadataStore, run_id: str | None, counters: Counters, stop: threading.Event) -> None:
+                 store: MetadataStore, run_id: str | None, counters: Counters, stop: threading.Event,
+                 dialect: TargetDialect = POSTGRES) -> None:
         self.task, self.plans = task, dict(plans)
+        self.dialect = dialect  # the target's database: every target I/O goes through it
         self.name = task.name
         self.settings: TaskSettings = task.settings
         self.source, self.target = source, target
@@ -164,15 +168,17 @@ class CdcSession:
         s = self.settings.task
         tables = [t.key for t in self.settings.tables]
         _check_name_lengths(self.settings)
-        with connect(self.source, autocommit=True) as src, connect(self.target) as tgt:
-            ensure_state_tables(tgt)
+        d = self.dialect
+        with connect(self.source, autocommit=True) as src, d.connect(self.target) as tgt:
+            d.validate(tgt)  # before anything is written
+            d.ensure_state_tables(tgt)
             if s.start_mode == "reload":
                 drop_task_objects(src, self.name)
-                reset_checkpoint(tgt, self.name)
-                state.forget_task(tgt, self.name)
+                d.reset_checkpoint(tgt, self.name)
+                d.forget_task(tgt, self.name)
             tgt.commit()
-            checkpoint = read_checkpoint(tgt, self.name)
-            slot_lsn = state.read_slot_lsn(tgt, self.name) if checkpoint is not None else 0
+            checkpoint = d.read_checkpoint(tgt, self.name)
+            slot_lsn = d.read_slot_lsn(tgt, self.name) if checkpoint is not None else 0
             tgt.commit()
             status = slot_status(src, self.slot)
             if checkpoint is not None:
@@ -193,25 +199,25 @@ class CdcSession:
                 return
             fl = self.settings.task.full_load_settings
             for plan in self.plans.values():  # no full load creates the target tables: do it here
-                ensure_target(tgt, target_spec(plan, self.settings), create=fl.create_table_if_not_exists)
+                d.ensure_target(tgt, target_spec(plan, self.settings), create=fl.create_table_if_not_exists)
             tgt.commit()  # slot creation waits for every open transaction of the cluster
             lsn = create_slot(src, self.slot)
-            write_checkpoint(tgt, self.name, lsn)
-            state.record_slot_lsn(tgt, self.name, lsn)
+            d.write_checkpoint(tgt, self.name, lsn)
+            d.record_slot_lsn(tgt, self.name, lsn)
             tgt.commit()
             self._record_shapes(tgt)
             yield Handoff(False)
 
-    def _record_shapes(self, tgt: psycopg.Connection, keys: list[tuple[str, str]] | None = None) -> None:
+    def _record_shapes(self, tgt: Any, keys: list[tuple[str, str]] | None = None) -> None:
         """Write the source columns each table is planned with (see `_check_shapes`)."""
-        record_shapes(tgt, self.name, self.plans, keys)
+        record_shapes(self.dialect, tgt, self.name, self.plans, keys)
 
-    def _check_shapes(self, tgt: psycopg.Connection) -> None:
+    def _check_shapes(self, tgt: Any) -> None:
         """`continue`: a source column the task was streaming that is gone or has another type now
         was dropped, renamed or retyped while the task was stopped. Its changes of the new shape
         cannot be applied faithfully: stop before any is (a running task catches it from the
         stream's Relation message instead)."""
-        recorded = state.read_shapes(tgt, self.name)
+        recorded = self.dialect.read_shapes(tgt, self.name)
         tgt.commit()
         for key, plan in self.plans.items():
             before = recorded.get(key)
@@ -233,17 +239,17 @@ class CdcSession:
                     )
         self._record_shapes(tgt)
 
-    def _check_added_tables(self, tgt: psycopg.Connection) -> None:
+    def _check_added_tables(self, tgt: Any) -> None:
         """`continue` with a table the task did not have before: without a full load of it, its
         existing rows would never reach the target; a cdc-only task just starts streaming it."""
         fl = self.settings.task.full_load_settings
         if self.settings.task.replication_type != "full_load_and_cdc":
             for plan in self.plans.values():  # columns added on the source meanwhile are added too
-                ensure_target(tgt, target_spec(plan, self.settings), create=fl.create_table_if_not_exists,
-                              add_missing=True)
+                self.dialect.ensure_target(tgt, target_spec(plan, self.settings),
+                                           create=fl.create_table_if_not_exists, add_missing=True)
             tgt.commit()
             return
-        loaded = state.loaded_tables(tgt, self.name)
+        loaded = self.dialect.loaded_tables(tgt, self.name)
         tgt.commit()
         added = [".".join(t.key) for t in self.settings.tables if t.key not in loaded]
         if added:
@@ -253,7 +259,7 @@ class CdcSession:
                 " in a task of their own."
             )
         for plan in self.plans.values():  # columns added on the source while stopped
-            ensure_target(tgt, target_spec(plan, self.settings), create=False, add_missing=True)
+            self.dialect.ensure_target(tgt, target_spec(plan, self.settings), create=False, add_missing=True)
         tgt.commit()
 
     def _check_slot(self, status: SlotStatus | None, known: int) -> None:
@@ -278,16 +284,17 @@ class CdcSession:
 
     def mark_loaded(self, lsn: int | None) -> None:
         """After the full load committed: the stream starts at the slot's consistent point."""
-        with connect(self.target) as tgt:
-            write_checkpoint(tgt, self.name, int(lsn or 0))
-            state.record_slot_lsn(tgt, self.name, int(lsn or 0))
+        d = self.dialect
+        with d.connect(self.target) as tgt:
+            d.write_checkpoint(tgt, self.name, int(lsn or 0))
+            d.record_slot_lsn(tgt, self.name, int(lsn or 0))
             tgt.commit()
 
     # StreamHooks: what a transport asks of the engine --------------------------------
     def new_source(self) -> ChangeSource:
         return _RecordingReader(self.source, self.slot, self.publication, max_changes=batch_size(),
                                 application_name=f"trempy_nb:{self.name}:capture", target=self.target,
-                                task_name=self.name, stream=True)
+                                task_name=self.name, stream=True, dialect=self.dialect)
 
     def status(self, state_: str) -> None:
         if self.on_status:
@@ -361,10 +368,10 @@ class CdcSession:
                 self.counters.failed[(table, "dead_letter")] += 1
 
 
-def record_shapes(tgt: psycopg.Connection, task: str, plans: dict[tuple[str, str], TablePlan],
+def record_shapes(dialect: TargetDialect, tgt: Any, task: str, plans: dict[tuple[str, str], TablePlan],
                   keys: list[tuple[str, str]] | None = None) -> None:
     """Write the source columns each table (of `keys`, default all) is planned with; commits."""
-    state.record_shapes(tgt, task, {
+    dialect.record_shapes(tgt, task, {
         key: [(c.name, c.pg_type) for c in plan.source.columns]
         for key, plan in plans.items() if keys is None or key in keys
     })

@@ -72,6 +72,12 @@ def write_checkpoint(conn: Any, task: str, lsn: int, *, database: str | None = N
                 " updated_at = VALUES(updated_at)", (task, int(lsn)))
 
 
+def reset_checkpoint(conn: Any, task: str, *, database: str | None = None) -> None:
+    """Forget the task's checkpoint (start_mode `reload`)."""
+    with conn.cursor() as cur:
+        execute(cur, f"DELETE FROM {qualified(database or database_of(conn), CHECKPOINTS)} WHERE task = %s", (task,))
+
+
 def apply_batch(
     conn: Any,
     task: str,

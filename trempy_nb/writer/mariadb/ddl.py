@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from trempy_nb.catalog import ColumnInfo
 from trempy_nb.errors import TerminalError, ValidationFailed
 from trempy_nb.writer.ddl import TargetSpec
 from trempy_nb.writer.mariadb.names import column_list, execute, qualified, quote
@@ -159,3 +160,11 @@ def ensure_target(
         raise TerminalError(f"target table {name} exists but lacks column(s) {', '.join(missing)};"
                             " set full_load_settings.recreate_table_if_exists or add them")
     return False, types
+
+
+def add_column(conn: Any, spec: TargetSpec, column: ColumnInfo, *, native_uuid: bool = True) -> None:
+    """A column that appeared on the source flows to the target from then on (DDL: commits implicitly)."""
+    mt = mariadb_type(column.pg_type, key=column.name in spec.key, native_uuid=native_uuid)
+    with conn.cursor() as cur:
+        execute(cur, f"ALTER TABLE {qualified(spec.schema, spec.table)} ADD COLUMN IF NOT EXISTS"
+                f" {quote(column.name)} {mt.sql}")

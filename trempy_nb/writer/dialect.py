@@ -1,0 +1,105 @@
+"""The target dialect: every target I/O the CDC engine does, for PostgreSQL or MariaDB/MySQL.
+
+The engine (session, applier) never asks which database the target is: the run
+picks one `TargetDialect` from the target URI (`engine.runner.target_dialect`:
+`POSTGRES` here, `MARIADB` in `writer.mariadb.dialect`) and calls its functions.
+Each is the dialect's own writer function with the same meaning (and, for the
+state functions, the same arguments) as `writer.state` / `writer.checkpoint` /
+`writer.ddl` / `writer.apply`; PostgreSQL's are those functions themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from trempy_nb.catalog import ColumnInfo
+from trempy_nb.db import connect as pg_connect
+from trempy_nb.writer import state
+from trempy_nb.writer.apply import ApplyResult, apply_batch
+from trempy_nb.writer.checkpoint import read_checkpoint, reset_checkpoint, write_checkpoint
+from trempy_nb.writer.ddl import TargetSpec, add_column, ensure_state_tables, ensure_target
+
+Shape = list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class TargetDialect:
+    """A target database's side of a CDC run (connections are the dialect's driver's)."""
+
+    name: str
+    #: (uri, *, autocommit, application_name) -> an open connection
+    connect: Callable[..., Any]
+    #: False once the connection is closed or broken (reconnect)
+    usable: Callable[[Any], bool]
+    #: errors of the driver (a failed query); `lost_errors`: a lost connection (reconnect once)
+    errors: tuple[type[BaseException], ...]
+    lost_errors: tuple[type[BaseException], ...]
+    #: raises ValidationFailed (one line) unless the target can take a CDC run's writes
+    validate: Callable[[Any], None]
+    #: (conn, task, tables, end_lsn, *, error_handling, on_row_error) -> ApplyResult
+    apply_batch: Callable[..., ApplyResult]
+    ensure_state_tables: Callable[[Any], None]
+    #: (conn, spec, *, create, add_missing) -> whatever the dialect reports
+    ensure_target: Callable[..., object]
+    add_column: Callable[[Any, TargetSpec, ColumnInfo], None]
+    read_checkpoint: Callable[[Any, str], int | None]
+    write_checkpoint: Callable[[Any, str, int], None]
+    reset_checkpoint: Callable[[Any, str], None]
+    record_slot_lsn: Callable[[Any, str, int], None]
+    read_slot_lsn: Callable[[Any, str], int]
+    record_shapes: Callable[[Any, str, dict[tuple[str, str], Shape]], None]
+    read_shapes: Callable[[Any, str], dict[tuple[str, str], Shape]]
+    loaded_tables: Callable[[Any, str], set[tuple[str, str]]]
+    forget_task: Callable[[Any, str], None]
+
+
+def _pg_connect(uri: str, *, autocommit: bool = False, application_name: str = "trempy_nb") -> psycopg.Connection:
+    return pg_connect(uri, autocommit=autocommit, application_name=application_name)
+
+
+def _pg_usable(conn: psycopg.Connection) -> bool:
+    return not conn.closed and not conn.broken
+
+
+def _pg_validate(conn: psycopg.Connection) -> None:
+    """Nothing more to check: a PostgreSQL target is checked where its tables are created."""
+
+
+def _pg_read_checkpoint(conn: psycopg.Connection, task: str) -> int | None:
+    return read_checkpoint(conn, task)
+
+
+def _pg_ensure_target(conn: psycopg.Connection, spec: TargetSpec, *, create: bool = True,
+                      add_missing: bool = False) -> object:
+    return ensure_target(conn, spec, create=create, add_missing=add_missing)
+
+
+def _pg_forget_task(conn: psycopg.Connection, task: str) -> None:
+    state.forget_task(conn, task)
+
+
+POSTGRES = TargetDialect(
+    name="postgresql",
+    connect=_pg_connect,
+    usable=_pg_usable,
+    errors=(psycopg.Error,),
+    lost_errors=(psycopg.OperationalError,),
+    validate=_pg_validate,
+    apply_batch=apply_batch,
+    ensure_state_tables=ensure_state_tables,
+    ensure_target=_pg_ensure_target,
+    add_column=add_column,
+    read_checkpoint=_pg_read_checkpoint,
+    write_checkpoint=write_checkpoint,
+    reset_checkpoint=reset_checkpoint,
+    record_slot_lsn=state.record_slot_lsn,
+    read_slot_lsn=state.read_slot_lsn,
+    record_shapes=state.record_shapes,
+    read_shapes=state.read_shapes,
+    loaded_tables=state.loaded_tables,
+    forget_task=_pg_forget_task,
+)

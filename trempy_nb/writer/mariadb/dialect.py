@@ -1,0 +1,72 @@
+"""The MariaDB/MySQL `TargetDialect` (see `writer.dialect`): this package's functions, bound to the
+database the target URI names (the connection's), where the task's state tables live."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pymysql
+
+from trempy_nb.writer.dialect import TargetDialect
+from trempy_nb.writer.mariadb import capabilities, ddl, state
+from trempy_nb.writer.mariadb import uri as maria_uri
+from trempy_nb.writer.mariadb.apply import (
+    apply_batch,
+    database_of,
+    read_checkpoint,
+    reset_checkpoint,
+    write_checkpoint,
+)
+
+
+def _connect(uri: str, *, autocommit: bool = False, application_name: str = "trempy_nb") -> Any:
+    """`application_name` has no MariaDB counterpart (the server shows the user and host)."""
+    conn = maria_uri.connect(uri)
+    if autocommit:
+        conn.autocommit(True)
+    return conn
+
+
+def _usable(conn: Any) -> bool:
+    return bool(conn.open)
+
+
+def _validate(conn: Any) -> None:
+    """Server version, InnoDB, local_infile (the apply stages through LOAD DATA), privileges."""
+    capabilities.validate(conn, database_of(conn))
+    conn.commit()
+
+
+def _ensure_state_tables(conn: Any) -> None:
+    ddl.ensure_state_tables(conn, database_of(conn))
+
+
+def _ensure_target(conn: Any, spec: ddl.TargetSpec, *, create: bool = True, add_missing: bool = False) -> object:
+    return ddl.ensure_target(conn, spec, create=create, add_missing=add_missing)
+
+
+def _forget_task(conn: Any, task: str) -> None:
+    state.forget_task(conn, task)
+
+
+MARIADB = TargetDialect(
+    name="mariadb",
+    connect=_connect,
+    usable=_usable,
+    errors=(pymysql.err.MySQLError,),
+    lost_errors=(pymysql.err.OperationalError, pymysql.err.InterfaceError),
+    validate=_validate,
+    apply_batch=apply_batch,
+    ensure_state_tables=_ensure_state_tables,
+    ensure_target=_ensure_target,
+    add_column=ddl.add_column,
+    read_checkpoint=read_checkpoint,
+    write_checkpoint=write_checkpoint,
+    reset_checkpoint=reset_checkpoint,
+    record_slot_lsn=state.record_slot_lsn,
+    read_slot_lsn=state.read_slot_lsn,
+    record_shapes=state.record_shapes,
+    read_shapes=state.read_shapes,
+    loaded_tables=state.loaded_tables,
+    forget_task=_forget_task,
+)
