@@ -28,10 +28,11 @@ def _assert_classified(log: str) -> None:
 
 
 def _copy_running(env) -> bool:
+    """The applier is inside its batch: its COPY into staging, or any statement after it."""
     rows = q(
         env.tgt,
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-        " AND state = 'active' AND query ILIKE 'COPY%%'",
+        " AND state = 'active' AND (query ILIKE 'COPY%%' OR application_name LIKE 'trempy_nb:%%:apply%%')",
     )
     return bool(rows[0][0])
 
@@ -99,9 +100,12 @@ def test_c05_target_crash_mid_apply(pair):
         hi = wl.ledger.mark()
         wl.bulk_txn(TABLES[1], 150_000)  # one large transaction, applied as one batch
         mark = env.flush_lsn()
-        wait_until(
-            lambda: _copy_running(env) or not r.alive(), 60, "the apply's COPY on the target"
-        )
+        try:
+            wait_until(
+                lambda: _copy_running(env) or not r.alive(), 120, "the apply's COPY on the target"
+            )
+        except AssertionError as exc:  # say what the runner was doing instead
+            raise AssertionError(f"{exc}; runner log:\n{r.log()[-3000:]}") from None
         pair.tgt.stop("immediate")
         RESULTS.fault("target crash -m immediate mid-apply")
         t0 = time.monotonic()
