@@ -249,7 +249,7 @@ class MetadataStore:
                 columns = {r[1] for r in conn.execute("PRAGMA table_info(errors)")}
                 if "key" not in columns:  # a store made before version 2
                     conn.execute('ALTER TABLE errors ADD COLUMN "key" TEXT')
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.execute("PRAGMA user_version = " + str(int(SCHEMA_VERSION)))  # PRAGMA takes no parameters; a constant
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
