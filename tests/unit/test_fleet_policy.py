@@ -111,6 +111,8 @@ def test_actual_states() -> None:
     assert actual_state("streaming", 1) == "streaming"
     assert actual_state("streaming", 120) == "catching_up"
     assert actual_state("starting", 0) == "pending"
+    assert actual_state("running", 0) == "pending"  # preparing the slot
+    assert actual_state("running", 0, role="consumer") == "streaming"  # a consumer has no slot
     assert actual_state("stopped", 0) == actual_state("succeeded", 0) == "stopped"
     assert actual_state("failed", 0) == "failed"
 

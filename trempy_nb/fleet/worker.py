@@ -298,7 +298,6 @@ class Worker:
         return max(1, math.ceil(len(pairs) / max(1, len(alive))))
 
     def _claim_one(self, task: str, role: str) -> None:
-        previous = self._previous_owner(task, role)
         sent = time.monotonic()
         lease = self._call(self.store.claim, task, role, self.name, self.ttl_s)
         if not lease:
@@ -307,28 +306,18 @@ class Worker:
         with self._lock:
             self.held[a.key] = a
         self._seen_claimable.pop(a.key, None)
-        if previous is not None:
-            who, expired_s = previous
+        previous = getattr(lease, "previous_worker", None)
+        if previous and previous != self.name:
+            # the store gives the seconds since the old holder last renewed; its lease ran a ttl longer
+            expired_s = lease_expired_for({"lease_age_s": getattr(lease, "previous_age_s", None)}, self.ttl_s)
             self.takeovers += 1
-            self._call(self.store.record_takeover, task, role, who, self.name, expired_s)
-            self.say("INFO", f"took over from {who} (epoch {a.epoch}; its lease had expired"
+            self._call(self.store.record_takeover, task, role, previous, self.name, expired_s)
+            self.say("INFO", f"took over from {previous} (epoch {a.epoch}; its lease had expired"
                      f" {expired_s:.1f} s before)", task, role,
-                     fields={"event": "takeover", "from": who, "epoch": a.epoch, "expired_s": expired_s})
+                     fields={"event": "takeover", "from": previous, "epoch": a.epoch, "expired_s": expired_s})
         else:
             self.say("INFO", f"claimed (epoch {a.epoch})", task, role)
         self._start(a, time.monotonic())
-
-    def _previous_owner(self, task: str, role: str) -> tuple[str, float] | None:
-        """(worker, seconds since its lease expired) of the last owner when it was another worker."""
-        rows = self._call(self.store.fleet_status, task) or []
-        for row in rows:
-            if str(row.get("role") or "both") != role and len(rows) > 1:
-                continue
-            who = row.get("worker")
-            if not who or who == self.name:
-                return None
-            return str(who), lease_expired_for(row, self.ttl_s)
-        return None
 
     # reporting --------------------------------------------------------------------------------
     def _refresh_status(self) -> None:
@@ -346,9 +335,11 @@ class Worker:
             if runner is None or a.stopping == STOP_LOST or not a.clock.valid():
                 continue
             c = runner.counters
-            state = actual_state(runner.status, float(c.lag_seconds))
+            state = actual_state(runner.status, float(c.lag_seconds), a.role)
             a.state = state
+            healthy = state in ("loading", "streaming", "catching_up")
             self._call(self.store.report, a.task, role=a.role, state=state, worker=self.name,
+                       error="" if healthy else None,  # running again: an earlier error is history
                        lag_bytes=int(c.lag_bytes), lag_s=round(float(c.lag_seconds), 3),
                        changes_applied=self._applied_before.get(a.key, 0) + int(c.changes))
 
