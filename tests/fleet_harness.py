@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -347,13 +348,17 @@ def scd2_task(name: str, table: str, *, transport: str = "local") -> dict[str, A
 def fleet_world(tmp: Path, n_links: int, use_netns: bool) -> Iterator[tuple[Fleet, list[Link], Cluster, Cluster]]:
     """Links (when `use_netns`), a source and a target cluster reachable through them, a state store
     database on the target cluster, fresh source/target databases."""
-    links = [Link(i + 1).create() for i in range(n_links)] if use_netns else []
+    links: list[Link] = []
     clusters: list[Cluster] = []
     fleet: Fleet | None = None
+    pg_dir = Path(tempfile.mkdtemp(prefix="trempy_fleet_"))
+    os.chmod(pg_dir, 0o755)  # the clusters run as an unprivileged user
     try:
-        src = start_reachable_cluster(tmp / "pg_src", links)
+        for i in range(n_links if use_netns else 0):
+            links.append(Link(i + 1).create())
+        src = start_reachable_cluster(pg_dir / "src", links)
         clusters.append(src)
-        tgt = start_reachable_cluster(tmp / "pg_tgt", links)
+        tgt = start_reachable_cluster(pg_dir / "tgt", links)
         clusters.append(tgt)
         tag = uuid.uuid4().hex[:6]
         uris = {"FLEET_SRC": src.create_database(f"src_{tag}"), "FLEET_TGT": tgt.create_database(f"tgt_{tag}")}
@@ -369,3 +374,4 @@ def fleet_world(tmp: Path, n_links: int, use_netns: bool) -> Iterator[tuple[Flee
             c.destroy()
         for link in links:
             link.destroy()
+        shutil.rmtree(pg_dir, ignore_errors=True)

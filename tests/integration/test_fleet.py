@@ -74,7 +74,7 @@ def test_kill_and_freeze_owners_all_tasks_taken_over_exactly_once(world: tuple[F
     tables = [f"t{i}" for i in range(4)]
     load = UpdateLoad(fleet.uris["FLEET_SRC"], tables)
     store = fleet.store()
-    for task, table in zip(tasks, tables):
+    for task, table in zip(tasks, tables, strict=True):
         store.submit(task, scd2_task(task, table))
     workers = _start(fleet, links, 3)
     first = wait_for(lambda: all_streaming(store, tasks, _alive(workers)), 120, "four tasks streaming",
@@ -117,7 +117,7 @@ def test_sigterm_drains_and_hands_over_without_error(world: tuple[Fleet, list[An
     tables = ["d0", "d1"]
     load = UpdateLoad(fleet.uris["FLEET_SRC"], tables)
     store = fleet.store()
-    for task, table in zip(tasks, tables):
+    for task, table in zip(tasks, tables, strict=True):
         store.submit(task, scd2_task(task, table))
     workers = _start(fleet, links, 2)
     first = wait_for(lambda: all_streaming(store, tasks, _alive(workers)), 120, "two tasks streaming", fleet.logs)
