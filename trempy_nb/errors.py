@@ -69,3 +69,8 @@ class RowError(TrempyError):
 
 class AlreadyRunning(TerminalError):
     """Another runner holds this task."""
+
+
+class Fenced(TerminalError):
+    """This copy of a task lost its lease: the target holds a newer epoch (or the lease expired), so
+    its write was rolled back and it stops (`writer.fence`)."""
