@@ -195,7 +195,7 @@ def takeover(world: World, kills: int, ttl: float) -> dict[str, Any]:
             victim.kill()
             victim.wait()
             t0 = time.monotonic()
-            owner = world.wait("the takeover", lambda: (s := world.streaming([name])) and s[name] != owner and s,
+            owner = world.wait("the takeover", lambda old=owner: _moved(world.streaming([name]), name, old),
                                ttl * 4 + 60)[name]
             times.append(time.monotonic() - t0)
             print(f"  kill {k + 1}/{kills}: streaming on {owner} after {times[-1]:.2f} s", flush=True)
