@@ -38,6 +38,7 @@ from trempy_nb.fleet.assignment import (
     RunnerLike,
     actual_state,
 )
+from trempy_nb.fleet.outage import OutageTolerantStore
 from trempy_nb.fleet.policy import (
     HEALTHY_AFTER_S,
     RENEWALS_PER_TTL,
@@ -51,18 +52,18 @@ from trempy_nb.writer.fence import Fence
 
 #: builds a runnable task from stored settings (the surface passes `Task.from_settings`)
 MakeTask = Callable[[dict[str, Any]], Any]
-#: builds a (not yet started) runner for a task in a role under a fence
-MakeRunner = Callable[[Any, str, Fence], RunnerLike]
+#: builds a (not yet started) runner for a task in a role under a fence, recording into a store
+MakeRunner = Callable[[Any, str, Fence, Any], RunnerLike]
 
 DEFAULT_TTL_S = 15.0
 DEFAULT_MAX_TASKS = 32
 DRAIN_TIMEOUT_S = 120.0
 
 
-def engine_runner(task: Any, role: str, fence: Fence) -> RunnerLike:
+def engine_runner(task: Any, role: str, fence: Fence, store: Any) -> RunnerLike:
     """The engine's `Runner` in `role`, fenced by the lease (no progress bars: a log file)."""
     return Runner(task, until_caught_up=False, progress=False, role=role,  # type: ignore[arg-type]
-                  fence=fence)
+                  fence=fence, store=store)
 
 
 class Worker:
@@ -103,6 +104,8 @@ class Worker:
         self._last_report = 0.0
         self._seen_claimable: dict[tuple[str, str], float] = {}
         self._applied_before: dict[tuple[str, str], int] = {}
+        #: what the runs record into: the store, riding out its outages (fleet.outage)
+        self.run_store = OutageTolerantStore(store, on_outage=self._store_lost)
 
     # lifecycle -----------------------------------------------------------------------------
     def register(self) -> None:
@@ -196,7 +199,7 @@ class Worker:
             # the fleet reloads only at a task's very first start: a takeover or a restart continues
             if not (a.epoch == 1 and a.starts == 0):
                 task.settings.task.start_mode = "continue"
-            runner = self.make_runner(task, a.role, Fence(a.epoch, valid=a.clock.valid))
+            runner = self.make_runner(task, a.role, Fence(a.epoch, valid=a.clock.valid), self.run_store)
             a.starts += 1
             a.started_at = now
             a.runner = runner
@@ -242,6 +245,11 @@ class Worker:
         self._failed(a, err_text, now)
 
     def _failed(self, a: Assignment, error: str, now: float) -> None:
+        if not self._store_ok:  # the store's outage, not the task's fault: no count, retry when it answers
+            a.failures.retry_at = now + self.backoff.base_s
+            self.say("WARNING", f"run ended while the state store is unreachable, retrying: {error}",
+                     a.task, a.role, store=False)
+            return
         give_up = a.failures.failed(error, self.backoff, now)
         n, limit = a.failures.count, self.backoff.max_failures
         if give_up:
@@ -363,16 +371,19 @@ class Worker:
             self._done.wait(interval)
 
     # store calls and output -------------------------------------------------------------------
+    def _store_lost(self, exc: BaseException) -> None:
+        if self._store_ok:
+            self._store_ok = False
+            self.say("WARNING", f"state store unreachable ({mask(f'{type(exc).__name__}: {exc}')});"
+                     " applying only while leases are provably valid, retrying", store=False)
+
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A store call; a lost store is logged once per outage and gives None (the loop goes on,
         runners keep applying only while their lease clocks hold)."""
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any store failure: keep going, retry next time
-            if self._store_ok:
-                self._store_ok = False
-                self.say("WARNING", f"state store unreachable ({mask(f'{type(exc).__name__}: {exc}')});"
-                         " applying only while leases are provably valid, retrying", store=False)
+            self._store_lost(exc)
             return None
         if not self._store_ok:
             self._store_ok = True
