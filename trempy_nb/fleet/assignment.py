@@ -51,6 +51,8 @@ class Assignment:
     starts: int = 0
     stopping: str | None = None  # STOP_* once a stop was asked for
     state: str = "pending"
+    reported: tuple[Any, ...] = ()  # the figures last reported, and when (monotonic)
+    reported_at: float = 0.0
 
     @property
     def key(self) -> tuple[str, str]:

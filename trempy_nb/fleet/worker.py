@@ -58,6 +58,8 @@ MakeRunner = Callable[[Any, str, Fence, Any], RunnerLike]
 DEFAULT_TTL_S = 15.0
 DEFAULT_MAX_TASKS = 32
 DRAIN_TIMEOUT_S = 120.0
+#: an unchanged role is reported again after this long (its row's age shows it is alive)
+REPORT_IDLE_S = 15.0
 
 
 def engine_runner(task: Any, role: str, fence: Fence, store: Any) -> RunnerLike:
@@ -300,7 +302,7 @@ class Worker:
 
     def _fair_share(self) -> int:
         pairs = {(str(r.get("task")), str(r.get("role") or "both")) for r in self._status_rows
-                 if r.get("desired") == "running"}
+                 if r.get("desired") == "running" and str(r.get("role") or "both") in self.roles}
         workers = self._call(self.store.workers) or []
         alive = [w for w in workers if w.get("alive") and set(w.get("roles") or []) & set(self.roles)]
         return max(1, math.ceil(len(pairs) / max(1, len(alive))))
@@ -336,20 +338,28 @@ class Worker:
         self._desired = {str(r.get("task")): str(r.get("desired")) for r in rows}
 
     def _report(self) -> None:
+        """Report each running role's figures when they changed, and at least every
+        `REPORT_IDLE_S` (an idle fleet writes next to nothing)."""
         with self._lock:
             held = list(self.held.values())
+        now = time.monotonic()
         for a in held:
             runner = a.runner
             if runner is None or a.stopping == STOP_LOST or not a.clock.valid():
                 continue
             c = runner.counters
             state = actual_state(runner.status, float(c.lag_seconds), a.role)
-            a.state = state
+            applied = self._applied_before.get(a.key, 0) + int(c.changes)
+            figures = (state, int(c.lag_bytes), round(float(c.lag_seconds), 1), applied)
+            if figures == a.reported and now - a.reported_at < REPORT_IDLE_S:
+                continue
             healthy = state in ("loading", "streaming", "catching_up")
             self._call(self.store.report, a.task, role=a.role, state=state, worker=self.name,
-                       error="" if healthy else None,  # running again: an earlier error is history
-                       lag_bytes=int(c.lag_bytes), lag_s=round(float(c.lag_seconds), 3),
-                       changes_applied=self._applied_before.get(a.key, 0) + int(c.changes))
+                              error="" if healthy else None,  # running again: an earlier error is history
+                              lag_bytes=int(c.lag_bytes), lag_s=round(float(c.lag_seconds), 3),
+                              changes_applied=applied)
+            if self._store_ok:  # else: reported again once the store answers
+                a.state, a.reported, a.reported_at = state, figures, now
 
     # the keeper thread ------------------------------------------------------------------------
     def _keep(self) -> None:
