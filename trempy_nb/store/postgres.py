@@ -89,7 +89,10 @@ class PostgresBackend(Backend):
     # ------------------------------------------------------------------ connections
 
     def _new(self) -> psycopg.Connection[Any]:
-        conn = connect(self._conninfo, autocommit=True, application_name="trempy_nb:store", **LINK_OPTIONS)
+        try:
+            conn = connect(self._conninfo, autocommit=True, application_name="trempy_nb:store", **LINK_OPTIONS)
+        except ConnectionFailed as exc:  # already one masked line: say which database it was
+            raise ConnectionFailed(f"state store unreachable: {exc}", exc.sqlstate) from None
         try:
             for name, value in SESSION_SETTINGS:
                 conn.execute("SELECT set_config(%s, %s, false)", (name, value))
