@@ -11,8 +11,9 @@ confirm may move the slot). Talking to PostgreSQL: `slot`, `snapshot`,
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from trempy_nb.lazyattrs import lazy_getattr
 
 if TYPE_CHECKING:
     from trempy_nb.capture.pgoutput import UNCHANGED_TOAST, DecodeError, decode, decode_many
@@ -59,10 +60,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"trempy_nb.capture.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'trempy_nb.capture' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [
