@@ -32,13 +32,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help=f"lease time to live in seconds; takeover happens within it (default {DEFAULT_TTL_S:g})")
     p.add_argument("--max-failures", type=int, default=Backoff().max_failures, metavar="N",
                    help="failures in a row before a task is marked failed")
-    p.add_argument("--metadata", metavar="URL", help="state store (default $TREMPY_METADATA_URL)")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    if getattr(args, "metadata", None):
-        os.environ["TREMPY_METADATA_URL"] = args.metadata
+    # `--metadata URL` (every subcommand's, cli.store_cli) has set TREMPY_METADATA_URL by now
     try:
         roles = parse_roles(args.roles)
         backoff = Backoff(max_failures=args.max_failures)
@@ -52,8 +50,10 @@ def run(args: argparse.Namespace) -> int:
         store.workers()  # proves the store answers before anything starts
     except Exception as exc:  # noqa: BLE001 - any failure here is "unreachable": one masked line
         where = os.environ.get("TREMPY_METADATA_URL") or "the SQLite store under $TREMPY_HOME"
-        reason = mask(f"{type(exc).__name__}: {exc}").splitlines()[0]
-        print(f"trempy-nb: error: state store unreachable ({mask(where)}): {reason}", file=sys.stderr)
+        reason = (mask(str(exc)).splitlines() or [type(exc).__name__])[0]
+        if "unreachable" not in reason:
+            reason = f"state store unreachable ({mask(where)}): {reason}"
+        print(f"trempy-nb: error: {reason}; no worker started", file=sys.stderr)
         return 1
     worker = Worker(store, make_task=Task.from_settings, name=args.name, roles=roles,
                     max_tasks=args.max_tasks, ttl_s=args.lease_ttl, backoff=backoff)

@@ -660,7 +660,11 @@ def test_single_active_consumer_standby_takes_over_in_order(task_name: str) -> N
 
 
 def test_a_queue_declared_before_single_active_consumer_is_used_and_flagged(task_name: str) -> None:
-    from trempy_nb.transport.rabbitmq.topology import LEGACY_QUEUE_HINT, WITHOUT_SAC, queue_arguments
+    from trempy_nb.transport.rabbitmq.topology import (
+        LEGACY_QUEUE_HINT,
+        WITHOUT_SAC,
+        queue_arguments,
+    )
 
     topo = rmq.topology(task_name)
     conn = rmq.connect_blocking()
