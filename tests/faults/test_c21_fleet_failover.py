@@ -8,7 +8,8 @@ Three workers (each its own $TREMPY_HOME and namespace), a PostgreSQL state stor
 under a steady update load. Each round faults the owner of one task, measures the takeover (fault
 -> every task streaming on the other workers), then heals (a new worker replaces a killed one; a
 frozen or cut-off one comes back as a zombie whose late writes the target's fence refuses). At the
-end every key must hold exactly 1 + its committed updates versions: lost 0, duplicated 0.
+end a worker is drained with SIGTERM (exit 0, its tasks streaming elsewhere, no error), and every
+key must hold exactly 1 + its committed updates versions: lost 0, duplicated 0.
 """
 
 from __future__ import annotations
@@ -89,6 +90,14 @@ def test_c21_fleet_kill_freeze_partition(tmp_path: Path, long_run: bool) -> None
             else:
                 victim.sigcont()
             time.sleep(3)
+        # a drain: SIGTERM the owner of a task; it hands over with no error, exit 0
+        owners = wait_for(lambda: all_streaming(store, tasks, live()), 90, "all tasks streaming", fleet.logs)
+        leaving = next(w for w in slots.values() if w.name == owners[tasks[0]])
+        assert leaving.terminate() == 0, leaving.log()[-3000:]
+        RESULTS.fault("fleet worker SIGTERM drain")
+        wait_for(lambda: all_streaming(store, tasks, live({leaving.name}), not_on={leaving.name}), TTL * 4 + 30,
+                 "the drained tasks streaming elsewhere", fleet.logs)
+        assert " ERROR " not in leaving.log(), leaving.log()[-3000:]
         load.stop()
         assert not load.errors
         tgt_uri = fleet.uris["FLEET_TGT"]
