@@ -166,3 +166,38 @@ def test_task_submit_spawns_a_local_worker_that_outlives_the_caller(
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(60)
     assert rc == 0, placement.spawned.log.read_text()[-2000:]
+
+
+def test_stop_drains_the_task_and_submit_resumes_it(fleet: Fleet, tmp_path: Path) -> None:
+    """`trempy-nb stop NAME`: the owner finishes its batch and releases the task (state stopped,
+    worker still up); `trempy-nb submit` again: a worker claims it and continues from the
+    checkpoint (no reload: exactly 1 + updates versions per key)."""
+    import json
+
+    src, tgt = fleet.uris["FLEET_SRC"], fleet.uris["FLEET_TGT"]
+    load = UpdateLoad(src, ["q0"], rows=20)
+    task = f"stopme_{uuid.uuid4().hex[:6]}"
+    doc = scd2_task(task, "q0")
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps(doc))
+    env = {"TREMPY_METADATA_URL": fleet.store_url, **fleet.uris}
+    assert _cli("submit", str(path), env=env).returncode == 0
+    w = WorkerProc(fleet, "w_stop", ttl=5)
+    store = fleet.store()
+    wait_for(lambda: all_streaming(store, [task], {w.name}), 90, "the task streaming", fleet.logs)
+    load.start(rate=20)
+    time.sleep(1.5)
+    res = _cli("stop", task, env=env)
+    assert res.returncode == 0, res.stderr
+    row = wait_for(lambda: (r := owners(store, [task]).get(task)) and r["state"] == "stopped" and r, 30,
+                   "the task stopped", fleet.logs)
+    assert row["desired"] == "stopped" and not row["error"]
+    assert store.claimable(["both"]) == []  # released, and nobody claims a stopped task
+    assert w.alive() and "desired state stopped: draining the task" in w.log()
+    time.sleep(1)
+    assert _cli("submit", str(path), env=env).returncode == 0
+    wait_for(lambda: all_streaming(store, [task], {w.name}), 60, "the task streaming again", fleet.logs)
+    load.stop()
+    wait_for(lambda: load.diff(tgt)[:2] == (0, 0), 60, "exact versions", fleet.logs)
+    assert " ERROR " not in w.log()
+    assert w.terminate() == 0
