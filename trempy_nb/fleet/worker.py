@@ -129,14 +129,12 @@ class Worker:
     def draining(self) -> bool:
         return self._drain.is_set()
 
-    def run(self, until: Callable[[], bool] | None = None) -> int:
-        """The supervisor loop; returns the exit code once drained (0) or when `until()` holds."""
+    def run(self) -> int:
+        """The supervisor loop until drained (`request_drain`); returns the exit code, 0."""
         drain_deadline: float | None = None
         try:
             while True:
                 self.tick()
-                if until is not None and until():
-                    self.request_drain()
                 if self.draining:
                     drain_deadline = drain_deadline or time.monotonic() + DRAIN_TIMEOUT_S
                     if not self.held:
