@@ -17,7 +17,15 @@ from typing import Any
 
 import pytest
 
-from tests.cdc_helpers import drop_task, execute, rows, run_cli, settings, with_start_mode, write_settings
+from tests.cdc_helpers import (
+    drop_task,
+    execute,
+    rows,
+    run_cli,
+    settings,
+    with_start_mode,
+    write_settings,
+)
 from tests.maria_helpers import SERVER, q
 from trempy_nb.metadata import MetadataStore
 from trempy_nb.task import Task

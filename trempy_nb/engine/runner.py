@@ -141,9 +141,6 @@ class Runner:
         task = self.task
         settings = task.settings
         rtype = settings.task.replication_type
-        if is_mariadb_uri(task.target_uri) and settings.task.transport != "local":
-            raise SettingsError(f"task.target {mask(settings.task.target)}: a MariaDB/MySQL target takes"
-                                " transport local (the rabbitmq transport's held tables exist only on PostgreSQL)")
         if self.role == "consumer":
             return [], self._consume(store, run_id)
         source, target = task.source_uri, task.target_uri
@@ -203,7 +200,7 @@ class Runner:
                                  store=session.store, run_id=run_id, counters=self.counters,
                                  connection_name=transport.sink_name, dialect=session.dialect)
         ctx = StreamContext(self.task.name, settings, session.target, session, self._stop, session.catch_up,
-                            until_caught_up=self.until_caught_up)
+                            until_caught_up=self.until_caught_up, dialect=session.dialect)
         try:
             return transport.run(self.role, ctx, sink)
         finally:
