@@ -37,7 +37,7 @@ from trempy_nb.connections import get_connection, list_connections, save_connect
 from trempy_nb.db import connect as pg_connect
 from trempy_nb.errors import ConnectionFailed, RowError, ValidationFailed
 from trempy_nb.fullload import target_spec
-from trempy_nb.fullload_mariadb import run_full_load_mariadb
+from trempy_nb.fullload.mariadb import run_full_load_mariadb
 from trempy_nb.pgcopy.copyio import iter_frames, select_query
 from trempy_nb.pipeline.plan import compile_plans
 from trempy_nb.redact import mask

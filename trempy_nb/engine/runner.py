@@ -50,7 +50,7 @@ from trempy_nb.transport.registry import lookup
 from trempy_nb.writer.dialect import POSTGRES, TargetDialect
 from trempy_nb.writer.errorpolicy import BadRow
 
-#: The full load of one target dialect (`fullload.run_full_load`, `fullload_mariadb.run_full_load_mariadb`)
+#: The full load of one target dialect (`fullload.run_full_load`, `fullload.mariadb.run_full_load_mariadb`)
 FullLoad = Callable[..., list[TableLoadResult]]
 
 
@@ -246,11 +246,11 @@ def target_dialect(target: str) -> TargetDialect:
 
 
 def _mariadb_full_load() -> FullLoad:
-    """The MariaDB target's full load (`fullload_mariadb.run_full_load_mariadb`, the same arguments
+    """The MariaDB target's full load (`fullload.mariadb.run_full_load_mariadb`, the same arguments
     and results as `run_full_load`). Its driver is the optional extra `trempy_nb[mariadb]`: imported
     only when a MariaDB target is used, so PostgreSQL-only installs never need it."""
     try:
-        from trempy_nb.fullload_mariadb import run_full_load_mariadb
+        from trempy_nb.fullload.mariadb import run_full_load_mariadb
     except ImportError as exc:
         raise SettingsError(f"a MariaDB/MySQL target needs its driver: pip install 'trempy_nb[mariadb]' ({exc})") from None
     return run_full_load_mariadb
