@@ -690,13 +690,7 @@ def test_cli_full_load_into_mariadb(conn: Any, dbs: Callable[..., str], source_u
     hist = run_cli(["history", str(tmp_path / "maria.json"), "--key", "7", "--json"], env=env)
     assert hist.returncode == 0, hist.stderr
     assert [(r["id"], r["name"]) for r in json.loads(hist.stdout)] == [(7, "e7")]
-    # the rabbitmq transport keeps its held tables on PostgreSQL only: one line, exit 2
-    # (CDC into MariaDB over the local transport: tests/integration/test_mariadb_cdc.py)
-    cdc = settings_doc("cli_maria_cdc", source_uri, f"mysql://root@127.0.0.1:3306/{conn.db.decode()}",
-                       tables=[("hr", "employee")], transport="rabbitmq")
-    refused = run_cli(["run", str(write_settings(tmp_path / "cdc.json", cdc)), "-q"], env=env)
-    assert refused.returncode == 2 and "transport local" in refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1
+    # (CDC into MariaDB: test_mariadb_cdc.py over the local transport, test_rabbitmq_mariadb.py over RabbitMQ)
 
 
 def test_cli_refuses_mariadb_as_source(tmp_path: Path, trempy_home: Path) -> None:

@@ -238,19 +238,6 @@ def test_column_added_while_streaming_reaches_the_target(source_uri: str, trempy
         assert counts[1] in (1, 2) and (counts[2], counts[3]) == (2, 1), counts
 
 
-def test_rabbitmq_transport_is_refused_in_one_line(source_uri: str, trempy_home: Path, task_name: str,
-                                                   tmp_path: Path, maria: tuple[str, str, Any]) -> None:
-    state, data, admin = maria
-    execute(source_uri, T_SQL)
-    doc = doc_for(task_name, source_uri, state, data, transport="rabbitmq")
-    res = run_cli(["run", str(write_settings(tmp_path / "r.json", doc)), "-q"],
-                  env={"TREMPY_HOME": str(trempy_home)})
-    assert res.returncode == 2 and "transport local" in res.stderr, res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
-    assert q(admin, "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema IN (%s, %s)",
-             (state, data)) == [(0,)]  # nothing written
-
-
 def test_cli_cdc_then_drop_resets_the_checkpoint(source_uri: str, trempy_home: Path, task_name: str,
                                                  tmp_path: Path, maria: tuple[str, str, Any]) -> None:
     state, data, admin = maria

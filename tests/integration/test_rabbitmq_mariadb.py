@@ -8,6 +8,10 @@ missing broker or server fails the tests (the `broker` and `server` fixtures).
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -162,3 +166,29 @@ def test_poison_batch_held_on_mariadb_then_replayed(
                 (task_name + "#replay:%",))
     assert replays == [(f"{task_name}#replay:public.a",)]
     assert rmq.dead_letters(task_name).height == 0
+
+
+@pytest.mark.rabbitmq
+def test_separate_producer_and_consumer_processes_into_mariadb(
+    task_name: str, source_uri: str, tmp_path: Path, trempy_home: Path, maria: tuple[str, str, Any]
+) -> None:
+    """`trempy-nb run --role consumer` and `--role producer` as two processes, until caught up."""
+    state, data, admin = maria
+    sql(source_uri, T_SQL)
+    d = mdoc(task_name, source_uri, state, data, rtype="cdc")
+    Task.from_settings(d).run(progress=False)  # the slot and the target tables
+    workload(source_uri)
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps({**d, "task": {**d["task"], "start_mode": "continue"}}))
+    env = {**os.environ, "TREMPY_HOME": str(trempy_home)}
+    cmd = [sys.executable, "-m", "trempy_nb.cli", "run", str(path), "--until-caught-up", "-q", "--role"]
+    cons = subprocess.Popen([*cmd, "consumer"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        prod = subprocess.run([*cmd, "producer"], env=env, capture_output=True, text=True, timeout=120)
+        assert prod.returncode == 0, prod.stderr
+        _out, err = cons.communicate(timeout=120)
+    finally:
+        if cons.poll() is None:
+            cons.kill()
+    assert cons.returncode == 0, err
+    assert maria_rows(admin, data) == src_rows(source_uri)
