@@ -226,7 +226,7 @@ def canonical_text(expr: sql.Composable, pg_type: str) -> sql.Composable:
         return sql.SQL("to_char({}, 'YYYY-MM-DD HH24:MI:SS.US')").format(expr)
     if cat == "date":
         return sql.SQL("to_char({}, 'YYYY-MM-DD')").format(expr)
-    if cat == "time" and "zone" not in pg_type:
+    if cat == "time" and "with time zone" not in pg_type and not pg_type.startswith("timetz"):
         return sql.SQL("to_char(({})::interval, 'HH24:MI:SS.US')").format(expr)
     if cat == "bytea":
         return sql.SQL("encode({}, 'hex')").format(expr)
