@@ -1,4 +1,8 @@
-"""Running a diff (and its repair) against the source and the target: the only I/O of reconcile/.
+"""Running a diff (and its repair) against the source and the target (with `mariadb.py`, the I/O of reconcile/).
+
+The target is reached through a `side.TargetSide`: `_PgTarget` here for PostgreSQL,
+`mariadb.MariaTarget` for MariaDB/MySQL (chosen from the target URI); everything below is the same
+for both.
 
 One round: the source is read in one REPEATABLE READ snapshot whose WAL position L is recorded;
 when the task runs (its runner lock is held, or its slot is active) the target is read once its
