@@ -71,6 +71,14 @@ class AlreadyRunning(TerminalError):
     """Another runner holds this task."""
 
 
+class TaskRunning(TrempyError):
+    """A changed settings document was submitted for a task that is running (submit with replace)."""
+
+
+class WorkerNameTaken(TrempyError):
+    """A live worker already has this name (the state store refuses a second one)."""
+
+
 class Fenced(TerminalError):
     """This copy of a task lost its lease: the target holds a newer epoch (or the lease expired), so
     its write was rolled back and it stops (`writer.fence`)."""

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -40,12 +41,10 @@ from trempy_nb.connections import is_mariadb_uri, resolve
 from trempy_nb.crash import crash_point
 from trempy_nb.db import connect, task_app_name
 from trempy_nb.engine import fencing
-from trempy_nb.engine.applier import ChangeApplier
 from trempy_nb.engine.counters import Counters
 from trempy_nb.engine.lock import task_lock
 from trempy_nb.engine.progress import Progress
 from trempy_nb.engine.result import RunnableTask, RunResult
-from trempy_nb.engine.session import CdcSession
 from trempy_nb.errors import Fenced, SettingsError, TerminalError, TrempyError
 from trempy_nb.fullload import TableLoadResult, run_full_load
 from trempy_nb.metadata import MetadataStore, RunStatus
@@ -62,7 +61,10 @@ from trempy_nb.writer.fence import Fence, fence_key, lost_message
 #: How long a fenced run retries the task lock while the evicted owner's session goes away (s)
 LOCK_WAIT_S = 15.0
 
-#: The full load of one target dialect (`fullload.run_full_load`, `fullload_mariadb.run_full_load_mariadb`)
+if TYPE_CHECKING:
+    from trempy_nb.engine.session import CdcSession
+
+#: The full load of one target dialect (`fullload.run_full_load`, `fullload.mariadb.run_full_load_mariadb`)
 FullLoad = Callable[..., list[TableLoadResult]]
 
 
@@ -192,9 +194,6 @@ class Runner:
         task = self.task
         settings = task.settings
         rtype = settings.task.replication_type
-        if is_mariadb_uri(task.target_uri) and settings.task.transport != "local":
-            raise SettingsError(f"task.target {mask(settings.task.target)}: a MariaDB/MySQL target takes"
-                                " transport local (the rabbitmq transport's held tables exist only on PostgreSQL)")
         if self.fence is not None:
             self._take_over(target_dialect(task.target_uri))
         if self.role == "consumer":
@@ -242,6 +241,10 @@ class Runner:
             session.close()
 
     def _new_session(self, store: MetadataStore, run_id: str, plans: dict[tuple[str, str], TablePlan]) -> CdcSession:
+        # lazy: start-up speed, as the issue of whole-command speed asks. A full-load-only run never
+        # loads the slot session and change reader (their vectorised tuples pull in numpy, pyarrow).
+        from trempy_nb.engine.session import CdcSession
+
         session = CdcSession(self.task, plans, self.task.source_uri, self.task.target_uri, store=store,
                              run_id=run_id, counters=self.counters, stop=self._stop,
                              dialect=target_dialect(self.task.target_uri), fence=self.fence)
@@ -255,11 +258,13 @@ class Runner:
         transport = self._transport or lookup(settings.task.transport)
         sink = None
         if self.role != "producer":
+            from trempy_nb.engine.applier import ChangeApplier  # lazy: as in _new_session
+
             sink = ChangeApplier(self.task.name, settings, session.plans, session.source, session.target,
                                  store=session.store, run_id=run_id, counters=self.counters,
                                  connection_name=transport.sink_name, dialect=session.dialect, fence=self.fence)
         ctx = StreamContext(self.task.name, settings, session.target, session, self._stop, session.catch_up,
-                            until_caught_up=self.until_caught_up, fence=self.fence)
+                            until_caught_up=self.until_caught_up, dialect=session.dialect, fence=self.fence)
         try:
             return transport.run(self.role, ctx, sink)
         finally:
@@ -305,11 +310,11 @@ def target_dialect(target: str) -> TargetDialect:
 
 
 def _mariadb_full_load() -> FullLoad:
-    """The MariaDB target's full load (`fullload_mariadb.run_full_load_mariadb`, the same arguments
+    """The MariaDB target's full load (`fullload.mariadb.run_full_load_mariadb`, the same arguments
     and results as `run_full_load`). Its driver is the optional extra `trempy_nb[mariadb]`: imported
     only when a MariaDB target is used, so PostgreSQL-only installs never need it."""
     try:
-        from trempy_nb.fullload_mariadb import run_full_load_mariadb
+        from trempy_nb.fullload.mariadb import run_full_load_mariadb
     except ImportError as exc:
         raise SettingsError(f"a MariaDB/MySQL target needs its driver: pip install 'trempy_nb[mariadb]' ({exc})") from None
     return run_full_load_mariadb
