@@ -32,6 +32,7 @@ from trempy_nb.engine.session import record_shapes
 from trempy_nb.errors import SchemaChanged
 from trempy_nb.fullload import target_spec
 from trempy_nb.metadata import MetadataStore
+from trempy_nb.ops import CDC_OP_PREFIX
 from trempy_nb.pipeline.plan import TablePlan, compile_plan
 from trempy_nb.settings import TaskSettings
 from trempy_nb.transport.base import Checkpoint, TableHook
@@ -125,6 +126,8 @@ class ChangeApplier:
             self.counters.failed[(f"{bad.schema}.{bad.table}", bad.operation)] += 1
             self.store.record_error(self.task, self.run_id, bad.schema, bad.table, bad.operation, bad.error,
                                     bad.payload, key=bad.key)
+            self.store.record_stats(self.run_id, self.task, bad.schema, bad.table, CDC_OP_PREFIX + bad.operation,
+                                    rows_failed=1)
 
         tables = _Announced(items, keys, on_table) if on_table is not None else items
         return self.dialect.apply_batch(tgt, checkpoint_task, tables, batch.end_lsn,
@@ -135,13 +138,15 @@ class ChangeApplier:
         c.batches += 1
         c.changes += batch.n_changes
         c.last_lsn = batch.end_lsn
-        names = {(p.target_schema, p.target_table): f"{k[0]}.{k[1]}" for k, p in self.plans.items()}
+        sources = {(p.target_schema, p.target_table): k for k, p in self.plans.items()}
+        applied: dict[tuple[str, str, str], int] = {}  # (source schema, table, op) -> rows of this batch
         for key, counts in (result.tables or {}).items():
-            name = names.get((key[0], key[1]), ".".join(key))
+            src = sources.get((key[0], key[1]), (key[0], key[1]))
             for field, op in _APPLIED_OPS:
                 n = int(getattr(counts, field, 0) or 0)
                 if n:
-                    c.applied[(name, op)] += n
+                    c.applied[(f"{src[0]}.{src[1]}", op)] += n
+                    applied[(src[0], src[1], op)] = applied.get((src[0], src[1], op), 0) + n
         last_ts: datetime | None = None
         for tc in batch.tables:
             if tc.frame.height:
@@ -155,6 +160,8 @@ class ChangeApplier:
         for tc in batch.tables:
             self.store.record_stats(self.run_id, self.task, tc.schema, tc.table, "cdc",
                                     rows_read=tc.frame.height)
+        for (schema, table, op), n in applied.items():  # what the metrics count, by operation
+            self.store.record_stats(self.run_id, self.task, schema, table, CDC_OP_PREFIX + op, rows_written=n)
 
     def _plan_for_shape(self, tc: ch.TableChanges, tgt: Any) -> TablePlan:
         """Follow a source schema change: a new column is added to the target; others stop the table."""

@@ -4,3 +4,8 @@ Everything here reads what the engine and the workers leave behind (the metadata
 source's catalog); nothing here runs a task. Surfaces (the CLI, the magics, the dashboard) and
 the fleet's workers call it.
 """
+
+#: `table_stats.operation` of the applier's per-operation CDC rows (`cdc:insert`, `cdc:update`,
+#: `cdc:delete`, `cdc:scd2 open`...): rows_written = rows applied, rows_failed = rows rejected.
+#: The metrics read them; the `cdc` row of a table keeps counting the changes read.
+CDC_OP_PREFIX = "cdc:"

@@ -38,10 +38,10 @@ from trempy_nb.connections import resolve
 from trempy_nb.db import connect
 from trempy_nb.errors import TrempyError
 from trempy_nb.logs import get_logger
+from trempy_nb.ops import CDC_OP_PREFIX
 
-__all__ = ["CDC_OP_PREFIX", "MetricsPortInUse", "StoreCollector", "registry_for", "serve"]
+__all__ = ["MetricsPortInUse", "StoreCollector", "registry_for", "serve"]
 
-CDC_OP_PREFIX = "cdc:"  # table_stats.operation of the applier's per-operation rows
 _LOG = get_logger("ops.metrics")
 
 
