@@ -98,15 +98,17 @@ class StoreCollector(Collector):
                 dead.add_metric([task], float(n))
         lag_b = GaugeMetricFamily("trempy_lag_bytes", "WAL bytes behind the source (worker report)", labels=["task"])
         lag_s = GaugeMetricFamily("trempy_lag_seconds", "seconds behind the source (worker report)", labels=["task"])
-        fleet = _call(store, "fleet_status", [])
-        for row in fleet:
-            if row.get("lag_bytes") is not None:
-                lag_b.add_metric([row["task"]], float(row["lag_bytes"]))
-            if row.get("lag_s") is not None:
-                lag_s.add_metric([row["task"]], float(row["lag_s"]))
+        lags: dict[str, tuple[float | None, float | None]] = {}
+        for row in store.fleet_status():  # one row per task role: a split task's worst side counts
+            b0, s0 = lags.get(row["task"], (None, None))
+            lags[row["task"]] = (_max(b0, row.get("lag_bytes")), _max(s0, row.get("lag_s")))
+        for task, (nbytes, secs) in sorted(lags.items()):
+            if nbytes is not None:
+                lag_b.add_metric([task], nbytes)
+            if secs is not None:
+                lag_s.add_metric([task], secs)
         takeovers = CounterMetricFamily("trempy_takeovers", "lease takeovers between workers")
-        frame = _call(store, "takeovers", None)
-        takeovers.add_metric([], float(frame.height if frame is not None else 0))
+        takeovers.add_metric([], float(store.takeovers().height))
         retained = GaugeMetricFamily("trempy_slot_retained_bytes", "WAL a trempy slot retains on its source",
                                      labels=["slot"])
         for slot, n in sorted(self._retained().items()):
@@ -145,9 +147,10 @@ class StoreCollector(Collector):
         return out
 
 
-def _call(store: Any, method: str, default: Any) -> Any:
-    fn = getattr(store, method, None)
-    return fn() if callable(fn) else default
+def _max(a: float | None, b: Any) -> float | None:
+    if b is None:
+        return a
+    return float(b) if a is None else max(a, float(b))
 
 
 def registry_for(store: Any) -> tuple[CollectorRegistry, StoreCollector]:

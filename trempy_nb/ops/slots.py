@@ -227,7 +227,7 @@ def task_infos(store: Any, now: datetime | None = None) -> dict[str, TaskInfo]:
         for r in latest.iter_rows(named=True):
             seen = r["ended_at"] or r["started_at"]
             infos[r["task"]] = TaskInfo(r["task"], state=r["status"], last_seen=seen)
-    for f in _fleet(store):
+    for f in store.fleet_status():
         name = f["task"]
         base = infos.get(name, TaskInfo(name))
         age = f.get("heartbeat_age_s")
@@ -242,12 +242,6 @@ def task_infos(store: Any, now: datetime | None = None) -> dict[str, TaskInfo]:
             lag_s=f.get("lag_s"),
         )
     return infos
-
-
-def _fleet(store: Any) -> list[dict[str, Any]]:
-    """The store's fleet rows (one per task and role), [] for a store without fleet tables."""
-    status = getattr(store, "fleet_status", None)
-    return list(status()) if callable(status) else []
 
 
 def cockpit(
