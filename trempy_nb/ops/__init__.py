@@ -9,3 +9,7 @@ the fleet's workers call it.
 #: `cdc:delete`, `cdc:scd2 open`...): rows_written = rows applied, rows_failed = rows rejected.
 #: The metrics read them; the `cdc` row of a table keeps counting the changes read.
 CDC_OP_PREFIX = "cdc:"
+
+#: The message every applied CDC batch's summary record starts with (its fields: first_lsn,
+#: end_lsn, changes, rows per table and operation, ms, lag_s, lag_bytes); the plots read them.
+BATCH_MESSAGE = "batch applied"

@@ -14,12 +14,12 @@ from typing import Any
 
 import polars as pl
 
+from trempy_nb.ops import BATCH_MESSAGE
 from trempy_nb.ops.slots import parse_duration
 
 __all__ = ["BATCH_MESSAGE", "batch_series", "per_minute"]
 
-BATCH_MESSAGE = "batch applied"
-_SCHEMA = {"ts": pl.Datetime("us", "UTC"), "task": pl.String, "changes": pl.Int64, "lag_s": pl.Float64,
+_SCHEMA: dict[str, Any] = {"ts": pl.Datetime("us", "UTC"), "task": pl.String, "changes": pl.Int64, "lag_s": pl.Float64,
            "lag_bytes": pl.Int64, "ms": pl.Float64}
 
 
