@@ -190,14 +190,21 @@ class SlotsPane:
 def history_plot(store: Any, task: str, since: timedelta = timedelta(hours=1)) -> str:
     """Throughput and lag of the task over time, from its stored batch summaries (one query)."""
     try:
-        points = timeseries.per_minute(timeseries.batch_series(store, task, since=since))
+        series = timeseries.batch_series(store, task, since=since)
+        stamps = series["ts"].sort().to_list()
+        span = (stamps[-1] - stamps[0]).total_seconds() if len(stamps) > 1 else 0.0
+        every = "10s" if span < 900 else "1m"  # a short history still draws a line
+        points = timeseries.per_minute(series, every)
     except Exception as exc:
         return f"<i>history: {html.escape(one_line(exc))}</i>"
     if points.height == 0:
         return "<i>no applied batches in the last hour</i>"
-    lag = points["lag_s"].fill_null(strategy="forward").fill_null(0.0)
-    return sparkline_svg([points["changes_per_s"].to_list(), lag.to_list()],
-                         labels=("changes/s", "lag (s)"), seconds=since.total_seconds())
+    rate = points["changes_per_s"].to_list()
+    lag = points["lag_s"].fill_null(strategy="forward").fill_null(0.0).to_list()
+    if len(rate) == 1:  # one bucket: a flat segment rather than nothing
+        rate, lag = rate * 2, lag * 2
+    window = max(60.0, span + timeseries.bucket_seconds(every))
+    return sparkline_svg([rate, lag], labels=("changes/s", "lag (s)"), seconds=window)
 
 
 def mini_spark(values: list[float], width: int = 120, height: int = 22, color: str = "#1f6feb") -> str:

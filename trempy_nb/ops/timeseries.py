@@ -17,7 +17,7 @@ import polars as pl
 from trempy_nb.ops import BATCH_MESSAGE
 from trempy_nb.ops.slots import parse_duration
 
-__all__ = ["BATCH_MESSAGE", "batch_series", "per_minute"]
+__all__ = ["BATCH_MESSAGE", "batch_series", "bucket_seconds", "per_minute"]
 
 _SCHEMA: dict[str, Any] = {"ts": pl.Datetime("us", "UTC"), "task": pl.String, "changes": pl.Int64, "lag_s": pl.Float64,
            "lag_bytes": pl.Int64, "ms": pl.Float64}
@@ -39,6 +39,10 @@ def batch_series(store: Any, task: str | None = None, *, since: timedelta = time
         rows.append((r["ts"], r["task"], int(f.get("changes") or 0), _float(f.get("lag_s")),
                      _int(f.get("lag_bytes")), _float(f.get("ms"))))
     return pl.DataFrame(rows, schema=_SCHEMA, orient="row")
+
+
+def bucket_seconds(every: str) -> float:
+    return parse_duration(every).total_seconds()
 
 
 def per_minute(series: pl.DataFrame, every: str = "1m") -> pl.DataFrame:
