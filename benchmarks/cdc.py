@@ -39,6 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import CHILD, run_child
 from trempy_nb.db import connect
 from trempy_nb.embedded import start_cluster
 
@@ -61,14 +62,6 @@ BEGIN
 END $$;
 """
 ONE_TXN = "UPDATE bench.t SET v = v + 1, amount = amount + 1"
-
-CHILD = """
-import resource, sys
-from trempy_nb.cli import main
-code = main(sys.argv[1:])
-print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
-sys.exit(code)
-"""
 
 TARGETS = {"upsert": 50_000, "scd2": 30_000}
 
@@ -123,21 +116,6 @@ def settings(name: str, src: str, tgt: str, mode: str) -> dict:
         },
         "tables": [{"schema_name": "bench", "table_name": "t"}],
     }
-
-
-def run_child(args: list[str], env: dict[str, str]) -> tuple[float, int]:
-    t0 = time.perf_counter()
-    res = subprocess.run(
-        [sys.executable, "-c", CHILD, *args], env=env, capture_output=True, text=True
-    )
-    secs = time.perf_counter() - t0
-    if res.returncode != 0:
-        sys.exit(f"trempy-nb {' '.join(args[:2])} failed:\n{res.stderr[-3000:]}")
-    rss = 0
-    for line in res.stderr.splitlines():
-        if line.startswith("MAXRSS_KB"):
-            rss = int(line.split()[1])
-    return secs, rss
 
 
 def _check_caught_up(src: str, tgt: str, mode: str) -> None:

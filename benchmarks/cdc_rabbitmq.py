@@ -30,7 +30,8 @@ from pathlib import Path
 
 import pika
 
-from benchmarks.cdc import MANY_TXNS, TABLE_SQL, pending_changes, run_child
+from benchmarks.cdc import MANY_TXNS, TABLE_SQL, pending_changes
+from benchmarks.common import run_child
 from trempy_nb import changes as ch
 from trempy_nb.capture.reader import ChangeReader
 from trempy_nb.db import connect

@@ -20,37 +20,14 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import trempy_nb
+from benchmarks.common import CHILD, TABLE_SQL, timed
 from trempy_nb.db import connect
 from trempy_nb.embedded import find_bindir, start_cluster
-
-TABLE_SQL = """
-CREATE SCHEMA bench;
-CREATE TABLE bench.t (
-  id bigint PRIMARY KEY, name text, amount numeric(12,2), qty integer,
-  created timestamptz, day date, active boolean, note text
-);
-INSERT INTO bench.t
-SELECT i, 'name ' || i, (i % 100000) / 7.0, i % 1000,
-       TIMESTAMPTZ '2020-01-01 00:00+00' + i * INTERVAL '1 second', DATE '2000-01-01' + i % 9000,
-       i % 3 = 0, CASE WHEN i % 10 = 0 THEN NULL ELSE 'note with some text ' || md5(i::text) END
-FROM generate_series(1, {rows}) i;
-ANALYZE bench.t;
-"""
-
-CHILD = """
-import resource, sys
-from trempy_nb.cli import main
-code = main(sys.argv[1:])
-print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
-sys.exit(code)
-"""
 
 COLUMNS = "id, name, amount, qty, created, day, active, note"
 
@@ -80,16 +57,6 @@ CASES = (  # label, transformed, the two baseline queries (source, target)
     ("c_diff_filter_3_transforms", True, (f"SELECT {COLUMNS} FROM bench.t WHERE qty >= 10",
                                           f"SELECT {COLUMNS}, label FROM bench.t_x")),
 )
-
-
-def timed(cmd: list[str] | str, env: dict[str, str], shell: bool = False) -> tuple[float, int, int]:
-    t0 = time.perf_counter()
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, shell=shell)  # noqa: S602 - our own command
-    secs = time.perf_counter() - t0
-    if res.returncode not in (0,):
-        sys.exit(f"command failed ({res.returncode}): {str(cmd)[:200]}\n{res.stdout[-1000:]}{res.stderr[-2000:]}")
-    rss = next((int(line.split()[1]) for line in res.stderr.splitlines() if line.startswith("MAXRSS_KB")), 0)
-    return secs, rss, res.returncode
 
 
 def main() -> None:

@@ -34,31 +34,9 @@ import time
 from pathlib import Path
 
 import trempy_nb
+from benchmarks.common import TABLE_SQL, run_child
 from trempy_nb.db import connect
 from trempy_nb.embedded import find_bindir, start_cluster
-
-TABLE_SQL = """
-CREATE SCHEMA bench;
-CREATE TABLE bench.t (
-  id bigint PRIMARY KEY, name text, amount numeric(12,2), qty integer,
-  created timestamptz, day date, active boolean, note text
-);
-INSERT INTO bench.t
-SELECT i, 'name ' || i, (i % 100000) / 7.0, i % 1000,
-       TIMESTAMPTZ '2020-01-01 00:00+00' + i * INTERVAL '1 second', DATE '2000-01-01' + i % 9000,
-       i % 3 = 0, CASE WHEN i % 10 = 0 THEN NULL ELSE 'note with some text ' || md5(i::text) END
-FROM generate_series(1, {rows}) i;
-ANALYZE bench.t;
-"""
-
-CHILD = """
-import resource, sys
-from trempy_nb.cli import main
-code = main(sys.argv[1:])
-print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
-sys.exit(code)
-"""
-
 
 TARGET_TABLE_SQL = """CREATE TABLE IF NOT EXISTS bench.{name} (id bigint PRIMARY KEY, name text, amount numeric(12,2),
 qty integer, created timestamptz, day date, active boolean, note text)"""
@@ -120,19 +98,6 @@ def fresh_target(tgt: str, existing: bool = False) -> None:
         c.execute("CHECKPOINT")
 
 
-def timed_run(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
-    t0 = time.perf_counter()
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    secs = time.perf_counter() - t0
-    if res.returncode != 0:
-        sys.exit(f"command failed: {' '.join(cmd[:4])}...\n{res.stderr[-2000:]}")
-    rss = 0
-    for line in res.stderr.splitlines():
-        if line.startswith("MAXRSS_KB"):
-            rss = int(line.split()[1])
-    return secs, rss
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=2_000_000)
@@ -164,7 +129,7 @@ def main() -> None:
         noop = work / "n.json"
         if "n" in chosen:  # the slot and the first load, outside any timing
             noop.write_text(json.dumps(noop_settings(src, tgt)))
-            timed_run([sys.executable, "-c", CHILD, "run", str(noop), "--until-caught-up", "--start-mode",
+            run_child(["run", str(noop), "--until-caught-up", "--start-mode",
                        "reload", "-q"], env)
         psql = str(find_bindir() / "psql") if (find_bindir() / "psql").exists() else shutil.which("psql") or "psql"
         host = ["-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres", "-X", "-q"]
@@ -183,7 +148,7 @@ def main() -> None:
                 path = work / f"{letter}.json"
                 path.write_text(json.dumps(settings(letter + "_bench", src, tgt, transformed, existing)))
                 fresh_target(tgt, existing)
-                results[label] = timed_run([sys.executable, "-c", CHILD, "run", str(path), "-q"], {**env, **extra})
+                results[label] = run_child(["run", str(path), "-q"], {**env, **extra})
             if "n" in chosen:
                 # The target databases share the source's cluster, so the slot's WAL holds every
                 # load above, and a walsender decodes from the slot's restart point, which moves
@@ -193,13 +158,13 @@ def main() -> None:
                 with connect(tgt, autocommit=True) as c:
                     c.execute("CHECKPOINT")
                 for _ in range(4):
-                    timed_run([sys.executable, "-c", CHILD, "run", str(noop), "--until-caught-up", "-q"], env)
+                    run_child(["run", str(noop), "--until-caught-up", "-q"], env)
                     with connect(src, autocommit=True) as c:
                         row = c.execute("SELECT pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn) < 16 * 1024 * 1024"
                                         " FROM pg_replication_slots WHERE slot_name = 'trempy_n_bench'").fetchone()
                     if row and row[0]:
                         break
-                results[NOOP] = timed_run([sys.executable, "-c", CHILD, "run", str(noop), "--until-caught-up",
+                results[NOOP] = run_child(["run", str(noop), "--until-caught-up",
                                            "--start-mode", "continue", "-q"], env)
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-c", "pass"], check=True)

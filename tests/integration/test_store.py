@@ -433,3 +433,32 @@ def test_saved_connection_name_selects_postgresql(pg_cluster: Cluster, trempy_ho
     assert store.kind == "postgresql" and store.path is None
     store.submit("t1", settings("t1"))
     assert MetadataStore(uri).fleet_status()[0]["task"] == "t1"
+
+
+def test_lost_connections_are_transient_and_replaced(pg_cluster: Cluster, trempy_home: Path) -> None:
+    """The server ends every store session (a restart, a failover): calls fail as transient
+    ConnectionFailed (masked) until the broken pooled connections are replaced, then work."""
+    uri = pg_cluster.create_database(f"store_{time.monotonic_ns()}")
+    store = MetadataStore(uri)
+    store.submit("t1", settings("t1"))
+    lease = store.claim("t1", "both", "w1", 60)
+    assert lease is not None
+    assert MetadataStore(uri).backend is store.backend  # one pool per process and database
+    with psycopg.connect(uri, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = 'trempy_nb:store' AND datname = current_database()"
+        ).fetchone()[0]
+    assert killed >= 1
+    failures = []
+    for _ in range(10):
+        try:
+            ok = store.renew(lease)
+            break
+        except ConnectionFailed as exc:
+            failures.append(exc)
+    else:
+        pytest.fail("the store never came back")
+    assert ok is True and len(failures) <= killed
+    assert all(f.transient and pg_cluster.password not in str(f) and "state store" in str(f) for f in failures)
+    assert store.fleet_status("t1")[0]["worker"] == "w1"

@@ -18,10 +18,12 @@ or peeks (`peek.PeekWindows`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from trempy_nb.capture.tuples import Window
 from trempy_nb.changes import ChangeBatch
+
+if TYPE_CHECKING:  # typing only: the protocols stay free of numpy (start-up speed of full loads)
+    from trempy_nb.capture.tuples import Window
 
 __all__ = ["Checkpoint", "ChangeSource", "WindowSource"]
 

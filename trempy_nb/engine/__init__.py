@@ -15,8 +15,9 @@ capture, fullload, pipeline and writer; none of them imports the engine.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from trempy_nb.lazyattrs import lazy_getattr
 
 if TYPE_CHECKING:
     from trempy_nb.engine.applier import ChangeApplier
@@ -55,10 +56,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"trempy_nb.engine.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'trempy_nb.engine' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [

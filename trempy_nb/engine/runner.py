@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -32,12 +33,10 @@ from trempy_nb.capture.slot import drop_task_objects
 from trempy_nb.connections import is_mariadb_uri, resolve
 from trempy_nb.crash import crash_point
 from trempy_nb.db import connect
-from trempy_nb.engine.applier import ChangeApplier
 from trempy_nb.engine.counters import Counters
 from trempy_nb.engine.lock import task_lock
 from trempy_nb.engine.progress import Progress
 from trempy_nb.engine.result import RunnableTask, RunResult
-from trempy_nb.engine.session import CdcSession
 from trempy_nb.errors import SettingsError, TerminalError, TrempyError
 from trempy_nb.fullload import TableLoadResult, run_full_load
 from trempy_nb.metadata import MetadataStore, RunStatus
@@ -50,6 +49,9 @@ from trempy_nb.transport.base import Role, StreamContext, Transport
 from trempy_nb.transport.registry import lookup
 from trempy_nb.writer.dialect import POSTGRES, TargetDialect
 from trempy_nb.writer.errorpolicy import BadRow
+
+if TYPE_CHECKING:
+    from trempy_nb.engine.session import CdcSession
 
 #: The full load of one target dialect (`fullload.run_full_load`, `fullload_mariadb.run_full_load_mariadb`)
 FullLoad = Callable[..., list[TableLoadResult]]
@@ -197,6 +199,10 @@ class Runner:
             session.close()
 
     def _new_session(self, store: MetadataStore, run_id: str, plans: dict[tuple[str, str], TablePlan]) -> CdcSession:
+        # lazy: start-up speed, as the issue of whole-command speed asks. A full-load-only run never
+        # loads the slot session and change reader (their vectorised tuples pull in numpy, pyarrow).
+        from trempy_nb.engine.session import CdcSession
+
         session = CdcSession(self.task, plans, self.task.source_uri, self.task.target_uri, store=store,
                              run_id=run_id, counters=self.counters, stop=self._stop,
                              dialect=target_dialect(self.task.target_uri))
@@ -210,6 +216,8 @@ class Runner:
         transport = self._transport or lookup(settings.task.transport)
         sink = None
         if self.role != "producer":
+            from trempy_nb.engine.applier import ChangeApplier  # lazy: as in _new_session
+
             sink = ChangeApplier(self.task.name, settings, session.plans, session.source, session.target,
                                  store=session.store, run_id=run_id, counters=self.counters,
                                  connection_name=transport.sink_name, dialect=session.dialect)

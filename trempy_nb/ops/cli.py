@@ -15,6 +15,7 @@ from typing import Any
 
 from trempy_nb.errors import SettingsError
 
+COMMANDS = ("slots", "logs", "metrics")  # core commands: no plug-in loads for them
 SINCE_HELP = "only records since: 30s, 15m, 1h, 2d, 1w, or an ISO time (2024-05-01T12:30, UTC if no zone)"
 
 

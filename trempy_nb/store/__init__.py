@@ -7,7 +7,16 @@ leases and actual-state half of its API.
 """
 
 from trempy_nb.store.facade import MetadataStore, mask_value
-from trempy_nb.store.fleet import LEASE_TTL_S, ROLES, Desired, Lease, Role, roles_of
+from trempy_nb.store.fleet import (
+    LEASE_TTL_S,
+    ROLES,
+    STATUS_COLUMNS,
+    Desired,
+    Lease,
+    Role,
+    roles_of,
+    status_frame,
+)
 from trempy_nb.store.location import ENV_VAR, Location, resolve_location
 from trempy_nb.store.schema import (
     ACTIVE_STATES,
@@ -30,6 +39,7 @@ __all__ = [
     "ROLES",
     "SCHEMA_VERSION",
     "STATES",
+    "STATUS_COLUMNS",
     "TARGET_FIELDS",
     "Desired",
     "Lease",
@@ -42,4 +52,5 @@ __all__ = [
     "mask_value",
     "resolve_location",
     "roles_of",
+    "status_frame",
 ]

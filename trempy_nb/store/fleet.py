@@ -21,11 +21,10 @@ import polars as pl
 
 from trempy_nb.errors import SettingsError, TaskRunning, UnknownTask, WorkerNameTaken
 from trempy_nb.redact import mask
-from trempy_nb.settings import parse_settings
 from trempy_nb.store.backend import Backend, Runner, to_datetime
 from trempy_nb.store.schema import ACTIVE_STATES, STATES
 
-__all__ = ["LEASE_TTL_S", "ROLES", "Desired", "FleetMixin", "Lease", "Role", "roles_of"]
+__all__ = ["LEASE_TTL_S", "ROLES", "STATUS_COLUMNS", "Desired", "FleetMixin", "Lease", "Role", "roles_of", "status_frame"]
 
 Desired = Literal["running", "stopped"]
 Role = Literal["both", "producer", "consumer"]
@@ -56,6 +55,29 @@ def roles_of(settings: dict[str, Any]) -> list[str]:
     """The roles a task is run as: rabbitmq -> producer and consumer (separately owned), else both."""
     section = settings.get("task") if isinstance(settings.get("task"), dict) else {}
     return ["producer", "consumer"] if (section or {}).get("transport") == "rabbitmq" else ["both"]
+
+
+#: the columns of a status table, in display order (fleet_status rows hold these and a few more)
+STATUS_COLUMNS: dict[str, Any] = {
+    "task": pl.String,
+    "role": pl.String,
+    "desired": pl.String,
+    "state": pl.String,
+    "worker": pl.String,
+    "host": pl.String,
+    "pid": pl.Int64,
+    "heartbeat_age_s": pl.Float64,
+    "lag_bytes": pl.Int64,
+    "lag_s": pl.Float64,
+    "changes_applied": pl.Int64,
+    "epoch": pl.Int64,
+    "error": pl.String,
+}
+
+
+def status_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """`fleet_status` rows as a frame of STATUS_COLUMNS (what `trempy-nb status` and `%trempy status` show)."""
+    return pl.DataFrame([{k: r.get(k) for k in STATUS_COLUMNS} for r in rows], schema=STATUS_COLUMNS)
 
 
 def _age(now: datetime | None, then: Any) -> float | None:
@@ -101,6 +123,9 @@ class FleetMixin:
 
     def submit(self, name: str, settings: dict[str, Any], *, replace: bool = False) -> None:
         """Store the task as desired-running; changed settings of an active task need replace=True."""
+        # lazy: start-up speed (status and logs never need pydantic)
+        from trempy_nb.settings import parse_settings
+
         parsed = parse_settings(settings)
         if parsed.name != name:
             raise SettingsError(f"task name {name!r} differs from the settings' task.task_name {parsed.name!r}")
