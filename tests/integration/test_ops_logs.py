@@ -150,7 +150,7 @@ def cdc_run(source_uri: str, target_uri: str, trempy_home: Path, tmp_path: Path)
     assert first.returncode == 0, first.stderr
     execute(source_uri, "INSERT INTO t SELECT i, i FROM generate_series(26, 30) i")
     execute(source_uri, "UPDATE t SET v = 0 WHERE id <= 4")
-    execute(source_uri, "DELETE FROM t WHERE id = 30")
+    execute(source_uri, "DELETE FROM t WHERE id = 25")
     second = run_cli(["run", str(path), "--until-caught-up", "--start-mode", "continue", "-q"])
     assert second.returncode == 0, second.stderr
     yield {"name": name}
