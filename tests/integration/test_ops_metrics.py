@@ -24,6 +24,9 @@ from trempy_nb.connections import save_connection
 from trempy_nb.metadata import MetadataStore
 
 
+ALL_OFF = {f"stop_if_{op}_error": False for op in ("insert", "update", "delete", "upsert", "scd2")}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -62,7 +65,7 @@ def running(source_uri: str, target_uri: str, trempy_home: Path, tmp_path: Path)
     save_connection("src", source_uri)
     execute(source_uri, "CREATE TABLE t (id int PRIMARY KEY, v int)")
     execute(source_uri, "INSERT INTO t SELECT i, i FROM generate_series(1, 10) i")
-    doc = settings(name, "src", target_uri, rtype="full_load_and_cdc")
+    doc = settings(name, "src", target_uri, rtype="full_load_and_cdc", error_handling=ALL_OFF)
     path = write_settings(tmp_path / "task.json", doc)
     MetadataStore().save_task(name, doc)  # a saved task: the metrics find its source, so its slot
     port = free_port()
@@ -94,24 +97,32 @@ def test_counters_grow_by_the_applied_changes(running: dict[str, Any]) -> None:
         return m if m.get(("trempy_rows_loaded_total", (("table", "public.t"), ("task", name)))) == 10 else None
 
     before = wait_for(loaded, "the metrics server and the full-load figure")
+    execute(tgt, "ALTER TABLE public.t ADD CONSTRAINT v_small CHECK (v < 1000)")
     execute(src, "INSERT INTO t SELECT i, i FROM generate_series(11, 17) i")  # 7 inserts
     execute(src, "UPDATE t SET v = -v WHERE id IN (1, 2, 3)")  # 3 updates
+    execute(src, "UPDATE t SET v = 5000 WHERE id = 6")  # rejected by the target: recorded, skipped
     execute(src, "DELETE FROM t WHERE id IN (4, 5)")  # 2 deletes
     wait_for(lambda: rows(tgt, "SELECT count(*), count(*) FILTER (WHERE v < 0) FROM public.t")[0] == (15, 3),
              "the changes on the target")
     expected = {"insert": 7, "update": 3, "delete": 2}
+    errors = ("trempy_errors_total", (("task", name),))
 
     def grown() -> Any:
         m = scrape(port)
-        return m if all(applied(m, name, op) - applied(before, name, op) == n for op, n in expected.items()) else None
+        ok = all(applied(m, name, op) - applied(before, name, op) == n for op, n in expected.items())
+        return m if ok and m.get(errors) == 1 else None
 
     after = wait_for(grown, "the counters")
     for op, n in expected.items():
         assert applied(after, name, op) - applied(before, name, op) == n
-    assert after[("trempy_errors_total", (("task", name),))] == 0
+    assert before.get(errors, 0) == 0 and after[errors] == 1
     assert ("trempy_takeovers_total", ()) in after
     slot = after[("trempy_slot_retained_bytes", (("slot", f"trempy_{name}"),))]
     assert slot >= 0 and slot == int(slot)
+    # idle for a while: no record per idle checkpoint, one summary per batch of changes only
+    time.sleep(2)
+    summaries = MetadataStore().search_logs(name, grep="batch applied", limit=1000)
+    assert 1 <= summaries.height <= 4  # four source transactions
 
 
 def test_port_in_use_exits_1_naming_it(trempy_home: Path) -> None:

@@ -167,7 +167,8 @@ class ChangeApplier:
                                     rows_read=tc.frame.height)
         for (schema, table, op), n in applied.items():  # what the metrics count, by operation
             self.store.record_stats(self.run_id, self.task, schema, table, CDC_OP_PREFIX + op, rows_written=n)
-        self._summarize(batch, applied, ms)
+        if batch.n_changes or self._rejected:  # an empty batch only moves the checkpoint: no record
+            self._summarize(batch, applied, ms)
 
     def _summarize(self, batch: ch.ChangeBatch, applied: dict[tuple[str, str, str], int], ms: float) -> None:
         """One INFO record per applied batch (never one per row): the LSN range, rows per operation
