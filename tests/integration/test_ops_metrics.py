@@ -23,7 +23,6 @@ from tests.cdc_helpers import drop_task, execute, rows, run_cli, settings, write
 from trempy_nb.connections import save_connection
 from trempy_nb.metadata import MetadataStore
 
-
 ALL_OFF = {f"stop_if_{op}_error": False for op in ("insert", "update", "delete", "upsert", "scd2")}
 
 
