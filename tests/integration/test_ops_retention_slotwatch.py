@@ -14,7 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.cdc_helpers import execute
+from tests.cdc_helpers import execute, run_cli
+from trempy_nb.embedded import Cluster
 from trempy_nb.errors import SettingsError
 from trempy_nb.metadata import MetadataStore
 from trempy_nb.ops import retention
@@ -72,3 +73,28 @@ def test_slot_watch_warns_once_when_the_threshold_is_crossed(trempy_home: Path, 
             assert store.search_logs(task)["level"].to_list() == ["WARNING", "INFO"]
         finally:
             conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+
+
+def test_postgresql_store_search_cli_and_retention(pg_cluster: Cluster, trempy_home: Path) -> None:
+    """The same search (CLI --metadata) and retention against the PostgreSQL backend."""
+    uri = pg_cluster.create_database(f"ops_store_{uuid.uuid4().hex[:8]}")
+    store = MetadataStore(uri)
+    try:
+        store.save_task("pgt", {"task": {"task_name": "pgt"}})
+        with psycopg.connect(uri, autocommit=True) as conn:
+            conn.execute("INSERT INTO trempy_metadata.logs (time, task, level, message)"
+                         " SELECT now() - interval '10 days' - g * interval '1 second', 'pgt', 'INFO', 'old ' || g"
+                         " FROM generate_series(1, 300) g")
+        store.log("pgt", None, "WARNING", "new warning", table="public.t", fields={"n": 1})
+        store.log("pgt", None, "INFO", "new info")
+        assert retention.prune(store, keep=timedelta(days=7), batch=64, pause_s=0) == 300
+        assert store.search_logs("pgt", limit=1000)["message"].to_list() == ["new warning", "new info"]
+        res = run_cli(["logs", "pgt", "--metadata", uri, "--level", "warning", "--json"])
+        assert res.returncode == 0, res.stderr
+        rows = json.loads(res.stdout)
+        assert [(r["message"], r["table"], r["fields"]) for r in rows] == [("new warning", "public.t", {"n": 1})]
+        res = run_cli(["logs", "pgt", "--metadata", uri, "--since", "1d", "--json"])
+        assert [r["message"] for r in json.loads(res.stdout)] == ["new warning", "new info"]
+        assert pg_cluster.password not in res.stdout + res.stderr
+    finally:
+        store.close()
