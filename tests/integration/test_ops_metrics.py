@@ -118,6 +118,7 @@ def test_counters_grow_by_the_applied_changes(running: dict[str, Any]) -> None:
     assert ("trempy_takeovers_total", ()) in after
     slot = after[("trempy_slot_retained_bytes", (("slot", f"trempy_{name}"),))]
     assert slot >= 0 and slot == int(slot)
+    assert after[("trempy_slot_warn_threshold_bytes", ())] == 1024**3
     # idle for a while: no record per idle checkpoint, one summary per batch of changes only
     time.sleep(2)
     summaries = MetadataStore().search_logs(name, grep="batch applied", limit=1000)

@@ -39,6 +39,7 @@ from trempy_nb.db import connect
 from trempy_nb.errors import TrempyError
 from trempy_nb.logs import get_logger
 from trempy_nb.ops import CDC_OP_PREFIX
+from trempy_nb.ops.slotwatch import warn_threshold
 
 __all__ = ["MetricsPortInUse", "StoreCollector", "registry_for", "serve"]
 
@@ -113,7 +114,10 @@ class StoreCollector(Collector):
                                      labels=["slot"])
         for slot, n in sorted(self._retained().items()):
             retained.add_metric([slot], float(n))
-        return [applied, loaded, errors, dead, lag_b, lag_s, takeovers, retained]
+        threshold = GaugeMetricFamily("trempy_slot_warn_threshold_bytes",
+                                      "retained WAL above which workers warn (TREMPY_SLOT_WARN_BYTES)")
+        threshold.add_metric([], float(warn_threshold()))
+        return [applied, loaded, errors, dead, lag_b, lag_s, takeovers, retained, threshold]
 
     def _retained(self) -> dict[str, int]:
         """Retained bytes of each known task's slot, by source (cached; unreachable sources skipped)."""
