@@ -462,3 +462,30 @@ def test_lost_connections_are_transient_and_replaced(pg_cluster: Cluster, trempy
     assert ok is True and len(failures) <= killed
     assert all(f.transient and pg_cluster.password not in str(f) and "state store" in str(f) for f in failures)
     assert store.fleet_status("t1")[0]["worker"] == "w1"
+
+
+def test_a_run_records_into_a_postgresql_store(pg_cluster: Cluster, source_uri: str, target_uri: str,
+                                               trempy_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine writes runs, stats and targets through $TREMPY_METADATA_URL: a full load plus
+    CDC until caught up leaves them in the PostgreSQL store, and nothing in $TREMPY_HOME's SQLite file."""
+    from tests.cdc_helpers import drop_task, execute
+    from tests.cdc_helpers import settings as task_doc
+    from trempy_nb.task import Task
+
+    store_uri = pg_cluster.create_database(f"store_{time.monotonic_ns()}")
+    monkeypatch.setenv("TREMPY_METADATA_URL", store_uri)
+    execute(source_uri, "CREATE TABLE public.t (id int PRIMARY KEY, v text)")
+    execute(source_uri, "INSERT INTO public.t SELECT g, 'v' || g FROM generate_series(1, 50) g")
+    name = f"pgstore_{time.monotonic_ns() % 10**8}"
+    try:
+        result = Task.from_settings(task_doc(name, source_uri, target_uri, rtype="full_load_and_cdc")).run(
+            until_caught_up=True, progress=False)
+        assert "succeeded" in repr(result)
+        store = MetadataStore(store_uri)
+        [run] = store.runs(name).to_dicts()
+        assert (run["kind"], run["status"]) == ("full_load_and_cdc", "succeeded")
+        assert store.stats(task=name)["rows_written"].sum() == 50
+        assert store.targets(name)["target_table"].to_list() == ["t"]
+        assert not (trempy_home / "metadata.sqlite3").exists()
+    finally:
+        drop_task(source_uri, name)

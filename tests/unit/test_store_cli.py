@@ -26,7 +26,7 @@ URL = "postgresql://u@h/fleet"
     ],
 )
 def test_metadata_anywhere(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setenv(ENV_VAR, "")  # recorded, so the value apply_metadata sets is undone afterwards
     args = build_parser(plugins=True).parse_args(argv)
     store_cli.apply_metadata(args)
     assert os.environ[ENV_VAR] == URL
