@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from tests.cdc_helpers import drop_task, execute, rows, run_cli, settings, write
 from trempy_nb.changes import lsn_to_int
 from trempy_nb.connections import save_connection
 from trempy_nb.embedded import Cluster
+from trempy_nb.metadata import MetadataStore
+from trempy_nb.ops.slots import cockpit
 
 
 def cli_json(*args: str) -> list[dict[str, Any]]:
@@ -164,3 +167,48 @@ def test_bad_inputs(trempy_home: Path, source_uri: str) -> None:
     assert res.returncode == 2 and "--source" in res.stderr
     res = run_cli(["drop"])
     assert res.returncode == 2
+
+
+def test_fill_projection_against_max_slot_wal_keep_size(pg_cluster: Cluster, source_uri: str,
+                                                        trempy_home: Path) -> None:
+    """With max_slot_wal_keep_size set and WAL being written during the sample, fill_eta_s is the
+    server's safe_wal_size over the sampled WAL rate."""
+    name = f"keep_{uuid.uuid4().hex[:8]}"
+    admin = pg_cluster.uri()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1GB'")
+        conn.execute("SELECT pg_reload_conf()")
+    stop = threading.Event()
+
+    def churn() -> None:  # WAL written while the cockpit samples the rate
+        with psycopg.connect(source_uri, autocommit=True) as c:
+            c.execute("CREATE TABLE churn (g int, pad text)")
+            while not stop.is_set():
+                c.execute("INSERT INTO churn SELECT g, repeat('x', 100) FROM generate_series(1, 500) g")
+                time.sleep(0.01)
+
+    writer = threading.Thread(target=churn, daemon=True)
+    try:
+        with psycopg.connect(source_uri, autocommit=True) as conn:
+            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (name,))
+            deadline = time.monotonic() + 10
+            while rows(source_uri, "SELECT current_setting('max_slot_wal_keep_size')")[0][0] != "1GB":
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            writer.start()
+            c = cockpit(source_uri, MetadataStore(), sample_s=0.5)
+            stop.set()
+            writer.join(10)
+            view = next(s for s in c.slots if s.slot_name == name)
+            assert c.max_slot_wal_keep_size == 1024**3 and c.wal_rate_bytes_s > 0
+            assert view.safe_wal_size is not None and view.safe_wal_size > 0  # the server's own figure
+            assert view.fill_eta_s == pytest.approx(view.safe_wal_size / c.wal_rate_bytes_s)
+            assert view.wal_status in ("reserved", "extended")
+            text = run_cli(["slots", source_uri, "--sample", "0"])
+            assert text.returncode == 0 and "max_slot_wal_keep_size 1.0 GB" in text.stdout
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+    finally:
+        stop.set()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+            conn.execute("SELECT pg_reload_conf()")
