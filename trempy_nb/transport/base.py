@@ -24,11 +24,14 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from trempy_nb.capture.source import ChangeSource, Checkpoint
 from trempy_nb.changes import ChangeBatch
 from trempy_nb.settings import TaskSettings
+
+if TYPE_CHECKING:  # a type only: this module stays free of I/O (the dialect's module connects)
+    from trempy_nb.writer.dialect import TargetDialect
 
 __all__ = [
     "HEARTBEAT_EVERY_S",
@@ -145,6 +148,9 @@ class StreamContext:
     stop: threading.Event
     until: CatchUp
     until_caught_up: bool = False
+    #: the target's database (the engine's choice for the run): state a transport keeps on the
+    #: target goes through it; None = PostgreSQL
+    dialect: TargetDialect | None = None
 
     def stopping(self) -> bool:
         """Stop asked and no catch-up bound left to reach."""

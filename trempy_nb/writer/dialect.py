@@ -55,6 +55,13 @@ class TargetDialect:
     read_shapes: Callable[[Any, str], dict[tuple[str, str], Shape]]
     loaded_tables: Callable[[Any, str], set[tuple[str, str]]]
     forget_task: Callable[[Any, str], None]
+    #: the RabbitMQ transport's state on the target: tables held behind a dead letter
+    #: ((since_lsn, held_upto, replay_failed) per source table) and replays' stream checkpoints
+    ensure_held_table: Callable[[Any], None]
+    read_held: Callable[[Any, str], dict[tuple[str, str], state.Held]]
+    write_held: Callable[[Any, str, tuple[str, str], state.Held], None]
+    delete_held: Callable[..., None]  # (conn, task, key=None)
+    delete_stream_checkpoints: Callable[[Any, str], None]
 
 
 def _pg_connect(uri: str, *, autocommit: bool = False, application_name: str = "trempy_nb") -> psycopg.Connection:
@@ -102,4 +109,9 @@ POSTGRES = TargetDialect(
     read_shapes=state.read_shapes,
     loaded_tables=state.loaded_tables,
     forget_task=_pg_forget_task,
+    ensure_held_table=state.ensure_held_table,
+    read_held=state.read_held,
+    write_held=state.write_held,
+    delete_held=state.delete_held,
+    delete_stream_checkpoints=state.delete_stream_checkpoints,
 )

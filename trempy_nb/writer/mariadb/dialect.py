@@ -8,7 +8,7 @@ from typing import Any
 import pymysql
 
 from trempy_nb.writer.dialect import TargetDialect
-from trempy_nb.writer.mariadb import capabilities, ddl, state
+from trempy_nb.writer.mariadb import capabilities, ddl, held, state
 from trempy_nb.writer.mariadb import uri as maria_uri
 from trempy_nb.writer.mariadb.apply import (
     apply_batch,
@@ -69,4 +69,9 @@ MARIADB = TargetDialect(
     read_shapes=state.read_shapes,
     loaded_tables=state.loaded_tables,
     forget_task=_forget_task,
+    ensure_held_table=held.ensure_held_table,
+    read_held=held.read_held,
+    write_held=held.write_held,
+    delete_held=held.delete_held,
+    delete_stream_checkpoints=held.delete_stream_checkpoints,
 )

@@ -1,4 +1,5 @@
-"""Full load into a MariaDB/MySQL target: the same snapshot, plans and results as `fullload/`.
+"""Full load into a MariaDB/MySQL target: the same snapshot, plans, table loop and results as the
+PostgreSQL one (`load.py`, `tables.run_tables` with `MARIADB_LOAD` as the target's hook).
 
 The source side is the one PostgreSQL path (a REPEATABLE READ snapshot, COPY
 text batches, the table's Polars plan); the target side is
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import polars as pl
@@ -25,18 +25,11 @@ import psycopg
 from psycopg import sql
 
 from trempy_nb.db import connect
-from trempy_nb.errors import TrempyError
-from trempy_nb.fullload import (
-    CHUNK_BYTES,
-    RowErrorHook,
-    TableLoadResult,
-    begin_snapshot,
-    prefetch,
-    target_spec,
-)
+from trempy_nb.fullload.load import CHUNK_BYTES, begin_snapshot, prefetch, target_spec
+from trempy_nb.fullload.result import RowErrorHook, TableLoadResult
+from trempy_nb.fullload.tables import LoadTarget, Plans, run_tables
 from trempy_nb.pgcopy.copyio import iter_frames, select_query
 from trempy_nb.pipeline.plan import TablePlan
-from trempy_nb.redact import mask
 from trempy_nb.settings import TaskSettings
 from trempy_nb.writer.errorpolicy import Kind
 from trempy_nb.writer.mariadb import capabilities
@@ -73,7 +66,7 @@ def stream_query(plan: TablePlan) -> sql.Composed | None:
     if any(e is None for e in exprs):
         return None
     return sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT csv, NULL 'NULL', FORCE_QUOTE *)").format(
-        sql.SQL(", ").join(exprs), sql.Identifier(plan.source.schema, plan.source.name))  # type: ignore[arg-type]
+        sql.SQL(", ").join(exprs), sql.Identifier(plan.source.schema, plan.source.name))
 
 
 def _copy_chunks(src: psycopg.Connection, query: sql.Composed) -> Iterator[bytes]:
@@ -86,7 +79,7 @@ def load_table_mariadb(
     settings: TaskSettings,
     plan: TablePlan,
     source_uri: str,
-    target: maria_uri.MariaDBTarget,
+    target: str | maria_uri.MariaDBTarget,
     *,
     snapshot: str | None = None,
     snapshot_lsn: int | None = None,
@@ -100,9 +93,10 @@ def load_table_mariadb(
     spec = target_spec(plan, settings)
     fl = settings.task.full_load_settings
     result = TableLoadResult(plan.source.schema, plan.source.name, f"{spec.schema}.{spec.table}", copy_format="text")
-    tgt = maria_uri.connect(target)
+    where = target if isinstance(target, maria_uri.MariaDBTarget) else maria_uri.target_of(target)
+    tgt = maria_uri.connect(where)
     src = connect(source_uri)
-    load = TableLoad(tgt, spec, settings.error_handling, task=settings.name, state_database=target.database,
+    load = TableLoad(tgt, spec, settings.error_handling, task=settings.name, state_database=where.database,
                      load_ts=load_ts, on_row_error=on_row_error)
     try:
         load.begin(create=fl.create_table_if_not_exists, recreate=fl.recreate_table_if_exists,
@@ -154,6 +148,24 @@ def load_table_mariadb(
     return result
 
 
+def _prepare(settings: TaskSettings, plans: Plans, target_uri: str) -> None:
+    """The server's capabilities and every table's key length before anything is written, then
+    the state tables (in the database the URI names)."""
+    target = maria_uri.target_of(target_uri)
+    with maria_uri.connect(target) as conn:
+        info = capabilities.validate(conn, target.database)
+        for plan in plans.values():  # every key fits before any table is created
+            spec = target_spec(plan, settings)
+            check_key_length(spec, column_types(spec, native_uuid=info.native_uuid))
+        ensure_state_tables(conn, target.database)
+        conn.commit()
+
+
+#: MariaDB/MySQL's side of the table loop (`tables.run_tables`); any error that escaped the
+#: error policy (the driver's, the FIFO's) is one masked line
+MARIADB_LOAD = LoadTarget("mariadb", _prepare, load_table_mariadb, (Exception,))
+
+
 def run_full_load_mariadb(
     settings: TaskSettings,
     plans: dict[tuple[str, str], TablePlan],
@@ -168,39 +180,7 @@ def run_full_load_mariadb(
     on_table_done: Callable[[TableLoadResult], None] | None = None,
     max_workers: int = 2,
 ) -> list[TableLoadResult]:
-    """`fullload.run_full_load` for a mysql:// / mariadb:// target (same arguments, same results)."""
-    target = maria_uri.target_of(target_uri)
-    with maria_uri.connect(target) as conn:
-        info = capabilities.validate(conn, target.database)
-        for plan in plans.values():  # every key fits before any table is created
-            spec = target_spec(plan, settings)
-            check_key_length(spec, column_types(spec, native_uuid=info.native_uuid))
-        ensure_state_tables(conn, target.database)
-        conn.commit()
-
-    def one(key: tuple[str, str]) -> TableLoadResult:
-        cb = (lambda n: progress(key, n)) if progress else None
-        r = load_table_mariadb(settings, plans[key], source_uri, target, snapshot=snapshot,
-                               snapshot_lsn=snapshot_lsn, load_ts=load_ts, on_progress=cb,
-                               on_row_error=on_row_error)
-        if on_table_done:
-            on_table_done(r)
-        return r
-
-    keys = [t.key for t in settings.tables if t.key in plans]
-    if len(keys) <= 1 or max_workers <= 1:
-        return [one(k) for k in keys]
-    results: list[TableLoadResult] = []
-    with ThreadPoolExecutor(max_workers=min(max_workers, len(keys)), thread_name_prefix="trempy-load") as pool:
-        futures = [pool.submit(one, k) for k in keys]
-        first_error: BaseException | None = None
-        for f in futures:
-            try:
-                results.append(f.result())
-            except TrempyError as exc:
-                first_error = first_error or exc
-            except Exception as exc:  # a driver error that escaped the error policy
-                first_error = first_error or TrempyError(mask(str(exc)))
-        if first_error:
-            raise first_error
-    return results
+    """`load.run_full_load` for a mysql:// / mariadb:// target (same arguments, same results)."""
+    return run_tables(MARIADB_LOAD, settings, plans, source_uri, target_uri, snapshot=snapshot,
+                      snapshot_lsn=snapshot_lsn, load_ts=load_ts, progress=progress, on_row_error=on_row_error,
+                      on_table_done=on_table_done, max_workers=max_workers)
