@@ -1,7 +1,8 @@
 """`trempy-nb worker`: the long-lived fleet worker process (a CLI plug-in, see `cli.PLUGINS`).
 
 Exit codes: 0 after a drain (SIGTERM/SIGINT), 1 when the state store cannot be reached at start
-(one masked line, nothing started), 2 for bad flags or a live worker with the same `--name`.
+or the `--metrics-port` cannot be bound (one masked line, nothing started), 2 for bad flags or a
+live worker with the same `--name`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help=f"lease time to live in seconds; takeover happens within it (default {DEFAULT_TTL_S:g})")
     p.add_argument("--max-failures", type=int, default=Backoff().max_failures, metavar="N",
                    help="failures in a row before a task is marked failed")
+    p.add_argument("--metrics-port", type=int, metavar="P",
+                   help="serve Prometheus metrics of the state store on this port (as `trempy-nb metrics`)")
     return p
 
 
@@ -57,11 +60,27 @@ def run(args: argparse.Namespace) -> int:
         return 1
     worker = Worker(store, make_task=Task.from_settings, name=args.name, roles=roles,
                     max_tasks=args.max_tasks, ttl_s=args.lease_ttl, backoff=backoff)
+    metrics = _serve_metrics(store, args.metrics_port) if args.metrics_port else None  # fails before anything starts
     try:
-        worker.register()
-    except WorkerNameTaken as exc:
-        print(f"trempy-nb: error: {mask(str(exc))}", file=sys.stderr)
-        return 2
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: worker.request_drain())
-    return worker.run()
+        try:
+            worker.register()
+        except WorkerNameTaken as exc:
+            print(f"trempy-nb: error: {mask(str(exc))}", file=sys.stderr)
+            return 2
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: worker.request_drain())
+        return worker.run()
+    finally:
+        if metrics is not None:
+            metrics.shutdown()
+
+
+def _serve_metrics(store: Any, port: int) -> Any:
+    """`ops.metrics.serve` on `port` (a port that cannot be bound: MetricsPortInUse, exit 1)."""
+    # lazy: start-up speed (prometheus_client loads only for a worker that serves metrics; this
+    # module is imported by every plug-in command)
+    from trempy_nb.ops.metrics import serve
+
+    server = serve(store, port)
+    print(f"metrics on http://0.0.0.0:{port}/metrics", flush=True)
+    return server

@@ -201,3 +201,23 @@ def test_stop_drains_the_task_and_submit_resumes_it(fleet: Fleet, tmp_path: Path
     wait_for(lambda: load.diff(tgt)[:2] == (0, 0), 60, "exact versions", fleet.logs)
     assert " ERROR " not in w.log()
     assert w.terminate() == 0
+
+
+def test_metrics_port_serves_the_store_and_a_taken_port_exits_1(fleet: Fleet) -> None:
+    import urllib.request
+
+    from trempy_nb.embedded import free_port
+
+    port = free_port()
+    w = WorkerProc(fleet, "w_metrics", ttl=5, extra_args=["--metrics-port", str(port)])
+    store = fleet.store()
+    wait_for(lambda: "w_metrics" in {x["name"] for x in store.workers() if x["alive"]}, 60, "the worker",
+             fleet.logs)
+    text = wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode(),
+                    30, "/metrics", fleet.logs)
+    assert "trempy_takeovers_total" in text
+    res = _cli("worker", "--name", "w_other", "--metrics-port", str(port),
+               env={"TREMPY_METADATA_URL": fleet.store_url})
+    assert res.returncode == 1 and str(port) in res.stderr and res.stderr.count("\n") == 1, res.stderr
+    assert "w_other" not in {x["name"] for x in store.workers()}  # nothing started
+    assert w.terminate() == 0
