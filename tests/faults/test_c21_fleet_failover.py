@@ -43,8 +43,6 @@ def test_c21_fleet_kill_freeze_partition(tmp_path: Path, long_run: bool) -> None
         tables = [f"c{i}" for i in range(4)]
         load = UpdateLoad(fleet.uris["FLEET_SRC"], tables)
         store = fleet.store()
-        for task, table in zip(tasks, tables, strict=True):
-            store.submit(task, scd2_task(task, table))
         slots: dict[str, WorkerProc] = {}  # link index (or name) -> its current worker
 
         def spawn(i: int) -> WorkerProc:
@@ -55,6 +53,11 @@ def test_c21_fleet_kill_freeze_partition(tmp_path: Path, long_run: bool) -> None
 
         for i in range(3):
             spawn(i)
+        names = {w.name for w in slots.values()}
+        wait_for(lambda: names <= {w["name"] for w in store.workers() if w["alive"]}, 60, "three workers registered",
+                 fleet.logs)
+        for task, table in zip(tasks, tables, strict=True):  # after: each worker takes its fair share
+            store.submit(task, scd2_task(task, table))
 
         def live(exclude: set[str] = frozenset()) -> set[str]:  # type: ignore[assignment]
             return {w.name for w in slots.values() if w.alive() and not w.stopped and w.name not in exclude}

@@ -54,6 +54,12 @@ def _alive(workers: list[WorkerProc], exclude: set[str] = frozenset()) -> set[st
     return {w.name for w in workers if w.alive() and not w.stopped and w.name not in exclude}
 
 
+def _registered(store: Any, workers: list[WorkerProc], fleet: Fleet) -> None:
+    names = {w.name for w in workers}
+    wait_for(lambda: names <= {w["name"] for w in store.workers() if w["alive"]}, 60, "every worker registered",
+             fleet.logs)
+
+
 def _caught_up(fleet: Fleet, load: UpdateLoad, timeout: float = 90) -> None:
     tgt = fleet.uris["FLEET_TGT"]
 
@@ -74,9 +80,10 @@ def test_kill_and_freeze_owners_all_tasks_taken_over_exactly_once(world: tuple[F
     tables = [f"t{i}" for i in range(4)]
     load = UpdateLoad(fleet.uris["FLEET_SRC"], tables)
     store = fleet.store()
+    workers = _start(fleet, links, 3)
+    _registered(store, workers, fleet)  # then the tasks: each worker takes its fair share
     for task, table in zip(tasks, tables, strict=True):
         store.submit(task, scd2_task(task, table))
-    workers = _start(fleet, links, 3)
     first = wait_for(lambda: all_streaming(store, tasks, _alive(workers)), 120, "four tasks streaming",
                      fleet.logs)
     assert len(set(first.values())) >= 2  # spread over the workers, not all on one
@@ -117,9 +124,10 @@ def test_sigterm_drains_and_hands_over_without_error(world: tuple[Fleet, list[An
     tables = ["d0", "d1"]
     load = UpdateLoad(fleet.uris["FLEET_SRC"], tables)
     store = fleet.store()
+    workers = _start(fleet, links, 2)
+    _registered(store, workers, fleet)
     for task, table in zip(tasks, tables, strict=True):
         store.submit(task, scd2_task(task, table))
-    workers = _start(fleet, links, 2)
     first = wait_for(lambda: all_streaming(store, tasks, _alive(workers)), 120, "two tasks streaming", fleet.logs)
     load.start(rate=30)
     time.sleep(2)
