@@ -38,7 +38,7 @@ from trempy_nb.fleet.assignment import (
     RunnerLike,
     actual_state,
 )
-from trempy_nb.fleet.outage import OutageTolerantStore
+from trempy_nb.fleet.outage import OUTAGE_ERRORS, OutageTolerantStore
 from trempy_nb.fleet.policy import (
     HEALTHY_AFTER_S,
     RENEWALS_PER_TTL,
@@ -204,8 +204,10 @@ class Worker:
             a.started_at = now
             a.runner = runner
             runner.start()
-        except Exception as exc:  # noqa: BLE001 - bad settings, store down: a failure like any other
+        except Exception as exc:  # noqa: BLE001 - bad settings, store down: a failure (not counted if the store's)
             a.runner = None
+            if isinstance(exc, OUTAGE_ERRORS):
+                self._store_lost(exc)
             self._failed(a, mask(f"{type(exc).__name__}: {exc}"), now)
             return
         a.state = "pending"
