@@ -361,3 +361,21 @@ def test_a_frozen_full_load_commit_is_refused(
         a.kill()
         if b is not None:
             b.kill()
+
+
+def test_an_older_install_gets_its_fence_table_at_the_first_takeover(target_uri: str) -> None:
+    """State tables of a version before fencing (no `fences`): an unfenced run needs nothing new,
+    the first claim creates it."""
+    task = "f" + uuid.uuid4().hex[:8]
+    conn = POSTGRES.connect(target_uri, application_name=task_app_name(task, "test"))
+    try:
+        POSTGRES.ensure_state_tables(conn)
+        conn.execute("DROP TABLE trempy.fences")
+        conn.commit()
+        POSTGRES.ensure_state_tables(conn)  # the three tables every run needs are there: no DDL
+        assert fence_of(POSTGRES, conn, task) is None
+        assert rows(target_uri, "SELECT to_regclass('trempy.fences') IS NULL") == [(True,)]
+        POSTGRES.claim_target(conn, task, 5)
+        assert fence_of(POSTGRES, conn, task) == 5
+    finally:
+        conn.close()
