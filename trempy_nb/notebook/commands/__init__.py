@@ -11,10 +11,10 @@ from trempy_nb.notebook.commands.connections import (
     delete_connection,
     tables,
 )
+from trempy_nb.notebook.commands.ops import follow_logs, logs, slot_cockpit, slots
 from trempy_nb.notebook.commands.runs import (
     dead_letters,
     errors,
-    logs,
     replay_dead_letters,
     run,
     runs,
@@ -57,6 +57,9 @@ __all__ = [
     "list_tasks",
     "load_task",
     "logs",
+    "follow_logs",
+    "slot_cockpit",
+    "slots",
     "preview",
     "preview_changes",
     "put_task",
