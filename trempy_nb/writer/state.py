@@ -36,13 +36,23 @@ from trempy_nb.writer.fence import Fence, lost_message
 
 STATE_SCHEMA = "trempy"
 CHECKPOINTS = "checkpoints"
-#: The state tables `state_tables_sql` creates
-STATE_TABLES = (CHECKPOINTS, "load_state", "source_shapes", "fences")
+#: The state tables every run needs (`ensure_state_tables` creates them when one is missing);
+#: `fences` is created with them on a new target and by the first takeover on an older one, so
+#: a run without a fence needs no new privilege on an existing install
+STATE_TABLES = (CHECKPOINTS, "load_state", "source_shapes")
 
 _S = sql.Identifier(STATE_SCHEMA)
 
 
 # -- DDL and migrations -------------------------------------------------------------------------
+
+
+# the fencing epoch of each lease (`writer.fence`); a row of its own, not a checkpoint column:
+# a checkpoint row means "resume", and a takeover must store its epoch before any checkpoint
+_FENCES_DDL = sql.SQL(
+    "CREATE TABLE IF NOT EXISTS {}.fences (task text PRIMARY KEY, epoch bigint NOT NULL,"
+    " updated_at timestamptz NOT NULL DEFAULT now())"
+).format(_S)
 
 
 def state_tables_sql() -> list[sql.Composed]:
@@ -65,12 +75,7 @@ def state_tables_sql() -> list[sql.Composed]:
             " columns jsonb NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(),"
             " PRIMARY KEY (task, schema_name, table_name))"
         ).format(_S),
-        # the fencing epoch of each lease (`writer.fence`); a row of its own, not a checkpoint column:
-        # a checkpoint row means "resume", and a takeover must store its epoch before any checkpoint
-        sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {}.fences (task text PRIMARY KEY, epoch bigint NOT NULL,"
-            " updated_at timestamptz NOT NULL DEFAULT now())"
-        ).format(_S),
+        _FENCES_DDL,
     ]
 
 
@@ -214,9 +219,14 @@ def claim_fence(conn: psycopg.Connection, key: str, epoch: int) -> None:
         raise Fenced(lost_message(key, read_fence(conn, key), int(epoch)))
 
 
+def _fences_exist(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{STATE_SCHEMA}.fences",)).fetchone()
+    return bool(row and row[0])
+
+
 def read_fence(conn: psycopg.Connection, key: str) -> int | None:
     """The stored epoch of a fence key (None: never fenced)."""
-    if not state_tables_exist(conn):
+    if not _fences_exist(conn):
         return None
     row = conn.execute(_FENCE_GET, (key,)).fetchone()
     return int(row[0]) if row else None
@@ -226,6 +236,8 @@ def claim_target(conn: psycopg.Connection, key: str, epoch: int) -> None:
     """Takeover: store the new epoch on the target before anything else, in a transaction of its own
     (committed here); from then on every write of an older epoch is refused."""
     ensure_state_tables(conn)
+    if not _fences_exist(conn):
+        conn.execute(_FENCES_DDL)
     conn.commit()
     try:
         claim_fence(conn, key, epoch)
