@@ -19,6 +19,7 @@ from trempy_nb.fullload.result import RowErrorHook, TableLoadResult
 from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.redact import mask
 from trempy_nb.settings import TaskSettings
+from trempy_nb.writer.fence import Fence
 
 Plans = Mapping[tuple[str, str], TablePlan]
 
@@ -31,7 +32,7 @@ class LoadTarget:
     #: (settings, plans, target_uri): checks and objects needed before any table loads
     prepare: Callable[[TaskSettings, Plans, str], None]
     #: (settings, plan, source_uri, target_uri, *, snapshot, snapshot_lsn, load_ts, on_progress,
-    #: on_row_error) -> the table's counters; one target transaction
+    #: on_row_error, fence) -> the table's counters; one target transaction
     load_table: Callable[..., TableLoadResult]
     #: driver errors that escaped the error policy: reported as one masked line
     errors: tuple[type[BaseException], ...]
@@ -51,14 +52,17 @@ def run_tables(
     on_row_error: RowErrorHook | None = None,
     on_table_done: Callable[[TableLoadResult], None] | None = None,
     max_workers: int = 2,
+    fence: Fence | None = None,
 ) -> list[TableLoadResult]:
-    """Prepare the target, then load every planned table (the settings' order); results in that order."""
+    """Prepare the target, then load every planned table (the settings' order); results in that order.
+    With a `fence`, each table's transaction checks it before its commit."""
     target.prepare(settings, plans, target_uri)
 
     def one(key: tuple[str, str]) -> TableLoadResult:
         cb = (lambda n: progress(key, n)) if progress else None
         r = target.load_table(settings, plans[key], source_uri, target_uri, snapshot=snapshot,
-                              snapshot_lsn=snapshot_lsn, load_ts=load_ts, on_progress=cb, on_row_error=on_row_error)
+                              snapshot_lsn=snapshot_lsn, load_ts=load_ts, on_progress=cb, on_row_error=on_row_error,
+                              fence=fence)
         if on_table_done:
             on_table_done(r)
         return r

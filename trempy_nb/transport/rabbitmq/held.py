@@ -10,10 +10,14 @@ MariaDB/MySQL) does the I/O.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
+from trempy_nb.db import task_app_name
 from trempy_nb.writer.dialect import POSTGRES, TargetDialect
+from trempy_nb.writer.fence import Fence
+
+#: the application_name suffix of these connections: the consumer's (a producer's takeover spares them)
+APP = "consume-held"
 
 
 def replay_checkpoint_name(task: str, key: tuple[str, str]) -> str:
@@ -30,10 +34,11 @@ class Held:
 class HeldTables:
     """Tables whose changes wait behind a dead letter (kept on the target: survives restarts)."""
 
-    def __init__(self, target: str, task: str, dialect: TargetDialect | None = None) -> None:
-        self.target, self.task = target, task
+    def __init__(self, target: str, task: str, dialect: TargetDialect | None = None,
+                 fence: Fence | None = None) -> None:
+        self.target, self.task, self.fence = target, task, fence
         self.dialect = dialect or POSTGRES
-        with self.dialect.connect(target, autocommit=True) as conn:
+        with self.dialect.connect(target, autocommit=True, application_name=task_app_name(task, APP)) as conn:
             self.dialect.ensure_held_table(conn)
             self.tables = {key: Held(*h) for key, h in self.dialect.read_held(conn, task).items()}
 
@@ -42,21 +47,27 @@ class HeldTables:
         h = Held(lsn, lsn) if h is None else Held(h.since_lsn, max(h.held_upto, lsn), h.replay_failed)
         if replay_failed is not None:
             h.replay_failed = replay_failed
-        with self.dialect.connect(self.target, autocommit=True) as conn:
-            self.dialect.write_held(conn, self.task, key, (h.since_lsn, h.held_upto, h.replay_failed))
+        d = self.dialect
+        with d.connect(self.target, autocommit=True, application_name=task_app_name(self.task, APP)) as conn, \
+                d.fenced(conn, self.fence, self.task):
+            d.write_held(conn, self.task, key, (h.since_lsn, h.held_upto, h.replay_failed))
         self.tables[key] = h
 
     def release(self, key: tuple[str, str]) -> None:
-        with self.dialect.connect(self.target, autocommit=True) as conn:
-            self.dialect.delete_held(conn, self.task, key)
+        d = self.dialect
+        with d.connect(self.target, autocommit=True, application_name=task_app_name(self.task, APP)) as conn, \
+                d.fenced(conn, self.fence, self.task):
+            d.delete_held(conn, self.task, key)
         self.tables.pop(key, None)
 
 
-def reset_target_state(target: str, task: str, dialect: TargetDialect | None = None) -> None:
+def reset_target_state(target: str, task: str, dialect: TargetDialect | None = None,
+                       fence: Fence | None = None) -> None:
     """start_mode reload: forget held tables and replay checkpoints of the task."""
     d = dialect or POSTGRES
-    with d.connect(target, autocommit=True) as conn:
+    with d.connect(target, autocommit=True, application_name=task_app_name(task, "reset")) as conn:
         d.ensure_held_table(conn)
-        d.delete_held(conn, task)
-        with contextlib.suppress(*d.errors):  # no checkpoints table yet: nothing to forget
+        d.ensure_state_tables(conn)  # the checkpoints table too: the deletes below go in one transaction
+        with d.fenced(conn, fence, task):
+            d.delete_held(conn, task)
             d.delete_stream_checkpoints(conn, task)
