@@ -1,4 +1,5 @@
-"""`trempy-nb`: headless runs, validation, schema, demo, reports (runs, stats, errors, history), connections.
+"""`trempy-nb`: headless runs, validation, schema, demo, reports (runs, stats, errors, history), connections,
+the fleet's submit/stop/status (`--metadata URL` on every subcommand names the state store).
 
 Exit codes: 0 success, 2 invalid settings (message on stderr), 1 runtime
 failure. No traceback unless --debug; no password ever printed.
@@ -14,7 +15,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from trempy_nb import __version__, reports_cli
+from trempy_nb import __version__, reports_cli, store_cli
 from trempy_nb.connections import mask
 from trempy_nb.errors import SettingsError, TrempyError, UnknownTask
 
@@ -71,7 +72,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 #: Subcommands defined here; the others plug in from their feature's module.
-CORE_COMMANDS = ("schema", "validate", "run", "drop", "demo", "runs", "stats", "errors", "history")
+CORE_COMMANDS = ("schema", "validate", "run", "drop", "demo", "runs", "stats", "errors", "history", *store_cli.COMMANDS)
 
 
 def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
@@ -110,10 +111,11 @@ def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_demo)
 
     reports_cli.add_parsers(sub)  # runs, stats, errors, history (argparse only: cheap)
-    if not plugins:
-        return p
-    for name, module in PLUGINS:
-        _plug(sub, name, module)
+    store_cli.add_parsers(sub)  # submit, stop, status (argparse only: cheap)
+    if plugins:
+        for name, module in PLUGINS:
+            _plug(sub, name, module)
+    store_cli.add_metadata_option(p, sub)  # last: every subcommand, plug-ins included
     return p
 
 
@@ -152,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         gc.freeze()
         gc.enable()
     args = parser.parse_args(argv)
+    store_cli.apply_metadata(args)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         return int(args.func(args) or 0)

@@ -69,3 +69,11 @@ class RowError(TrempyError):
 
 class AlreadyRunning(TerminalError):
     """Another runner holds this task."""
+
+
+class TaskRunning(TrempyError):
+    """A changed settings document was submitted for a task that is running (submit with replace)."""
+
+
+class WorkerNameTaken(TrempyError):
+    """A live worker already has this name (the state store refuses a second one)."""
