@@ -16,6 +16,20 @@ from trempy_nb.redact import mask
 
 SESSION_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres -c extra_float_digits=3"
 
+#: application_name prefix of a task's connections: `trempy_nb:<task>:<what>` (eviction finds them by it)
+APP_PREFIX = "trempy_nb"
+
+
+def task_app_name(task: str, what: str) -> str:
+    """The application_name of a task's connection (`what`: lock, capture, apply, fullload, ...).
+    PostgreSQL keeps 63 bytes of it: a longer task name is cut, and eviction matches the cut prefix."""
+    return f"{APP_PREFIX}:{task}:{what}".encode()[:63].decode(errors="ignore")
+
+
+def task_app_prefix(task: str) -> str:
+    """What every application_name of the task's connections starts with (at most 63 bytes)."""
+    return f"{APP_PREFIX}:{task}:".encode()[:63].decode(errors="ignore")
+
 
 def connect(uri: str, *, autocommit: bool = False, application_name: str = "trempy_nb", **kwargs: Any) -> psycopg.Connection:
     """psycopg.connect with canonical session settings; errors never carry the password."""

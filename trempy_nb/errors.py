@@ -77,3 +77,8 @@ class TaskRunning(TrempyError):
 
 class WorkerNameTaken(TrempyError):
     """A live worker already has this name (the state store refuses a second one)."""
+
+
+class Fenced(TerminalError):
+    """This copy of a task lost its lease: the target holds a newer epoch (or the lease expired), so
+    its write was rolled back and it stops (`writer.fence`)."""

@@ -24,7 +24,7 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
-from trempy_nb.db import connect
+from trempy_nb.db import connect, task_app_name
 from trempy_nb.errors import TrempyError
 from trempy_nb.fullload import (
     CHUNK_BYTES,
@@ -39,10 +39,12 @@ from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.redact import mask
 from trempy_nb.settings import TaskSettings
 from trempy_nb.writer.errorpolicy import Kind
+from trempy_nb.writer.fence import Fence
 from trempy_nb.writer.mariadb import capabilities
 from trempy_nb.writer.mariadb import errors as merr
 from trempy_nb.writer.mariadb import uri as maria_uri
 from trempy_nb.writer.mariadb.ddl import check_key_length, column_types, ensure_state_tables
+from trempy_nb.writer.mariadb.fencing import register_session
 from trempy_nb.writer.mariadb.fullload import TableLoad
 from trempy_nb.writer.mariadb.types import mariadb_type
 
@@ -94,17 +96,20 @@ def load_table_mariadb(
     on_progress: Callable[[int], None] | None = None,
     on_row_error: RowErrorHook | None = None,
     chunk_bytes: int | None = None,
+    fence: Fence | None = None,
 ) -> TableLoadResult:
-    """Load one table in one target transaction; returns its counters."""
+    """Load one table in one target transaction; returns its counters (a `fence` is checked in it)."""
     t0 = time.perf_counter()
     spec = target_spec(plan, settings)
     fl = settings.task.full_load_settings
     result = TableLoadResult(plan.source.schema, plan.source.name, f"{spec.schema}.{spec.table}", copy_format="text")
+    app = task_app_name(settings.name, "fullload")
     tgt = maria_uri.connect(target)
-    src = connect(source_uri)
+    src = connect(source_uri, application_name=app)
     load = TableLoad(tgt, spec, settings.error_handling, task=settings.name, state_database=target.database,
                      load_ts=load_ts, on_row_error=on_row_error)
     try:
+        register_session(tgt, app)  # eviction finds it
         load.begin(create=fl.create_table_if_not_exists, recreate=fl.recreate_table_if_exists,
                    truncate=fl.truncate_before_insert)
         begin_snapshot(src, snapshot)
@@ -123,7 +128,7 @@ def load_table_mariadb(
                 # a value the target refused: redo the table batch by batch, where the error policy
                 # retries, isolates or stops (the source connection is reopened: its COPY broke off)
                 src.close()
-                src = connect(source_uri)
+                src = connect(source_uri, application_name=app)
                 begin_snapshot(src, snapshot)
         if not passed:
             frames = iter_frames(src.cursor(), select_query(plan.source.schema, plan.source.name, source_cols),
@@ -140,7 +145,8 @@ def load_table_mariadb(
 
             for out, enc in prefetch(encoded(), depth=2):
                 load.write(out, enc)
-        load.finish(source_schema=plan.source.schema, source_table=plan.source.name, snapshot_lsn=snapshot_lsn)
+        load.finish(source_schema=plan.source.schema, source_table=plan.source.name, snapshot_lsn=snapshot_lsn,
+                    fence=fence)
     except BaseException:
         load.abort()
         raise
@@ -167,6 +173,7 @@ def run_full_load_mariadb(
     on_row_error: RowErrorHook | None = None,
     on_table_done: Callable[[TableLoadResult], None] | None = None,
     max_workers: int = 2,
+    fence: Fence | None = None,
 ) -> list[TableLoadResult]:
     """`fullload.run_full_load` for a mysql:// / mariadb:// target (same arguments, same results)."""
     target = maria_uri.target_of(target_uri)
@@ -182,7 +189,7 @@ def run_full_load_mariadb(
         cb = (lambda n: progress(key, n)) if progress else None
         r = load_table_mariadb(settings, plans[key], source_uri, target, snapshot=snapshot,
                                snapshot_lsn=snapshot_lsn, load_ts=load_ts, on_progress=cb,
-                               on_row_error=on_row_error)
+                               on_row_error=on_row_error, fence=fence)
         if on_table_done:
             on_table_done(r)
         return r

@@ -9,6 +9,7 @@ from psycopg import sql
 
 from trempy_nb.catalog import ColumnInfo
 from trempy_nb.writer import sql as w
+from trempy_nb.writer import state
 from trempy_nb.writer.ddl import TargetSpec
 
 HOSTILE = ["Mixed Case", "semi;colon", 'quo"te', "drop table x; --", "sp ace"]
@@ -67,10 +68,11 @@ def all_statements() -> list[sql.Composable]:
         w.scd2_open_missing_sql(s.ident, STG, s.data_columns, s, sql.SQL("now()")),
         *w.merge_sql(u, sql.Literal("2024-01-02 03:04:05+00")),
         *w.merge_sql(s),
-        w.state_exists_sql(),
-        w.checkpoint_select_sql(True),
-        w.checkpoint_upsert_sql(),
-        w.checkpoint_delete_sql(),
+        state.state_exists_sql(),
+        state.checkpoint_select_sql(True),
+        state.checkpoint_upsert_sql(),
+        state.checkpoint_delete_sql(),
+        *state.state_tables_sql(),
     ]
 
 
@@ -194,10 +196,10 @@ def test_full_load_merge_scd2_closes_changed_versions_and_opens_missing_ones_at_
 
 def test_checkpoint_statements() -> None:
     assert (
-        render(w.checkpoint_select_sql())
-        == 'SELECT lsn FROM "trempy"."checkpoints" WHERE task = %s'
+        render(state.checkpoint_select_sql())
+        == 'SELECT lsn FROM "trempy".checkpoints WHERE task = %s'
     )
-    assert render(w.checkpoint_select_sql(for_update=True)).endswith("FOR UPDATE")
-    assert render(w.checkpoint_upsert_sql()).count("%s") == 2
-    assert render(w.checkpoint_delete_sql()).count("%s") == 1
-    assert "'trempy'" in render(w.state_exists_sql())
+    assert render(state.checkpoint_select_sql(for_update=True)).endswith("FOR UPDATE")
+    assert render(state.checkpoint_upsert_sql()).count("%s") == 2
+    assert render(state.checkpoint_delete_sql()).count("%s") == 1
+    assert "'trempy'" in render(state.state_exists_sql())

@@ -56,12 +56,12 @@ def replication_connection(uri: str, application_name: str) -> psycopg.Connectio
 
 
 @contextmanager
-def create_slot_with_snapshot(uri: str, slot: str) -> Iterator[tuple[int, str]]:
+def create_slot_with_snapshot(uri: str, slot: str, application_name: str | None = None) -> Iterator[tuple[int, str]]:
     """Create pgoutput slot `slot` and yield (consistent_point_lsn, snapshot_name).
 
     The snapshot is valid only inside the `with` block; the slot outlives it.
     """
-    conn = replication_connection(uri, f"trempy_nb snapshot {slot}")
+    conn = replication_connection(uri, application_name or f"trempy_nb snapshot {slot}")
     try:
         try:
             cur = conn.execute(

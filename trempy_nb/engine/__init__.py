@@ -5,6 +5,7 @@
     applier   ChangeApplier: the ChangeSink (plan per shape, apply in one transaction, counters)
     counters  Counters: live per-table counters for dashboards
     lock      task_lock: one runner per task, across processes
+    fencing   evict, claim: a fenced takeover (evict the previous owner, store the new epoch)
     progress  full-load progress (bars / lines)
     pending   frame_of_pending: a stopped task's next changes, without consuming them
     result    RunResult, and RunnableTask (what the engine needs of a task)
@@ -22,6 +23,7 @@ from trempy_nb.lazyattrs import lazy_getattr
 if TYPE_CHECKING:
     from trempy_nb.engine.applier import ChangeApplier
     from trempy_nb.engine.counters import Counters
+    from trempy_nb.engine.fencing import claim, evict
     from trempy_nb.engine.lock import task_lock
     from trempy_nb.engine.pending import frame_of_pending
     from trempy_nb.engine.result import RunnableTask, RunResult
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
 _LAZY = {
     "ChangeApplier": "applier",
     "Counters": "counters",
+    "claim": "fencing",
+    "evict": "fencing",
     "task_lock": "lock",
     "frame_of_pending": "pending",
     "RunResult": "result",
@@ -68,7 +72,9 @@ __all__ = [
     "RunResult",
     "RunnableTask",
     "Runner",
+    "claim",
     "drop_task",
+    "evict",
     "drop_task_by_name",
     "frame_of_pending",
     "run_forever",

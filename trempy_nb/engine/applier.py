@@ -26,10 +26,10 @@ import polars as pl
 
 from trempy_nb import changes as ch
 from trempy_nb.catalog import describe_table
-from trempy_nb.db import connect
+from trempy_nb.db import connect, task_app_name
 from trempy_nb.engine.counters import Counters
 from trempy_nb.engine.session import record_shapes
-from trempy_nb.errors import SchemaChanged
+from trempy_nb.errors import Fenced, SchemaChanged
 from trempy_nb.fullload import target_spec
 from trempy_nb.metadata import MetadataStore
 from trempy_nb.pipeline.plan import TablePlan, compile_plan
@@ -38,6 +38,7 @@ from trempy_nb.transport.base import Checkpoint, TableHook
 from trempy_nb.writer import errorpolicy as policy
 from trempy_nb.writer.apply import ApplyResult, TableApply
 from trempy_nb.writer.dialect import POSTGRES, TargetDialect
+from trempy_nb.writer.fence import Fence, lost_message
 
 _APPLIED_OPS = (("inserted", "insert"), ("updated", "update"), ("deleted", "delete"),
                 ("opened", "scd2 open"), ("closed", "scd2 close"), ("truncates", "truncate"))
@@ -48,22 +49,44 @@ class ChangeApplier:
 
     def __init__(self, task: str, settings: TaskSettings, plans: dict[tuple[str, str], TablePlan], source: str,
                  target: str, *, store: MetadataStore, run_id: str, counters: Counters,
-                 connection_name: str = "apply", dialect: TargetDialect = POSTGRES) -> None:
+                 connection_name: str = "apply", dialect: TargetDialect = POSTGRES,
+                 fence: Fence | None = None) -> None:
         self.task, self.settings, self.plans = task, settings, plans  # plans: shared with the session
         self.dialect = dialect  # the target's database: every target I/O goes through it
         self.source, self.target = source, target
         self.store, self.run_id, self.counters = store, run_id, counters
-        self.application_name = f"trempy_nb:{task}:{connection_name}"
+        self.application_name = task_app_name(task, connection_name)
+        self.fence = fence  # checked and stored in every batch's transaction (`writer.fence`)
         self._tgt: Any = None  # a connection of the target's dialect
 
     # ChangeSink ----------------------------------------------------------------------
     def put(self, batch: ch.ChangeBatch, checkpoint: Checkpoint | None = None, *,
             stream: str | None = None, on_table: TableHook | None = None) -> int:
-        result = self._write(batch, self.connection, stream or self.task, on_table)
+        try:
+            result = self._write(batch, self.connection, stream or self.task, on_table)
+        except self.dialect.errors as exc:
+            self._raise_if_fenced(exc)
+            raise
         if checkpoint is not None:
             checkpoint(batch.end_lsn)
         self._record(result, batch)
         return batch.n_changes
+
+    def _raise_if_fenced(self, exc: BaseException) -> None:
+        """A failed write of a fenced run (its connection was evicted): when a newer epoch holds the
+        target, this copy lost its lease; no retry can help."""
+        fence = self.fence
+        if fence is None:
+            return
+        stored: int | None = None
+        with contextlib.suppress(Exception):
+            conn = self.dialect.connect(self.target, application_name=self.application_name)
+            try:
+                stored = self.dialect.read_fence(conn, fence.key or self.task)
+            finally:
+                conn.close()
+        if stored is not None and stored > fence.epoch:
+            raise Fenced(lost_message(fence.key or self.task, stored, fence.epoch)) from exc
 
     def durable_lsn(self, stream: str | None = None) -> int | None:
         try:
@@ -128,7 +151,8 @@ class ChangeApplier:
 
         tables = _Announced(items, keys, on_table) if on_table is not None else items
         return self.dialect.apply_batch(tgt, checkpoint_task, tables, batch.end_lsn,
-                           error_handling=self.settings.error_handling, on_row_error=on_row_error)
+                                        error_handling=self.settings.error_handling, on_row_error=on_row_error,
+                                        fence=self.fence)
 
     def _record(self, result: ApplyResult, batch: ch.ChangeBatch) -> None:
         c = self.counters
@@ -164,7 +188,7 @@ class ChangeApplier:
         if all(c in known for c in cols) and len(cols) == len(known):
             return plan
         dropped = [c for c in known if c not in cols]
-        with connect(self.source) as src:
+        with connect(self.source, application_name=task_app_name(self.task, "catalog")) as src:
             info = describe_table(src, tc.schema, tc.table)
         if dropped:
             if any(c not in {x.name for x in info.columns} for c in dropped):

@@ -3,22 +3,34 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import psycopg
 
-from trempy_nb.db import connect
+from trempy_nb.db import connect, task_app_name
 from trempy_nb.errors import AlreadyRunning
 
 
 @contextlib.contextmanager
-def task_lock(source_uri: str, task: str) -> Iterator[psycopg.Connection]:
-    """A session advisory lock on the source: one runner per task, across processes and machines."""
-    conn = connect(source_uri, autocommit=True, application_name=f"trempy_nb:{task}:lock")
+def task_lock(source_uri: str, task: str, *, wait_s: float = 0.0,
+              on_busy: Callable[[int], None] | None = None) -> Iterator[psycopg.Connection]:
+    """A session advisory lock on the source: one runner per task, across processes and machines.
+
+    `wait_s`: retry that long while another session holds it (a fenced takeover: the evicted
+    owner's session is on its way out); `on_busy(our_pid)` is called before each retry."""
+    conn = connect(source_uri, autocommit=True, application_name=task_app_name(task, "lock"))
     try:
-        row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"trempy:{task}",)).fetchone()
-        if not row or not row[0]:
-            raise AlreadyRunning(f"task {task} is already running elsewhere (another runner holds its lock)")
+        deadline = time.monotonic() + wait_s
+        while True:
+            row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"trempy:{task}",)).fetchone()
+            if row and row[0]:
+                break
+            if time.monotonic() >= deadline:
+                raise AlreadyRunning(f"task {task} is already running elsewhere (another runner holds its lock)")
+            if on_busy is not None:
+                on_busy(conn.info.backend_pid)
+            time.sleep(0.2)
         yield conn
     finally:
         conn.close()

@@ -15,11 +15,18 @@ The transport is looked up once per run by the settings' name
 (`transport.registry.lookup`). A runner never dies silently: its exception is
 kept, shown in `status`, recorded in the metadata store and re-raised by
 `wait()`/`stop()`; `finally` releases the task lock and connections.
+
+With a `fence` (a worker's lease, `writer.fence`), the run first takes the task
+over (`engine.fencing`): it evicts the previous owner's sessions, stores its epoch
+on the target, then takes the task lock (retrying while the evicted session goes
+away); every target write of the run checks that epoch in its own transaction.
+A copy that lost its lease fails with `Fenced` ("lease lost to epoch N").
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -32,12 +39,13 @@ import polars as pl
 from trempy_nb.capture.slot import drop_task_objects
 from trempy_nb.connections import is_mariadb_uri, resolve
 from trempy_nb.crash import crash_point
-from trempy_nb.db import connect
+from trempy_nb.db import connect, task_app_name
+from trempy_nb.engine import fencing
 from trempy_nb.engine.counters import Counters
 from trempy_nb.engine.lock import task_lock
 from trempy_nb.engine.progress import Progress
 from trempy_nb.engine.result import RunnableTask, RunResult
-from trempy_nb.errors import SettingsError, TerminalError, TrempyError
+from trempy_nb.errors import Fenced, SettingsError, TerminalError, TrempyError
 from trempy_nb.fullload import TableLoadResult, run_full_load
 from trempy_nb.metadata import MetadataStore, RunStatus
 from trempy_nb.pipeline.plan import TablePlan
@@ -48,6 +56,10 @@ from trempy_nb.transport.base import Role, StreamContext, Transport
 from trempy_nb.transport.registry import lookup
 from trempy_nb.writer.dialect import POSTGRES, TargetDialect
 from trempy_nb.writer.errorpolicy import BadRow
+from trempy_nb.writer.fence import Fence, fence_key, lost_message
+
+#: How long a fenced run retries the task lock while the evicted owner's session goes away (s)
+LOCK_WAIT_S = 15.0
 
 if TYPE_CHECKING:
     from trempy_nb.engine.session import CdcSession
@@ -60,8 +72,11 @@ class Runner:
     """A task running in a background thread, in a role (see the module docstring)."""
 
     def __init__(self, task: RunnableTask, *, until_caught_up: bool = False, progress: bool = False,
-                 role: Role = "both", transport: Transport | None = None) -> None:
+                 role: Role = "both", transport: Transport | None = None, fence: Fence | None = None) -> None:
         self.task = task
+        #: the lease's fencing token, bound to this task and role's row on the target
+        self.fence = (dataclasses.replace(fence, key=fence_key(task.name, role))
+                      if fence is not None and not fence.key else fence)
         self.until_caught_up = until_caught_up
         self.progress = progress
         self.role: Role = role
@@ -131,12 +146,48 @@ class Runner:
             store.end_run(run_id, final)
         except BaseException as exc:  # kept and re-raised by wait(); never swallowed
             self.error = exc if isinstance(exc, TrempyError) else TrempyError(mask(f"{type(exc).__name__}: {exc}"))
+            self.error = self._fenced(self.error)
             self.status = "failed"
             try:
                 store.end_run(run_id, "failed", mask(str(self.error)))
                 store.log(self.task.name, run_id, "ERROR", mask(str(self.error)))
             except Exception:  # noqa: S110 - the original error matters more
                 pass
+
+    def _fenced(self, error: TrempyError) -> TrempyError:
+        """A fenced run that failed for another reason (its connections were evicted, its slot is
+        another's) while a newer epoch holds the target: it lost its lease, and says so."""
+        fence = self.fence
+        if fence is None or isinstance(error, Fenced):
+            return error
+        stored: int | None = None
+        with contextlib.suppress(Exception):
+            d = target_dialect(self.task.target_uri)
+            conn = d.connect(self.task.target_uri, application_name=task_app_name(self.task.name, "fence"))
+            try:
+                stored = d.read_fence(conn, fence.key)
+            finally:
+                conn.close()
+        if (stored is not None and stored > fence.epoch) or not fence.valid():
+            fenced = Fenced(lost_message(fence.key, stored, fence.epoch))
+            fenced.__cause__ = error
+            return fenced
+        return error
+
+    def _take_over(self, dialect: TargetDialect) -> None:
+        """A fenced run: evict the previous owner, store this run's epoch on the target."""
+        fence = self.fence
+        if fence is None:
+            return
+        task = self.task
+        source = task.source_uri if self.role != "consumer" else None
+        fencing.evict(task.name, source, task.target_uri, role=self.role, dialect=dialect)
+        fencing.claim(dialect, task.target_uri, task.name, fence.key, fence.epoch, source_uri=source, role=self.role)
+
+    def _evict_lock_holder(self, keep: int) -> None:
+        """The task lock is still held: the evicted owner's session may be on its way out, or another
+        copy took it since: evict again (sparing our lock session)."""
+        fencing.evict(self.task.name, self.task.source_uri, None, [keep], role=self.role)
 
     # the work ----------------------------------------------------------------------
     def _run(self, store: MetadataStore, run_id: str) -> tuple[list[TableLoadResult], int]:
@@ -146,10 +197,14 @@ class Runner:
         if is_mariadb_uri(task.target_uri) and settings.task.transport != "local":
             raise SettingsError(f"task.target {mask(settings.task.target)}: a MariaDB/MySQL target takes"
                                 " transport local (the rabbitmq transport's held tables exist only on PostgreSQL)")
+        if self.fence is not None:
+            self._take_over(target_dialect(task.target_uri))
         if self.role == "consumer":
             return [], self._consume(store, run_id)
         source, target = task.source_uri, task.target_uri
-        with task_lock(source, task.name) as lock:
+        wait = LOCK_WAIT_S if self.fence is not None else 0.0
+        with task_lock(source, task.name, wait_s=wait,
+                       on_busy=self._evict_lock_holder if self.fence is not None else None) as lock:
             task.validate(lock)  # on the lock's connection: one connection (and login) fewer
             plans = task.plans
             record_targets(store, settings, plans)  # what `history NAME` reads
@@ -180,7 +235,8 @@ class Runner:
         record_targets(store, self.task.settings, plans)  # what `history NAME` reads
         session = self._new_session(store, run_id, plans)
         try:
-            with session.dialect.connect(self.task.target_uri) as tgt:
+            with session.dialect.connect(self.task.target_uri,
+                                         application_name=task_app_name(self.task.name, "consume-setup")) as tgt:
                 session.dialect.ensure_state_tables(tgt)
                 tgt.commit()
             return self._stream(session, run_id)
@@ -194,7 +250,7 @@ class Runner:
 
         session = CdcSession(self.task, plans, self.task.source_uri, self.task.target_uri, store=store,
                              run_id=run_id, counters=self.counters, stop=self._stop,
-                             dialect=target_dialect(self.task.target_uri))
+                             dialect=target_dialect(self.task.target_uri), fence=self.fence)
         session.on_status = self._set_status
         self._session = session
         return session
@@ -209,9 +265,9 @@ class Runner:
 
             sink = ChangeApplier(self.task.name, settings, session.plans, session.source, session.target,
                                  store=session.store, run_id=run_id, counters=self.counters,
-                                 connection_name=transport.sink_name, dialect=session.dialect)
+                                 connection_name=transport.sink_name, dialect=session.dialect, fence=self.fence)
         ctx = StreamContext(self.task.name, settings, session.target, session, self._stop, session.catch_up,
-                            until_caught_up=self.until_caught_up)
+                            until_caught_up=self.until_caught_up, fence=self.fence)
         try:
             return transport.run(self.role, ctx, sink)
         finally:
@@ -239,7 +295,7 @@ class Runner:
         try:
             return load(self.task.settings, plans, source, target, snapshot=snapshot,
                         snapshot_lsn=lsn, load_ts=load_ts, progress=bars.update, on_row_error=on_row_error,
-                        on_table_done=on_done)
+                        on_table_done=on_done, fence=self.fence)
         finally:
             bars.close()
 

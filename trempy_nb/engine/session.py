@@ -42,7 +42,7 @@ from trempy_nb.capture.slot import (
     slot_status,
 )
 from trempy_nb.capture.snapshot import create_slot_with_snapshot
-from trempy_nb.db import connect
+from trempy_nb.db import connect, task_app_name
 from trempy_nb.engine.counters import Counters
 from trempy_nb.engine.result import RunnableTask
 from trempy_nb.errors import SchemaChanged, SlotLost, TerminalError, ValidationFailed
@@ -53,6 +53,7 @@ from trempy_nb.redact import mask
 from trempy_nb.settings import TaskSettings
 from trempy_nb.transport.base import CatchUp, ChangeSource, DeadLetter
 from trempy_nb.writer.dialect import POSTGRES, TargetDialect
+from trempy_nb.writer.fence import Fence
 
 
 class _RecordingReader(ChangeReader):
@@ -65,10 +66,11 @@ class _RecordingReader(ChangeReader):
     """
 
     def __init__(self, uri: str, slot: str, publication: str, max_changes: int, *, application_name: str,
-                 target: str, task_name: str, stream: bool, dialect: TargetDialect = POSTGRES) -> None:
+                 target: str, task_name: str, stream: bool, dialect: TargetDialect = POSTGRES,
+                 fence: Fence | None = None) -> None:
         super().__init__(uri, slot, publication, max_changes=max_changes, application_name=application_name,
                          stream=stream)
-        self._target, self._task_name, self._dialect = target, task_name, dialect
+        self._target, self._task_name, self._dialect, self._fence = target, task_name, dialect, fence
         self._rec: Any = None  # a connection of the target's dialect
 
     def _advance(self, lsn: int) -> None:
@@ -79,8 +81,9 @@ class _RecordingReader(ChangeReader):
         for attempt in (1, 2):
             try:
                 if self._rec is None or not self._dialect.usable(self._rec):
-                    self._rec = self._dialect.connect(self._target, autocommit=True)
-                self._dialect.record_slot_lsn(self._rec, self._task_name, lsn)
+                    self._rec = self._dialect.connect(self._target, autocommit=True,
+                                                      application_name=task_app_name(self._task_name, "record"))
+                self._dialect.record_slot_lsn(self._rec, self._task_name, lsn, fence=self._fence)
                 return
             except self._dialect.lost_errors:
                 self._close_record()  # a target restart: one fresh connection, then give up loudly
@@ -111,8 +114,9 @@ class CdcSession:
 
     def __init__(self, task: RunnableTask, plans: dict[tuple[str, str], TablePlan], source: str, target: str, *,
                  store: MetadataStore, run_id: str | None, counters: Counters, stop: threading.Event,
-                 dialect: TargetDialect = POSTGRES) -> None:
+                 dialect: TargetDialect = POSTGRES, fence: Fence | None = None) -> None:
         self.task, self.plans = task, dict(plans)
+        self.fence = fence  # the run's fencing token: checked in every target write of the session
         self.dialect = dialect  # the target's database: every target I/O goes through it
         self.name = task.name
         self.settings: TaskSettings = task.settings
@@ -143,7 +147,7 @@ class CdcSession:
         with self._control_lock:
             if self._control is None or self._control.closed:
                 self._control = connect(self.source, autocommit=True,
-                                        application_name=f"trempy_nb:{self.name}:control")
+                                        application_name=task_app_name(self.name, "control"))
             try:
                 yield self._control
             except BaseException:
@@ -169,10 +173,13 @@ class CdcSession:
         tables = [t.key for t in self.settings.tables]
         _check_name_lengths(self.settings)
         d = self.dialect
-        with connect(self.source, autocommit=True) as src, d.connect(self.target) as tgt:
+        with connect(self.source, autocommit=True, application_name=task_app_name(self.name, "prepare")) as src, \
+                d.connect(self.target, application_name=task_app_name(self.name, "prepare")) as tgt:
             d.validate(tgt)  # before anything is written
             d.ensure_state_tables(tgt)
+            tgt.commit()
             if s.start_mode == "reload":
+                d.check_fence(tgt, self.fence, self.name)
                 drop_task_objects(src, self.name)
                 d.reset_checkpoint(tgt, self.name)
                 d.forget_task(tgt, self.name)
@@ -194,7 +201,8 @@ class CdcSession:
             if s.replication_type == "full_load_and_cdc":
                 row = src.execute("SELECT clock_timestamp()").fetchone()
                 self._record_shapes(tgt)
-                with create_slot_with_snapshot(self.source, self.slot) as (lsn, snapshot):
+                with create_slot_with_snapshot(self.source, self.slot,
+                                               task_app_name(self.name, "snapshot")) as (lsn, snapshot):
                     yield Handoff(True, snapshot, lsn, row[0] if row else None)
                 return
             fl = self.settings.task.full_load_settings
@@ -202,6 +210,7 @@ class CdcSession:
                 d.ensure_target(tgt, target_spec(plan, self.settings), create=fl.create_table_if_not_exists)
             tgt.commit()  # slot creation waits for every open transaction of the cluster
             lsn = create_slot(src, self.slot)
+            d.check_fence(tgt, self.fence, self.name)
             d.write_checkpoint(tgt, self.name, lsn)
             d.record_slot_lsn(tgt, self.name, lsn)
             tgt.commit()
@@ -285,7 +294,8 @@ class CdcSession:
     def mark_loaded(self, lsn: int | None) -> None:
         """After the full load committed: the stream starts at the slot's consistent point."""
         d = self.dialect
-        with d.connect(self.target) as tgt:
+        with d.connect(self.target, application_name=task_app_name(self.name, "checkpoint")) as tgt:
+            d.check_fence(tgt, self.fence, self.name)
             d.write_checkpoint(tgt, self.name, int(lsn or 0))
             d.record_slot_lsn(tgt, self.name, int(lsn or 0))
             tgt.commit()
@@ -293,8 +303,8 @@ class CdcSession:
     # StreamHooks: what a transport asks of the engine --------------------------------
     def new_source(self) -> ChangeSource:
         return _RecordingReader(self.source, self.slot, self.publication, max_changes=batch_size(),
-                                application_name=f"trempy_nb:{self.name}:capture", target=self.target,
-                                task_name=self.name, stream=True, dialect=self.dialect)
+                                application_name=task_app_name(self.name, "capture"), target=self.target,
+                                task_name=self.name, stream=True, dialect=self.dialect, fence=self.fence)
 
     def status(self, state_: str) -> None:
         if self.on_status:

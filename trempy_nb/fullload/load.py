@@ -23,7 +23,8 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
-from trempy_nb.db import connect
+from trempy_nb.crash import pause_point
+from trempy_nb.db import connect, task_app_name
 from trempy_nb.errors import TrempyError
 from trempy_nb.fullload.result import RowErrorHook, TableLoadResult
 from trempy_nb.fullload.routes import choose_route
@@ -33,12 +34,8 @@ from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.redact import mask
 from trempy_nb.settings import TaskSettings
 from trempy_nb.writer import state
-from trempy_nb.writer.ddl import (
-    TargetSpec,
-    ensure_state_tables,
-    ensure_target,
-    key_sql,
-)
+from trempy_nb.writer.ddl import TargetSpec, ensure_target, key_sql
+from trempy_nb.writer.fence import Fence
 
 #: Bytes of COPY text per pipeline batch (TREMPY_CHUNK_MB): bigger batches amortise per-batch costs,
 #: smaller ones bound memory (about 6 batches are in flight across the three stages).
@@ -133,15 +130,17 @@ def load_table(
     on_progress: Callable[[int], None] | None = None,
     on_row_error: RowErrorHook | None = None,
     chunk_bytes: int | None = None,
+    fence: Fence | None = None,
 ) -> TableLoadResult:
-    """Load one table in one target transaction; returns its counters."""
+    """Load one table in one target transaction; returns its counters. With a `fence`, that
+    transaction checks and stores the task's epoch before it commits (`writer.state.check_fence`)."""
     t0 = time.perf_counter()
     spec = target_spec(plan, settings)
     result = TableLoadResult(plan.source.schema, plan.source.name, f"{spec.schema}.{spec.table}")
-    src = connect(source_uri)
+    src = connect(source_uri, application_name=task_app_name(settings.name, "fullload"))
     try:
         _load(settings, plan, spec, src, source_uri, target_uri, snapshot, snapshot_lsn, load_ts,
-              on_progress, on_row_error, chunk_bytes, result)
+              on_progress, on_row_error, chunk_bytes, result, fence=fence)
     finally:
         src.close()
     result.seconds = time.perf_counter() - t0
@@ -151,9 +150,10 @@ def load_table(
 def _load(settings: TaskSettings, plan: TablePlan, spec: TargetSpec, src: psycopg.Connection,
           source_uri: str, target_uri: str, snapshot: str | None, snapshot_lsn: int | None,
           load_ts: Any, on_progress: Callable[[int], None] | None, on_row_error: RowErrorHook | None,
-          chunk_bytes: int | None, result: TableLoadResult) -> None:
+          chunk_bytes: int | None, result: TableLoadResult, *, fence: Fence | None = None) -> None:
     fl = settings.task.full_load_settings
-    with connect(target_uri) as tgt:
+    app = task_app_name(settings.name, "fullload")
+    with connect(target_uri, application_name=app) as tgt:
         tcur = tgt.cursor()
         created, types = ensure_target(tgt, spec, create=fl.create_table_if_not_exists,
                                        recreate=fl.recreate_table_if_exists, defer_keys=True)
@@ -193,7 +193,7 @@ def _load(settings: TaskSettings, plan: TablePlan, spec: TargetSpec, src: psycop
                 if on_progress and told[0]:
                     on_progress(-told[0])
                 src.close()
-                src = connect(source_uri)
+                src = connect(source_uri, application_name=app)
                 begin_snapshot(src, snapshot)
                 scur = src.cursor()
         if not passed:
@@ -207,6 +207,8 @@ def _load(settings: TaskSettings, plan: TablePlan, spec: TargetSpec, src: psycop
         if spec.scd2 and load_ts is not None:
             tcur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT now()").format(
                 spec.ident, sql.Identifier(spec.start_col)))
+        pause_point("full_load_before_table_commit")
+        state.check_fence(tgt, fence, settings.name)
         tgt.commit()
 
 
@@ -223,10 +225,11 @@ def run_full_load(
     on_row_error: RowErrorHook | None = None,
     on_table_done: Callable[[TableLoadResult], None] | None = None,
     max_workers: int = 2,
+    fence: Fence | None = None,
 ) -> list[TableLoadResult]:
     """Load every table, in parallel where the machine allows; the first failure stops the rest."""
-    with connect(target_uri) as tgt:
-        ensure_state_tables(tgt)
+    with connect(target_uri, application_name=task_app_name(settings.name, "fullload")) as tgt:
+        state.ensure_state_tables(tgt)
         for schema in sorted({p.target_schema for p in plans.values()}):  # not concurrently: races in the catalog
             tgt.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         tgt.commit()
@@ -235,7 +238,8 @@ def run_full_load(
     def one(key: tuple[str, str]) -> TableLoadResult:
         cb = (lambda n: progress(key, n)) if progress else None
         r = load_table(settings, plans[key], source_uri, target_uri, snapshot=snapshot,
-                       snapshot_lsn=snapshot_lsn, load_ts=load_ts, on_progress=cb, on_row_error=on_row_error)
+                       snapshot_lsn=snapshot_lsn, load_ts=load_ts, on_progress=cb, on_row_error=on_row_error,
+                       fence=fence)
         if on_table_done:
             on_table_done(r)
         return r

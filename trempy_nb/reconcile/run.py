@@ -46,8 +46,8 @@ from trempy_nb.reconcile.chunks import (
 from trempy_nb.reconcile.sqlgen import DiffShape, Selection
 from trempy_nb.settings import TaskSettings
 from trempy_nb.writer import sql as wsql
-from trempy_nb.writer.checkpoint import read_checkpoint, state_tables_exist
-from trempy_nb.writer.ddl import STATE_SCHEMA, existing_columns
+from trempy_nb.writer import state
+from trempy_nb.writer.ddl import existing_columns
 
 #: rows per chunk: a bucket holds about this many rows, a narrowing or repair step this many keys
 CHUNK_ROWS = 50_000
@@ -70,9 +70,6 @@ class DiffOptions:
     wait_seconds: float = WAIT_SECONDS
     rounds: int = 3  # while the task streams: rounds that must all find a key before it is reported
     repair: bool = False
-
-
-_CHECKPOINT = sql.SQL("SELECT lsn, slot_lsn FROM {}.checkpoints WHERE task = %s").format(sql.Identifier(STATE_SCHEMA))
 
 
 def build_shape(settings: TaskSettings, plan: TablePlan, src: psycopg.Connection,
@@ -143,12 +140,10 @@ def _snapshot(conn: psycopg.Connection) -> int:
 
 
 def _position(conn: psycopg.Connection, task: str, local: bool) -> int | None:
-    if not state_tables_exist(conn):
-        return None
-    row = conn.execute(_CHECKPOINT, (task,)).fetchone()
+    row = state.read_positions(conn, task)
     if row is None:
         return None
-    lsn, slot_lsn = int(row[0] or 0), int(row[1] or 0)
+    lsn, slot_lsn = row[0], int(row[1] or 0)
     # the local transport records the slot's position only after the target committed up to it;
     # with RabbitMQ it is the broker's, so only the applied checkpoint counts
     return max(lsn, slot_lsn) if local else lsn
@@ -338,7 +333,7 @@ class _Table:
         tgt.rollback()
         tgt.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
         with tgt.transaction():
-            read_checkpoint(tgt, self.settings.name, for_update=True)  # the task's applier waits for us
+            state.read_checkpoint(tgt, self.settings.name, for_update=True)  # the task's applier waits for us
             _snapshot(self.src)
             sel = Selection(keys=tuple(r.key_text for r in rows))
             self._stage(sel)

@@ -29,6 +29,7 @@ from typing import Literal, Protocol
 from trempy_nb.capture.source import ChangeSource, Checkpoint
 from trempy_nb.changes import ChangeBatch
 from trempy_nb.settings import TaskSettings
+from trempy_nb.writer.fence import Fence
 
 __all__ = [
     "HEARTBEAT_EVERY_S",
@@ -142,6 +143,9 @@ class StreamContext:
     stop: threading.Event
     until: CatchUp
     until_caught_up: bool = False
+    #: the run's fencing token (a worker's lease): a transport writing the target itself (held tables)
+    #: checks it in the same transaction; None = not fenced
+    fence: Fence | None = None
 
     def stopping(self) -> bool:
         """Stop asked and no catch-up bound left to reach."""

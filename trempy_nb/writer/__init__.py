@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from trempy_nb.writer.apply import ApplyResult, TableApply, TableCounts, apply_batch
-    from trempy_nb.writer.checkpoint import read_checkpoint, reset_checkpoint, write_checkpoint
+    from trempy_nb.writer.state import read_checkpoint, reset_checkpoint, write_checkpoint
 
 _EXPORTS = {
     "ApplyResult": "trempy_nb.writer.apply",
     "TableApply": "trempy_nb.writer.apply",
     "TableCounts": "trempy_nb.writer.apply",
     "apply_batch": "trempy_nb.writer.apply",
-    "read_checkpoint": "trempy_nb.writer.checkpoint",
-    "write_checkpoint": "trempy_nb.writer.checkpoint",
-    "reset_checkpoint": "trempy_nb.writer.checkpoint",
+    "read_checkpoint": "trempy_nb.writer.state",
+    "write_checkpoint": "trempy_nb.writer.state",
+    "reset_checkpoint": "trempy_nb.writer.state",
 }
 
 __all__ = [

@@ -26,14 +26,16 @@ import psycopg
 from psycopg import pq, sql
 
 from trempy_nb.changes import LSN, OP, SEQ, TS
+from trempy_nb.crash import pause_point
 from trempy_nb.errors import TerminalError
 from trempy_nb.pgcopy.copyio import copy_frame
 from trempy_nb.settings import ErrorHandling
 from trempy_nb.writer import errorpolicy as policy
 from trempy_nb.writer import sql as wsql
-from trempy_nb.writer.checkpoint import read_checkpoint, state_tables_exist, write_checkpoint
+from trempy_nb.writer import state
 from trempy_nb.writer.collapse import Rows, Truncate, fill_moved_toast, plan_table
-from trempy_nb.writer.ddl import TargetSpec, ensure_state_tables
+from trempy_nb.writer.ddl import TargetSpec
+from trempy_nb.writer.fence import Fence
 
 RowErrorCallback = Callable[[policy.BadRow], None]
 
@@ -100,19 +102,22 @@ def apply_batch(
     *,
     error_handling: ErrorHandling,
     on_row_error: RowErrorCallback | None = None,
+    fence: Fence | None = None,
 ) -> ApplyResult:
     """Apply a batch ending at commit `end_lsn` exactly once, checkpoint included, in one transaction.
 
     The connection must be idle (no open transaction): this function owns the
-    transaction and commits it last.
+    transaction and commits it last. With a `fence`, the transaction first checks and
+    stores the task's epoch (`state.check_fence`): a copy that lost its lease writes nothing.
     """
     if conn.info.transaction_status != pq.TransactionStatus.IDLE:
         raise TerminalError("apply_batch needs a connection with no open transaction")
     ctx = _Ctx(conn, error_handling, on_row_error)
     with conn.transaction():
-        if not state_tables_exist(conn):
-            ensure_state_tables(conn)
-        before = read_checkpoint(conn, task, for_update=True)
+        if not state.state_tables_exist(conn):
+            state.ensure_state_tables(conn)
+        state.check_fence(conn, fence, task)
+        before = state.read_checkpoint(conn, task, for_update=True)
         result = ApplyResult(task, end_lsn, before)
         if before is not None and end_lsn <= before:
             result.skipped = True
@@ -120,7 +125,9 @@ def apply_batch(
         for ta in tables:
             counts = result.tables.setdefault((ta.spec.schema, ta.spec.table), TableCounts())
             _apply_table(ctx, ta, before, end_lsn, counts)
-        write_checkpoint(conn, task, end_lsn)
+        pause_point("apply_before_checkpoint")
+        state.write_checkpoint(conn, task, end_lsn)
+        state.recheck_fence(fence, task)
     return result
 
 

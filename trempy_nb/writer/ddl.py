@@ -1,4 +1,5 @@
-"""Target tables and the task's state tables: SQL built without I/O, plus a thin `ensure_*` runner.
+"""Target tables: SQL built without I/O, plus a thin `ensure_*` runner (the task's state tables are
+`writer.state`'s).
 
 An upsert target gets the plan's primary key. An SCD2 target gets the three
 validity columns, a plain index on the key and a unique partial index that
@@ -15,8 +16,6 @@ from psycopg import sql
 
 from trempy_nb.catalog import ColumnInfo
 from trempy_nb.errors import TerminalError
-
-STATE_SCHEMA = "trempy"
 
 
 @dataclass(frozen=True)
@@ -95,30 +94,6 @@ def key_sql(spec: TargetSpec) -> list[sql.Composed]:
     return stmts
 
 
-def state_tables_sql() -> list[sql.Composed]:
-    """The task state kept on the target, next to the data it describes."""
-    s = sql.Identifier(STATE_SCHEMA)
-    return [
-        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s),
-        sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {}.checkpoints (task text PRIMARY KEY, lsn bigint NOT NULL,"
-            " slot_lsn bigint, updated_at timestamptz NOT NULL DEFAULT now())"
-        ).format(s),
-        sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {}.load_state (task text, schema_name text, table_name text,"
-            " status text NOT NULL, rows bigint, snapshot_lsn bigint, updated_at timestamptz NOT NULL DEFAULT now(),"
-            " PRIMARY KEY (task, schema_name, table_name))"
-        ).format(s),
-        # the source columns (name, type) each table's changes were last planned with: a column
-        # dropped or retyped while the task was stopped is caught on `continue`
-        sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {}.source_shapes (task text, schema_name text, table_name text,"
-            " columns jsonb NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(),"
-            " PRIMARY KEY (task, schema_name, table_name))"
-        ).format(s),
-    ]
-
-
 def existing_columns(conn: psycopg.Connection, schema: str, table: str) -> dict[str, str] | None:
     """{column: format_type} of a target table, or None when it does not exist."""
     rows = conn.execute(
@@ -184,24 +159,6 @@ def ensure_target(
             " set full_load_settings.recreate_table_if_exists or add them"
         )
     return False, current
-
-
-#: The state tables `state_tables_sql` creates
-STATE_TABLES = ("checkpoints", "load_state", "source_shapes")
-
-
-def ensure_state_tables(conn: psycopg.Connection) -> None:
-    """Create the state schema and tables unless all exist (one catalog query when they do: the
-    DDL takes locks and round trips at every run)."""
-    row = conn.execute(
-        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.relkind = 'r'",
-        (STATE_SCHEMA, list(STATE_TABLES)),
-    ).fetchone()
-    if row and row[0] == len(STATE_TABLES):
-        return
-    for stmt in state_tables_sql():
-        conn.execute(stmt)
 
 
 def add_column(conn: psycopg.Connection, spec: TargetSpec, column: ColumnInfo) -> None:

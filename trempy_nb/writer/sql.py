@@ -18,9 +18,7 @@ from collections.abc import Mapping, Sequence
 
 from psycopg import sql
 
-from trempy_nb.writer.ddl import STATE_SCHEMA, TargetSpec
-
-CHECKPOINTS = "checkpoints"
+from trempy_nb.writer.ddl import TargetSpec
 
 # Staging meta columns (never written to the target).
 S_OP = "_trempy_op"  # 'I' | 'U' | 'D'
@@ -275,39 +273,3 @@ def merge_sql(
         scd2_close_sql(spec.ident, staging, spec, at, changed),
         scd2_open_missing_sql(spec.ident, staging, spec.data_columns, spec, at),
     ]
-
-
-# --- checkpoint -------------------------------------------------------------------------------
-
-
-def _checkpoints() -> sql.Identifier:
-    return sql.Identifier(STATE_SCHEMA, CHECKPOINTS)
-
-
-def state_exists_sql() -> sql.Composed:
-    """One boolean row: does the checkpoints table exist? (Parameters: none.)"""
-    return sql.SQL(
-        "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = {} AND c.relname = {} AND c.relkind IN ('r', 'p'))"
-    ).format(sql.Literal(STATE_SCHEMA), sql.Literal(CHECKPOINTS))
-
-
-def checkpoint_select_sql(for_update: bool = False) -> sql.Composed:
-    """The task's last applied commit LSN. Parameter: task."""
-    q = sql.SQL("SELECT lsn FROM {} WHERE task = %s").format(_checkpoints())
-    if for_update:
-        q = sql.SQL("{} FOR UPDATE").format(q)
-    return q
-
-
-def checkpoint_upsert_sql() -> sql.Composed:
-    """Set the task's checkpoint. Parameters: task, lsn."""
-    return sql.SQL(
-        "INSERT INTO {} AS c (task, lsn, updated_at) VALUES (%s, %s, now())"
-        " ON CONFLICT (task) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = EXCLUDED.updated_at"
-    ).format(_checkpoints())
-
-
-def checkpoint_delete_sql() -> sql.Composed:
-    """Forget the task's checkpoint (start_mode reload). Parameter: task."""
-    return sql.SQL("DELETE FROM {} WHERE task = %s").format(_checkpoints())

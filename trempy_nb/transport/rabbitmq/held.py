@@ -8,13 +8,14 @@ Replayed dead letters are applied with a per-table checkpoint
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
-import psycopg
-
-from trempy_nb.db import connect
+from trempy_nb.db import connect, task_app_name
 from trempy_nb.writer import state
+from trempy_nb.writer.fence import Fence
+
+#: the application_name suffix of these connections: the consumer's (a producer's takeover spares them)
+APP = "consume-held"
 
 
 def replay_checkpoint_name(task: str, key: tuple[str, str]) -> str:
@@ -31,9 +32,9 @@ class Held:
 class HeldTables:
     """Tables whose changes wait behind a dead letter (kept on the target: survives restarts)."""
 
-    def __init__(self, target: str, task: str) -> None:
-        self.target, self.task = target, task
-        with connect(target, autocommit=True) as conn:
+    def __init__(self, target: str, task: str, fence: Fence | None = None) -> None:
+        self.target, self.task, self.fence = target, task, fence
+        with connect(target, autocommit=True, application_name=task_app_name(task, APP)) as conn:
             state.ensure_held_table(conn)
             self.tables = {key: Held(*h) for key, h in state.read_held(conn, task).items()}
 
@@ -42,20 +43,26 @@ class HeldTables:
         h = Held(lsn, lsn) if h is None else Held(h.since_lsn, max(h.held_upto, lsn), h.replay_failed)
         if replay_failed is not None:
             h.replay_failed = replay_failed
-        with connect(self.target, autocommit=True) as conn:
+        with connect(self.target, autocommit=True, application_name=task_app_name(self.task, APP)) as conn, \
+                conn.transaction():
+            state.check_fence(conn, self.fence, self.task)
             state.write_held(conn, self.task, key, (h.since_lsn, h.held_upto, h.replay_failed))
         self.tables[key] = h
 
     def release(self, key: tuple[str, str]) -> None:
-        with connect(self.target, autocommit=True) as conn:
+        with connect(self.target, autocommit=True, application_name=task_app_name(self.task, APP)) as conn, \
+                conn.transaction():
+            state.check_fence(conn, self.fence, self.task)
             state.delete_held(conn, self.task, key)
         self.tables.pop(key, None)
 
 
-def reset_target_state(target: str, task: str) -> None:
+def reset_target_state(target: str, task: str, fence: Fence | None = None) -> None:
     """start_mode reload: forget held tables and replay checkpoints of the task."""
-    with connect(target, autocommit=True) as conn:
+    with connect(target, autocommit=True, application_name=task_app_name(task, "reset")) as conn:
         state.ensure_held_table(conn)
-        state.delete_held(conn, task)
-        with contextlib.suppress(psycopg.Error):
+        state.ensure_state_tables(conn)
+        with conn.transaction():
+            state.check_fence(conn, fence, task)
+            state.delete_held(conn, task)
             state.delete_stream_checkpoints(conn, task)

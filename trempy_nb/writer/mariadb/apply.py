@@ -23,16 +23,26 @@ from typing import Any
 import polars as pl
 
 from trempy_nb.changes import LSN, OP, SEQ, TS
-from trempy_nb.errors import TerminalError
+from trempy_nb.crash import pause_point
+from trempy_nb.errors import Fenced, TerminalError
 from trempy_nb.settings import ErrorHandling
 from trempy_nb.writer import errorpolicy as policy
 from trempy_nb.writer.apply import ApplyResult, TableApply, TableCounts, _key_parts
 from trempy_nb.writer.collapse import Rows, Truncate, fill_moved_toast, plan_table
 from trempy_nb.writer.ddl import TargetSpec
+from trempy_nb.writer.fence import Fence, lost_message
 from trempy_nb.writer.mariadb import errors as merr
 from trempy_nb.writer.mariadb.bulk import load_frame
 from trempy_nb.writer.mariadb.ddl import CHECKPOINTS, column_types, ensure_state_tables
-from trempy_nb.writer.mariadb.names import column_list, execute, key_match, qualified, quote
+from trempy_nb.writer.mariadb.fencing import check_fence
+from trempy_nb.writer.mariadb.names import (
+    column_list,
+    database_of,
+    execute,
+    key_match,
+    qualified,
+    quote,
+)
 from trempy_nb.writer.mariadb.types import MariaType, to_load_text
 from trempy_nb.writer.sql import S_END, S_FIRST, S_OP, S_TS
 
@@ -49,11 +59,6 @@ class _Ctx:
     error_handling: ErrorHandling
     on_row_error: RowErrorCallback | None
     names: itertools.count = field(default_factory=itertools.count)
-
-
-def database_of(conn: Any) -> str:
-    db = conn.db
-    return db.decode() if isinstance(db, bytes) else str(db or "")
 
 
 def read_checkpoint(conn: Any, task: str, *, database: str | None = None, for_update: bool = False) -> int | None:
@@ -86,16 +91,19 @@ def apply_batch(
     *,
     error_handling: ErrorHandling,
     on_row_error: RowErrorCallback | None = None,
+    fence: Fence | None = None,
 ) -> ApplyResult:
     """Apply a batch ending at commit `end_lsn` exactly once, checkpoint included, in one transaction.
 
-    The state tables live in the connection's database (the one the target URI names)."""
+    The state tables live in the connection's database (the one the target URI names). With a
+    `fence`, the transaction first checks and stores the task's epoch (`fencing.check_fence`)."""
     database = database_of(conn)
     ensure_state_tables(conn, database)  # DDL commits implicitly: before the transaction, never in it
     conn.commit()
     ctx = _Ctx(conn, error_handling, on_row_error)
     conn.begin()
     try:
+        check_fence(conn, fence, task, database=database)
         before = read_checkpoint(conn, task, database=database, for_update=True)
         result = ApplyResult(task, end_lsn, before)
         if before is not None and end_lsn <= before:
@@ -105,7 +113,10 @@ def apply_batch(
         for ta in tables:
             counts = result.tables.setdefault((ta.spec.schema, ta.spec.table), TableCounts())
             _apply_table(ctx, ta, before, end_lsn, counts)
+        pause_point("apply_before_checkpoint")
         write_checkpoint(conn, task, end_lsn, database=database)
+        if fence is not None and not fence.valid():
+            raise Fenced(lost_message(fence.key or task, None, fence.epoch))
         conn.commit()
     except BaseException:
         try:

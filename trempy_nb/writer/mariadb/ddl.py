@@ -25,6 +25,10 @@ from trempy_nb.writer.mariadb.types import INDEX_LIMIT_BYTES, MariaType, mariadb
 CHECKPOINTS = "trempy_checkpoints"
 LOAD_STATE = "trempy_load_state"
 SOURCE_SHAPES = "trempy_source_shapes"
+#: the fencing epoch of each lease (`writer.fence`)
+FENCES = "trempy_fences"
+#: the task sessions open on this server (MariaDB has no application_name to find them by)
+SESSIONS = "trempy_sessions"
 #: The generated column that is non-NULL only on an SCD2 table's current version
 CURRENT_MARK = "_trempy_current"
 ENGINE = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
@@ -92,7 +96,18 @@ def state_tables_sql(database: str) -> list[str]:
         " schema_name VARCHAR(64) NOT NULL, table_name VARCHAR(64) NOT NULL, `columns` JSON NOT NULL,"
         " updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),"
         f" PRIMARY KEY (task, schema_name, table_name)) {ENGINE}",
+        f"CREATE TABLE IF NOT EXISTS {qualified(database, FENCES)} (task VARCHAR(255) NOT NULL PRIMARY KEY,"
+        f" epoch BIGINT NOT NULL, updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) {ENGINE}",
+        sessions_table_sql(database),
     ]
+
+
+def sessions_table_sql(database: str) -> str:
+    """The session registry: one row per open task connection (id and client host:port as the
+    server's processlist shows them, and the application name it would have had)."""
+    return (f"CREATE TABLE IF NOT EXISTS {qualified(database, SESSIONS)} (connection_id BIGINT NOT NULL PRIMARY KEY,"
+            " host VARCHAR(255) NOT NULL, app VARCHAR(255) NOT NULL,"
+            f" updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) {ENGINE}")
 
 
 def ensure_state_tables(conn: Any, database: str) -> None:

@@ -7,8 +7,9 @@ from typing import Any
 
 import pymysql
 
+from trempy_nb.db import APP_PREFIX
 from trempy_nb.writer.dialect import TargetDialect
-from trempy_nb.writer.mariadb import capabilities, ddl, state
+from trempy_nb.writer.mariadb import capabilities, ddl, fencing, state
 from trempy_nb.writer.mariadb import uri as maria_uri
 from trempy_nb.writer.mariadb.apply import (
     apply_batch,
@@ -20,11 +21,24 @@ from trempy_nb.writer.mariadb.apply import (
 
 
 def _connect(uri: str, *, autocommit: bool = False, application_name: str = "trempy_nb") -> Any:
-    """`application_name` has no MariaDB counterpart (the server shows the user and host)."""
+    """`application_name` has no MariaDB counterpart: a task's connection (`trempy_nb:<task>:...`)
+    records itself in the session registry instead, where eviction finds it."""
     conn = maria_uri.connect(uri)
+    if application_name.startswith(f"{APP_PREFIX}:"):
+        fencing.register_session(conn, application_name)
     if autocommit:
         conn.autocommit(True)
     return conn
+
+
+def _backend_id(conn: Any) -> int:
+    return int(conn.thread_id())
+
+
+def _lock_timeout(conn: Any, seconds: float) -> None:
+    with conn.cursor() as cur:
+        cur.execute("SET SESSION innodb_lock_wait_timeout = %s", (max(1, int(seconds)),))
+    conn.commit()
 
 
 def _usable(conn: Any) -> bool:
@@ -69,4 +83,10 @@ MARIADB = TargetDialect(
     read_shapes=state.read_shapes,
     loaded_tables=state.loaded_tables,
     forget_task=_forget_task,
+    claim_target=fencing.claim_target,
+    read_fence=fencing.read_fence,
+    check_fence=fencing.check_fence,
+    backend_id=_backend_id,
+    evict=fencing.terminate_named,
+    lock_timeout=_lock_timeout,
 )

@@ -20,13 +20,16 @@ from typing import Any
 
 import polars as pl
 
+from trempy_nb.crash import pause_point
 from trempy_nb.settings import ErrorHandling
 from trempy_nb.writer import errorpolicy as policy
 from trempy_nb.writer.ddl import TargetSpec
+from trempy_nb.writer.fence import Fence
 from trempy_nb.writer.mariadb import errors as merr
 from trempy_nb.writer.mariadb.bulk import csv_bytes, load_frame, load_stream
 from trempy_nb.writer.mariadb.capabilities import server_info
 from trempy_nb.writer.mariadb.ddl import LOAD_STATE, ensure_target
+from trempy_nb.writer.mariadb.fencing import check_fence
 from trempy_nb.writer.mariadb.names import column_list, execute, key_match, qualified, quote
 from trempy_nb.writer.mariadb.types import MariaType, to_load_text
 
@@ -201,14 +204,17 @@ class TableLoad:
         if self.on_row_error:
             self.on_row_error(policy.BadRow(self.spec.schema, self.spec.table, "insert", key, row, error))
 
-    def finish(self, *, source_schema: str, source_table: str, snapshot_lsn: int | None = None) -> None:
-        """Record the table as loaded (same transaction) and commit."""
+    def finish(self, *, source_schema: str, source_table: str, snapshot_lsn: int | None = None,
+               fence: Fence | None = None) -> None:
+        """Record the table as loaded (same transaction), check the fence there, and commit."""
         with self.conn.cursor() as cur:
             execute(cur, f"INSERT INTO {qualified(self.state_database, LOAD_STATE)} (task, schema_name, table_name,"
                     " status, `rows`, snapshot_lsn, updated_at) VALUES (%s, %s, %s, 'done', %s, %s, UTC_TIMESTAMP(6))"
                     " ON DUPLICATE KEY UPDATE status = 'done', `rows` = VALUES(`rows`),"
                     " snapshot_lsn = VALUES(snapshot_lsn), updated_at = VALUES(updated_at)",
                     (self.task, source_schema, source_table, self.counts.rows_written, snapshot_lsn))
+        pause_point("full_load_before_table_commit")
+        check_fence(self.conn, fence, self.task, database=self.state_database)
         self.conn.commit()
 
     def abort(self) -> None:

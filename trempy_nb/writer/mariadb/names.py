@@ -45,6 +45,12 @@ def key_match(key: Sequence[str], left: str = "t", right: str = "s") -> str:
     return " AND ".join(f"{left}.{quote(k)} = {right}.{quote(k)}" for k in key)
 
 
+def database_of(conn: Any) -> str:
+    """The database a connection selected (where the task's state tables live)."""
+    db = conn.db
+    return db.decode() if isinstance(db, bytes) else str(db or "")
+
+
 def execute(cur: Any, statement: str, params: Sequence[Any] = ()) -> int:
     """Run a statement built here (names quoted by `quote`, values as %s placeholders)."""
     return int(cur.execute(statement, tuple(params)))

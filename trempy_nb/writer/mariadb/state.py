@@ -7,12 +7,15 @@ transaction). Each function runs on the caller's connection and leaves the commi
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
 from typing import Any
 
+from trempy_nb.writer.fence import Fence
 from trempy_nb.writer.mariadb.apply import database_of
 from trempy_nb.writer.mariadb.ddl import CHECKPOINTS, LOAD_STATE, SOURCE_SHAPES
+from trempy_nb.writer.mariadb.fencing import check_fence
 from trempy_nb.writer.mariadb.names import execute, qualified
 
 Shape = list[tuple[str, str]]  # the source columns (name, type) a table's changes are planned with
@@ -23,11 +26,24 @@ def _db(conn: Any, database: str | None) -> str:
     return database or database_of(conn)
 
 
-def record_slot_lsn(conn: Any, task: str, lsn: int, *, database: str | None = None) -> None:
-    """The slot is about to be confirmed up to `lsn` (never moves back)."""
-    with conn.cursor() as cur:
-        execute(cur, f"UPDATE {qualified(_db(conn, database), CHECKPOINTS)}"
-                " SET slot_lsn = GREATEST(COALESCE(slot_lsn, 0), %s) WHERE task = %s", (int(lsn), task))
+def record_slot_lsn(conn: Any, task: str, lsn: int, *, database: str | None = None,
+                    fence: Fence | None = None) -> None:
+    """The slot is about to be confirmed up to `lsn` (never moves back). With a fence, in a
+    transaction of its own that checks it."""
+    if fence is not None:
+        conn.begin()
+    try:
+        check_fence(conn, fence, task, database=database)
+        with conn.cursor() as cur:
+            execute(cur, f"UPDATE {qualified(_db(conn, database), CHECKPOINTS)}"
+                    " SET slot_lsn = GREATEST(COALESCE(slot_lsn, 0), %s) WHERE task = %s", (int(lsn), task))
+        if fence is not None:
+            conn.commit()
+    except BaseException:
+        if fence is not None:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+        raise
 
 
 def read_slot_lsn(conn: Any, task: str, *, database: str | None = None) -> int:
@@ -68,3 +84,4 @@ def forget_task(conn: Any, task: str, tables: Iterable[str] = ("load_state", "so
     with conn.cursor() as cur:
         for table in tables:
             execute(cur, f"DELETE FROM {qualified(_db(conn, database), _TABLES[table])} WHERE task = %s", (task,))
+
