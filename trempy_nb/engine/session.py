@@ -261,16 +261,17 @@ class CdcSession:
             return
         loaded = self.dialect.loaded_tables(tgt, self.name)
         tgt.commit()
-        added = [".".join(t.key) for t in self.settings.tables
-                 if t.key not in loaded and t.key not in self._pending_adds()]
+        pending = self._pending_adds()  # loaded in step with the stream by the run's lifecycle
+        added = [".".join(t.key) for t in self.settings.tables if t.key not in loaded and t.key not in pending]
         if added:
             raise TerminalError(
                 f"table(s) {', '.join(added)} were added to task {self.name} after its full load: their"
                 " existing rows are not on the target. Rerun with start_mode reload, or replicate them"
                 " in a task of their own."
             )
-        for plan in self.plans.values():  # columns added on the source while stopped
-            self.dialect.ensure_target(tgt, target_spec(plan, self.settings), create=False, add_missing=True)
+        for key, plan in self.plans.items():  # columns added on the source while stopped
+            if key not in pending:
+                self.dialect.ensure_target(tgt, target_spec(plan, self.settings), create=False, add_missing=True)
         tgt.commit()
 
     def _pending_adds(self) -> set[tuple[str, str]]:
