@@ -127,7 +127,7 @@ def _history(tgt: str, table: str) -> dict[int, list[tuple[Any, Any, bool, int]]
 def _check_chain(history: dict[int, list[tuple[Any, Any, bool, int]]], table: str) -> None:
     """Per key: versions chained end == next start, only the last may be current, counters increase."""
     for key, versions in history.items():
-        for (s1, e1, c1, n1), (s2, _e2, _c2, n2) in zip(versions, versions[1:]):
+        for (_s1, e1, c1, n1), (s2, _e2, _c2, n2) in zip(versions, versions[1:], strict=False):
             assert not c1 and e1 == s2, f"{table} key {key}: gap or overlap between versions {versions}"
             assert n2 > n1, f"{table} key {key}: versions out of order {versions}"
         assert sum(1 for v in versions if v[2]) <= 1, f"{table} key {key}: two current versions"
@@ -182,7 +182,7 @@ def test_add_table_and_resync_under_writes_keep_the_other_scd2_history_exact(
     # the stored settings have b; the store shows both tables streaming and the last diffs
     assert ["public", "b"] in [[t["schema_name"], t["table_name"]] for t in MetadataStore().load_task(task_name)["tables"]]
     states = cont.table_states()
-    assert dict(zip(states["table"], states["state"])) == {"public.a": "streaming", "public.b": "streaming"}
+    assert dict(zip(states["table"], states["state"], strict=True)) == {"public.a": "streaming", "public.b": "streaming"}
     assert set(states["last_diff"]) == {"equal"}
     assert rows(tgt, "SELECT count(*) FROM trempy.held_changes")[0][0] == 0
 
@@ -244,7 +244,7 @@ def test_pause_and_resume_hold_changes_in_order(
                 src, "SELECT confirmed_flush_lsn > %s FROM pg_replication_slots WHERE slot_name = %s",
                 (slot_before, f"trempy_{task_name}"))[0][0])
             states = task.table_states()
-            assert dict(zip(states["table"], states["state"]))["public.p"] == "paused"
+            assert dict(zip(states["table"], states["state"], strict=True))["public.p"] == "paused"
             out = task.resume_table("public.p", wait=WAIT)
             _done(task, out)
             assert "held change(s) applied in order" in out["message"]

@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import threading
 import time
 import uuid
@@ -65,7 +64,7 @@ from trempy_nb.writer.dialect import TargetDialect
 from trempy_nb.writer.fence import Fence
 
 #: how often the owner looks for new requests (s): one indexed query each time
-POLL_S = float(os.environ.get("TREMPY_LIFECYCLE_POLL_S", "1.0"))
+POLL_S = 1.0
 #: held changes are replayed in groups of up to this many rows (one target transaction each)
 DRAIN_ROWS = 50_000
 
