@@ -47,18 +47,30 @@ def add_parsers(subparsers: Any) -> None:
 
 
 def add_metadata_option(parser: argparse.ArgumentParser, subparsers: Any) -> None:
-    """`--metadata URL` before the subcommand and on every subcommand that does not define it itself."""
+    """`--metadata URL` before the subcommand and on every subcommand (and sub-subcommand, as in
+    `connect list`) that does not define it itself.
+
+    argparse copies a subparser's defaults over its parent's values, so each level has its own
+    destination (`metadata_global`, `metadata`, `metadata_2`...); `apply_metadata` takes the one given."""
     parser.add_argument("--metadata", dest="metadata_global", metavar="URL", help=METADATA_HELP)
+    _add_below(subparsers, 1)
+
+
+def _add_below(subparsers: Any, depth: int) -> None:
     for sub in subparsers.choices.values():
         if "--metadata" not in sub._option_string_actions:
-            sub.add_argument("--metadata", metavar="URL", help=METADATA_HELP)
+            sub.add_argument("--metadata", dest="metadata" if depth == 1 else f"metadata_{depth}",
+                             metavar="URL", help=METADATA_HELP)
+        for action in sub._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_below(action, depth + 1)
 
 
 def apply_metadata(args: argparse.Namespace) -> None:
     """Point this process at the state store named on the command line (before anything opens it)."""
-    url = getattr(args, "metadata", None) or getattr(args, "metadata_global", None)
-    if url:
-        os.environ[METADATA_ENV] = url
+    given = [v for k, v in sorted(vars(args).items()) if k.startswith("metadata") and isinstance(v, str) and v]
+    if given:
+        os.environ[METADATA_ENV] = given[0]
 
 
 # lazy imports below: start-up speed (polars, psycopg and the store load only for these commands)

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from tests.cdc_helpers import run_cli, write_settings
-from trempy_nb import store_cli
 from trempy_nb.embedded import Cluster
 from trempy_nb.store import ENV_VAR, MetadataStore
 
@@ -28,10 +27,6 @@ def doc(name: str, table: str = "a") -> dict[str, Any]:
 def store_url(pg_cluster: Cluster, trempy_home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.delenv(ENV_VAR, raising=False)
     return pg_cluster.create_database(f"fleetcli_{time.monotonic_ns()}")
-
-
-def test_env_var_name_is_the_stores() -> None:
-    assert store_cli.METADATA_ENV == ENV_VAR
 
 
 def test_submit_stop_status_with_metadata(store_url: str, tmp_path: Path, pg_cluster: Cluster) -> None:

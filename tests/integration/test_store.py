@@ -433,3 +433,59 @@ def test_saved_connection_name_selects_postgresql(pg_cluster: Cluster, trempy_ho
     assert store.kind == "postgresql" and store.path is None
     store.submit("t1", settings("t1"))
     assert MetadataStore(uri).fleet_status()[0]["task"] == "t1"
+
+
+def test_lost_connections_are_transient_and_replaced(pg_cluster: Cluster, trempy_home: Path) -> None:
+    """The server ends every store session (a restart, a failover): calls fail as transient
+    ConnectionFailed (masked) until the broken pooled connections are replaced, then work."""
+    uri = pg_cluster.create_database(f"store_{time.monotonic_ns()}")
+    store = MetadataStore(uri)
+    store.submit("t1", settings("t1"))
+    lease = store.claim("t1", "both", "w1", 60)
+    assert lease is not None
+    assert MetadataStore(uri).backend is store.backend  # one pool per process and database
+    with psycopg.connect(uri, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = 'trempy_nb:store' AND datname = current_database()"
+        ).fetchone()[0]
+    assert killed >= 1
+    failures = []
+    for _ in range(10):
+        try:
+            ok = store.renew(lease)
+            break
+        except ConnectionFailed as exc:
+            failures.append(exc)
+    else:
+        pytest.fail("the store never came back")
+    assert ok is True and len(failures) <= killed
+    assert all(f.transient and pg_cluster.password not in str(f) and "state store" in str(f) for f in failures)
+    assert store.fleet_status("t1")[0]["worker"] == "w1"
+
+
+def test_a_run_records_into_a_postgresql_store(pg_cluster: Cluster, source_uri: str, target_uri: str,
+                                               trempy_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine writes runs, stats and targets through $TREMPY_METADATA_URL: a full load plus
+    CDC until caught up leaves them in the PostgreSQL store, and nothing in $TREMPY_HOME's SQLite file."""
+    from tests.cdc_helpers import drop_task, execute
+    from tests.cdc_helpers import settings as task_doc
+    from trempy_nb.task import Task
+
+    store_uri = pg_cluster.create_database(f"store_{time.monotonic_ns()}")
+    monkeypatch.setenv("TREMPY_METADATA_URL", store_uri)
+    execute(source_uri, "CREATE TABLE public.t (id int PRIMARY KEY, v text)")
+    execute(source_uri, "INSERT INTO public.t SELECT g, 'v' || g FROM generate_series(1, 50) g")
+    name = f"pgstore_{time.monotonic_ns() % 10**8}"
+    try:
+        result = Task.from_settings(task_doc(name, source_uri, target_uri, rtype="full_load_and_cdc")).run(
+            until_caught_up=True, progress=False)
+        assert "succeeded" in repr(result)
+        store = MetadataStore(store_uri)
+        [run] = store.runs(name).to_dicts()
+        assert (run["kind"], run["status"]) == ("full_load_and_cdc", "succeeded")
+        assert store.stats(task=name)["rows_written"].sum() == 50
+        assert store.targets(name)["target_table"].to_list() == ["t"]
+        assert not (trempy_home / "metadata.sqlite3").exists()
+    finally:
+        drop_task(source_uri, name)

@@ -10,6 +10,7 @@ SQL wrapper so the reader and the runner never format identifiers themselves
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -266,16 +267,23 @@ def advance_slot(conn: psycopg.Connection, name: str, lsn: int, *, retries: int 
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def emit_heartbeat(conn: psycopg.Connection) -> int:
+def emit_heartbeat(conn: psycopg.Connection, *, flush: bool = False) -> int:
     """Write a non-transactional message into this database's WAL; returns its LSN.
 
     An idle captured database next to a busy one produces no output for its
     slot, so the slot could never advance and would pin the busy one's WAL;
     the reader advances past a heartbeat once nothing before it is outstanding.
+    `flush`: commit a transaction with an xid right after it, which flushes the WAL
+    at once, so the walsender sends the message now rather than when the WAL
+    writer next runs (a catch-up run waits for exactly this message).
     """
-    row = conn.execute(
-        "SELECT pg_logical_emit_message(false, %s, '')::text", (HEARTBEAT_PREFIX,)
-    ).fetchone()
+    query = "SELECT pg_logical_emit_message(false, %s, '')::text"
+    if flush:
+        query += ", txid_current()"  # an xid: its commit record is flushed, the message with it
+    with conn.transaction() if conn.autocommit else contextlib.nullcontext():
+        if flush:
+            conn.execute("SET LOCAL synchronous_commit = on")
+        row = conn.execute(query, (HEARTBEAT_PREFIX,)).fetchone()
     assert row is not None
     if not conn.autocommit:
         conn.commit()

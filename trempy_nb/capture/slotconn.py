@@ -99,9 +99,9 @@ class SlotConnection:
         """Move the slot's confirmed position to `lsn` (peek mode: decodes WAL up to it)."""
         advance_slot(self.conn, self.slot, lsn)
 
-    def heartbeat(self) -> None:
+    def heartbeat(self, *, flush: bool = False) -> None:
         """A non-transactional message in the source's WAL (see `slot.emit_heartbeat`)."""
-        emit_heartbeat(self.conn)
+        emit_heartbeat(self.conn, flush=flush)
 
     def primary_key(self, namespace: str, name: str) -> tuple[str, ...]:
         """The table's primary key columns, or () when it has none or the lookup fails."""

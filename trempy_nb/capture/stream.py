@@ -220,6 +220,11 @@ class StreamWindows:
             self._drop()  # the next fetch reconnects (or reports why it cannot)
         return got
 
+    def _beacon(self, upto_lsn: int) -> None:
+        """A message past the catch-up bound: once it arrives, everything before the bound has."""
+        self._link.heartbeat(flush=True)
+        self._beacon_for = upto_lsn
+
     def fetch(self, upto_lsn: int | None, nchanges: int) -> tp.Window:
         """Whole units: at least `nchanges` messages if they come without waiting, only units
         before `upto_lsn`; what is left stays for the next call."""
@@ -241,6 +246,10 @@ class StreamWindows:
                 seen = len(inbox.units)
                 if blocked or (ok_end and ok_end >= nchanges):
                     break
+                if upto_lsn is not None and not inbox.units and self._beacon_for != upto_lsn:
+                    # catching up: the beacon goes out at once, WAL flushed (`_beacon` below)
+                    self._beacon(upto_lsn)
+                    pinged = time.monotonic()
                 if inbox.units:
                     timeout = 0.0  # something whole is here: take what comes without waiting
                 elif inbox.in_txn:
@@ -260,9 +269,9 @@ class StreamWindows:
                     # upto_lsn. A message written now lies past it, and the stream delivers
                     # it after every transaction that committed before it: read until a unit
                     # at or past upto_lsn arrives (then everything before it is here).
-                    if self._beacon_for != upto_lsn or time.monotonic() - pinged > BEACON_EVERY_S:
-                        self._link.heartbeat()
-                        self._beacon_for, pinged = upto_lsn, time.monotonic()
+                    if time.monotonic() - pinged > BEACON_EVERY_S:
+                        self._beacon(upto_lsn)
+                        pinged = time.monotonic()
                     continue
                 break
         except psycopg.Error as exc:

@@ -1,5 +1,8 @@
 """Where `%trempy` options come from besides `%config`: files and the environment.
 
+`metadata_url` is applied to the environment (`apply_metadata_url`), so every store this
+kernel opens, the engine's included, is the one it names.
+
 Order (later wins): trait defaults, `$TREMPY_HOME/config` (TOML, user level),
 `[tool.trempy_nb]` in the nearest `pyproject.toml` (project level), IPython
 configuration (`c.Trempy.preview_limit = 50` in a profile), then `%config`.
@@ -58,6 +61,24 @@ def file_config(start: Path | None = None) -> tuple[dict[str, Any], list[str]]:
             values.update(tool)
             sources.append(f"{pyproject} [tool.trempy_nb]")
     return values, sources
+
+
+#: set by `%config Trempy.metadata_url`: the value the environment had before, to restore on ""
+_METADATA_BEFORE: list[str | None] = []
+
+
+def apply_metadata_url(url: str, env_var: str) -> None:
+    """Point this kernel at a state store (`%config Trempy.metadata_url`); "" restores the environment's."""
+    if url:
+        if not _METADATA_BEFORE:
+            _METADATA_BEFORE.append(os.environ.get(env_var))
+        os.environ[env_var] = url
+    elif _METADATA_BEFORE:
+        before = _METADATA_BEFORE.pop()
+        if before is None:
+            os.environ.pop(env_var, None)
+        else:
+            os.environ[env_var] = before
 
 
 def detect_headless() -> bool:

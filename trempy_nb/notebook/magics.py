@@ -21,13 +21,14 @@ from typing import Any
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from IPython.display import display
-from traitlets import Bool, CaselessStrEnum, Float, Int, TraitError, Unicode, validate
+from traitlets import Bool, CaselessStrEnum, Float, Int, TraitError, Unicode, observe, validate
 
 from trempy_nb.connections import has_literal_password, mask
 from trempy_nb.errors import TrempyError
 from trempy_nb.notebook import commands as cmd
-from trempy_nb.notebook.config import detect_headless, file_config
+from trempy_nb.notebook.config import apply_metadata_url, detect_headless, file_config
 from trempy_nb.notebook.render import KeyValues, Note, RunView, one_line
+from trempy_nb.store import ENV_VAR as METADATA_ENV
 from trempy_nb.writer.history import TIME_FORMS, parse_time
 
 
@@ -304,9 +305,9 @@ VERBS: dict[str, Verb] = {
             _a_run,
             example="%trempy run hr_to_dw --wait --until-caught-up",
         ),
-        Verb("status", "runner status (all runners, or one)", _a_status),
+        Verb("status", "this kernel's runners and every task of the state store (or one task)", _a_status),
         Verb("stats", "per-table counters of a task's runs", _a_stats),
-        Verb("stop", "stop a runner after its current batch", _a_stop),
+        Verb("stop", "stop a runner after its current batch (elsewhere: desired stopped in the state store)", _a_stop),
         Verb("errors", "rows that failed and were recorded", _a_errors),
         Verb("dead-letters", "batches given up after max_retries", _name),
         Verb(
@@ -473,6 +474,15 @@ class Trempy(Magics):
     warn_inline_passwords = Bool(True, help="warn once when a cell holds a literal password").tag(
         config=True
     )
+
+    metadata_url = Unicode(
+        "", help="state store: a postgresql:// URL or a saved connection name (default: $TREMPY_METADATA_URL,"
+        " else SQLite in $TREMPY_HOME)"
+    ).tag(config=True)
+
+    @observe("metadata_url")
+    def _metadata_url_changed(self, change: Any) -> None:
+        apply_metadata_url(change["new"], METADATA_ENV)
 
     @validate("displaylimit", "preview_limit")
     def _check_positive(self, proposal: Any) -> int:

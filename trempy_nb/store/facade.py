@@ -75,7 +75,7 @@ class MetadataStore(FleetMixin, LifecycleMixin):
             self._b = SqliteBackend(Path(where.target), timeout=timeout)
             self.path: Path | None = Path(where.target)
         else:
-            self._b = PostgresBackend(where.target, timeout=timeout)
+            self._b = PostgresBackend.shared(where.target, timeout=timeout)
             self.path = None
         super().__init__()
 

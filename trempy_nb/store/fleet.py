@@ -21,7 +21,6 @@ import polars as pl
 
 from trempy_nb.errors import SettingsError, TaskRunning, UnknownTask, WorkerNameTaken
 from trempy_nb.redact import mask
-from trempy_nb.settings import parse_settings
 from trempy_nb.store.backend import Backend, Runner, to_datetime
 from trempy_nb.store.schema import ACTIVE_STATES, STATES
 
@@ -124,6 +123,9 @@ class FleetMixin:
 
     def submit(self, name: str, settings: dict[str, Any], *, replace: bool = False) -> None:
         """Store the task as desired-running; changed settings of an active task need replace=True."""
+        # lazy: start-up speed (status and logs never need pydantic)
+        from trempy_nb.settings import parse_settings
+
         parsed = parse_settings(settings)
         if parsed.name != name:
             raise SettingsError(f"task name {name!r} differs from the settings' task.task_name {parsed.name!r}")

@@ -2,7 +2,8 @@
 
 The schema is created and migrated on open under a transaction-level advisory lock, so
 any number of processes may open a fresh database at once. Connections come from a small
-pool (a worker with twenty task threads needs a handful, not twenty); reads run in
+pool shared by every store object of the process for that database (`PostgresBackend.shared`:
+a worker with twenty task threads needs a handful, not twenty); reads run in
 autocommit, writes are one short transaction each. Every session sets timeouts so that
 nothing the store does can hang the fleet: a statement waits at most `lock_timeout` for a
 row lock, and the server ends a session that a partitioned client left idle inside a
@@ -69,13 +70,30 @@ class _Run:
             cur.executemany(self._sql(text), [tuple(r) for r in rows])
 
 
+#: one backend (one pool, one migration check) per store address in a process: a worker's twenty
+#: runners each open a MetadataStore, and together they must not hold more than POOL_SIZE connections
+_SHARED: dict[tuple[str, int], PostgresBackend] = {}
+_SHARED_LOCK = threading.Lock()
+POOL_SIZE = 8
+
+
 class PostgresBackend(Backend):
     """Tables in schema trempy_metadata of a PostgreSQL database, safe with many writers on many hosts."""
 
     dialect = POSTGRESQL
     text_times = False
 
-    def __init__(self, conninfo: str, *, pool_size: int = 4, timeout: float = 30.0) -> None:
+    @classmethod
+    def shared(cls, conninfo: str, *, timeout: float = 30.0) -> PostgresBackend:
+        """This process's backend for `conninfo`, created (and the schema checked) on first use."""
+        key = (conninfo, os.getpid())
+        with _SHARED_LOCK:
+            backend = _SHARED.get(key)
+            if backend is None:
+                backend = _SHARED[key] = cls(conninfo, timeout=timeout)
+            return backend
+
+    def __init__(self, conninfo: str, *, pool_size: int = POOL_SIZE, timeout: float = 30.0) -> None:
         self._conninfo = conninfo
         self.pool_size = max(1, pool_size)
         self.timeout = timeout
@@ -208,6 +226,7 @@ class PostgresBackend(Backend):
         return value
 
     def close(self) -> None:
+        """Close the idle connections (the pool is shared: connections in use elsewhere in the process stay)."""
         with self._cond:
             for conn in self._idle:
                 conn.close()

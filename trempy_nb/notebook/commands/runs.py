@@ -9,7 +9,8 @@ from typing import Any
 import polars as pl
 
 from trempy_nb import reports
-from trempy_nb.errors import AlreadyRunning, SettingsError
+from trempy_nb.errors import AlreadyRunning, SettingsError, UnknownTask
+from trempy_nb.notebook.commands import fleet
 from trempy_nb.notebook.commands.session import SESSION, _store, get_task
 from trempy_nb.notebook.render import KeyValues, Note, RunView
 
@@ -92,30 +93,11 @@ def _runner(name: str) -> Any:
 
 
 def status(name: str | None = None) -> Any:
-    """All runners of the session as a frame, or one runner's figures."""
+    """This kernel's runners and every task of the state store as a frame, or one task's figures."""
     if name is None:
-        rows = [
-            {
-                "task": n,
-                "status": r.status,
-                "running": r.running,
-                "changes": r.counters.changes,
-                "lag_s": round(r.counters.lag_seconds, 3),
-                "error": "" if r.error is None else str(r.error),
-            }
-            for n, r in SESSION.runners.items()
-        ]
-        return pl.DataFrame(
-            rows,
-            schema={
-                "task": pl.String,
-                "status": pl.String,
-                "running": pl.Boolean,
-                "changes": pl.Int64,
-                "lag_s": pl.Float64,
-                "error": pl.String,
-            },
-        )
+        return fleet.status_frame()
+    if name not in SESSION.runners:
+        return fleet.store_task_status(name)
     runner = _runner(name)
     c = runner.counters
     rows: list[tuple[str, Any]] = [
@@ -134,7 +116,20 @@ def status(name: str | None = None) -> Any:
 
 
 def stop(name: str, when_caught_up: bool = False) -> Any:
-    """Stop the runner after its current batch (or once caught up); re-raises its error."""
+    """Stop the runner after its current batch (or once caught up); re-raises its error.
+
+    A task with no runner in this kernel is set desired-stopped in the state store: the worker
+    or process that owns it drains and stops it."""
+    if name not in SESSION.runners:
+        if when_caught_up:
+            raise SettingsError(f"--when-caught-up stops a runner of this kernel; task {name} has none"
+                                f" (%trempy stop {name} asks its owner to stop)")
+        if name not in SESSION.tasks:
+            return fleet.stop_in_store(name)  # UnknownTask lists the store's tasks
+        try:
+            return fleet.stop_in_store(name)
+        except UnknownTask:  # defined here only, never saved nor run
+            raise SettingsError(f"task {name} has no runner in this session (%trempy run {name})") from None
     runner = _runner(name)
     result = runner.stop_when_caught_up() if when_caught_up else runner.stop()
     dash = SESSION.dashboards.get(name)

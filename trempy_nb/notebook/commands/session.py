@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from trempy_nb.store import ENV_VAR, MetadataStore
 from trempy_nb.task import Task
 
 
@@ -34,10 +36,17 @@ class Session:
 SESSION = Session()
 
 
-def _store() -> Any:
-    from trempy_nb.metadata import MetadataStore
+_STORES: dict[tuple[str, str], Any] = {}
 
-    return MetadataStore()
+
+def _store() -> Any:
+    """The state store `%config Trempy.metadata_url` / $TREMPY_METADATA_URL / $TREMPY_HOME names,
+    opened once per location (a PostgreSQL store keeps its small connection pool between cells)."""
+    key = (os.environ.get(ENV_VAR, ""), os.environ.get("TREMPY_HOME", ""))
+    store = _STORES.get(key)
+    if store is None:
+        store = _STORES[key] = MetadataStore()
+    return store
 
 
 def put_task(task: Task, save: bool = True) -> Task:
