@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 
 def crash_point(name: str) -> None:
@@ -25,4 +26,6 @@ def pause_point(name: str) -> None:
     inside a transaction) and SIGCONTs it (tests only)."""
     if os.environ.get("TREMPY_CRASH_AT") == f"pause:{name}" and name not in _paused:
         _paused.add(name)
-        os.kill(os.getpid(), signal.SIGSTOP)
+        # to this thread: a process-directed SIGSTOP may be taken by another thread, and this one
+        # would run on (and commit) for a few milliseconds before the whole process stops
+        signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)

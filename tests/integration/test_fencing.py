@@ -306,7 +306,8 @@ def test_a_frozen_full_load_commit_is_refused(
         assert b.wait(120) == 0, b.text()[-3000:]
         assert rows(target_uri, "SELECT count(*) FROM public.t") == [(N,)]
         os.kill(a.proc.pid, signal.SIGCONT)
-        assert a.wait(90) == 3, a.text()[-3000:]
+        assert a.wait(90) == 3, a.text()[-3000:] + "\n--- B:\n" + b.text()[-3000:] + str(
+            rows(target_uri, "SELECT * FROM trempy.fences"))
         assert f"task {task_name}: lease lost to epoch 2; this copy (epoch 1) stops" in a.text()
         assert rows(target_uri, "SELECT count(*) FROM public.t") == [(N,)]
         assert rows(target_uri, "SELECT status FROM trempy.load_state WHERE task = %s", (task_name,)) == [("done",)]

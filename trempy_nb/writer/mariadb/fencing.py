@@ -92,8 +92,17 @@ _NO_TABLE = 1146
 
 
 def register_session(conn: Any, app: str, *, database: str | None = None) -> None:
-    """Record this connection (id, client host:port) under its application name; commits."""
-    db = _db(conn, database)
+    """Record this connection (id, client host:port) under its application name; commits.
+    Best effort: a user that may not write the registry (the run's validation says what it lacks)
+    still connects, its sessions only cannot be evicted."""
+    try:
+        _register(conn, app, _db(conn, database))
+    except pymysql.err.MySQLError:
+        with contextlib.suppress(Exception):
+            conn.rollback()
+
+
+def _register(conn: Any, app: str, db: str) -> None:
     stmt = (f"INSERT INTO {qualified(db, SESSIONS)} (connection_id, host, app, updated_at)"
             " SELECT ID, HOST, %s, UTC_TIMESTAMP(6) FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()"
             " ON DUPLICATE KEY UPDATE host = VALUES(host), app = VALUES(app), updated_at = VALUES(updated_at)")
