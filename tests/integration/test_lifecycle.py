@@ -317,24 +317,6 @@ def test_cli_bad_inputs_waiting_requests_and_repair_refused_under_a_lease(
     assert json.loads(r.stdout) == []
 
 
-def test_held_part_round_trip() -> None:
-    """A held part keeps every column type and the truncates (with their commit times)."""
-    import datetime as dt
-
-    import polars as pl
-
-    from trempy_nb import changes as ch
-
-    frame = pl.DataFrame({"id": ["1", "2"], ch.OP: ["I", "U"], ch.LSN: [10, 11],
-                          ch.TS: [dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)] * 2, ch.SEQ: [0, 1],
-                          ch.UNCHANGED: [None, ["v"]]},
-                         schema_overrides={ch.UNCHANGED: pl.List(pl.String), ch.TS: pl.Datetime("us", "UTC")})
-    when = dt.datetime(2026, 1, 1, 0, 0, 1, tzinfo=dt.timezone.utc)
-    part = lc.encode_part(ch.TableChanges("public", "t", frame, [(2, 12, when)]))  # type: ignore[list-item]
-    back, truncs = lc.decode_part(part.frame, part.truncated_at)
-    assert back.equals(frame) and truncs == [(2, 12, when)]
-
-
 def test_a_paused_table_stays_held_across_a_restart(
         source_uri: str, target_uri: str, task_name: str, trempy_home: Path) -> None:
     """The hold is on the target: a new runner keeps holding the table (its changes of the stopped

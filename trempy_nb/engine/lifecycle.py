@@ -65,8 +65,9 @@ from trempy_nb.writer.fence import Fence
 
 #: how often the owner looks for new requests (s): one indexed query each time
 POLL_S = 1.0
-#: held changes are replayed in groups of up to this many rows (one target transaction each)
-DRAIN_ROWS = 50_000
+#: held changes are replayed in groups of up to about this many bytes of held frames (one target
+#: transaction each): consecutive parts of one source shape
+DRAIN_BYTES = 32 << 20
 
 Key = tuple[str, str]
 PlanFor = Callable[[ch.TableChanges, Any], TablePlan]
@@ -241,17 +242,17 @@ class TableLifecycle:
                 raise _Refused(f"{table_name(key)} is {why}: pause it once that is done")
             self._hold(key, "paused", rid)
             self.store.set_table_state(self.task, table_name(key), "paused", request_id=rid)
-            self._done(rid, f"{table_name(key)} paused: its changes are held on the target")
+            self._done(rid, f"{table_name(key)} paused: its changes are held on the target", key)
         elif action == "resume":
             why = self.held.get(key)
             if why is None:
-                self._done(rid, f"{table_name(key)} was not paused")
+                self._done(rid, f"{table_name(key)} was not paused", key)
             elif why != "paused":
                 raise _Refused(f"{table_name(key)} is {why}, not paused: it streams again once that is done")
             else:
                 n = self._release(key)
                 self.store.set_table_state(self.task, table_name(key), "streaming", request_id=rid)
-                self._done(rid, f"{table_name(key)} resumed: {n} held change(s) applied in order")
+                self._done(rid, f"{table_name(key)} resumed: {n} held change(s) applied in order", key)
         elif action == "add":
             self._add(req, key)
         elif action == "resync":
@@ -270,7 +271,7 @@ class TableLifecycle:
                 loaded = key in state.loaded_tables(tgt, self.task)
             if loaded:
                 self.store.set_table_state(self.task, table_name(key), "streaming", request_id=rid)
-                self._done(rid, f"{table_name(key)} is loaded and streaming")
+                self._done(rid, f"{table_name(key)} is loaded and streaming", key)
                 return
         if key not in self.plans:
             settings = _with_table(self.settings, key)
@@ -299,14 +300,14 @@ class TableLifecycle:
             self.dialect.record_shapes(tgt, self.task, {key: [(c.name, c.pg_type) for c in plan.source.columns]})
             tgt.commit()
 
-    def _done(self, rid: int, message: str) -> None:
+    def _done(self, rid: int, message: str, key: Key | None = None) -> None:
         self.store.end_table_request(rid, "done", message=message)
-        self._log("INFO", message)
+        self._log("INFO", message, key)
 
     def _fail(self, req: dict[str, Any], key: Key, exc: BaseException) -> None:
         msg = mask(str(exc) if isinstance(exc, _Refused) else f"{type(exc).__name__}: {exc}")
         self.store.end_table_request(int(req["id"]), "failed", error=msg)
-        self._log("ERROR", f"{req['action']} {table_name(key)}: {msg}")
+        self._log("ERROR", f"{req['action']} {table_name(key)}: {msg}", key)
 
     # loads --------------------------------------------------------------------------------
     def _start_load(self, key: Key, req: dict[str, Any]) -> None:
@@ -367,7 +368,7 @@ class TableLifecycle:
         self.store.set_table_state(self.task, table_name(key), "streaming", request_id=rid)
         what = "added" if req["action"] == "add" else "resynced"
         self._done(rid, f"{table_name(key)} {what}: {load.rows} row(s) loaded from a snapshot at"
-                        f" {ch.int_to_lsn(load.lsn)}, then {n} held change(s) after it applied in order")
+                        f" {ch.int_to_lsn(load.lsn)}, then {n} held change(s) after it applied in order", key)
 
     # release: replay the held changes in order, then stream -----------------------------------
     def _release(self, key: Key) -> int:
@@ -424,9 +425,9 @@ class TableLifecycle:
         finally:
             conn.close()
 
-    def _log(self, level: str, message: str) -> None:
+    def _log(self, level: str, message: str, key: Key | None = None) -> None:
         with contextlib.suppress(Exception):
-            self.store.log(self.task, self.run_id, level, mask(message))
+            self.store.log(self.task, self.run_id, level, mask(message), table=table_name(key) if key else None)
 
 
 class _Refused(Exception):
@@ -443,20 +444,18 @@ def _after(tc: ch.TableChanges, lsn: int) -> ch.TableChanges:
 
 
 def _groups(parts: list[state.HeldPart]) -> Iterator[list[state.HeldPart]]:
-    """Consecutive held parts of one source shape, up to DRAIN_ROWS rows per group (one transaction)."""
+    """Consecutive held parts of one source shape, up to DRAIN_BYTES per group (one transaction)."""
     group: list[state.HeldPart] = []
     columns: list[str] | None = None
-    rows = 0
+    size = 0
     for part in parts:
-        schema = pl.read_ipc_schema(io.BytesIO(part[2]))
-        cols = list(schema)
-        n = len(part[2])  # a cheap size bound: bytes, not rows
-        if group and (cols != columns or rows + n > DRAIN_ROWS * 200):
+        cols = list(pl.read_ipc_schema(io.BytesIO(part[2])))
+        if group and (cols != columns or size + len(part[2]) > DRAIN_BYTES):
             yield group
-            group, rows = [], 0
+            group, size = [], 0
         group.append(part)
         columns = cols
-        rows += n
+        size += len(part[2])
     if group:
         yield group
 
