@@ -351,3 +351,38 @@ def test_a_paused_table_stays_held_across_a_restart(
             runner.stop(timeout=30)
     assert rows(tgt, "SELECT id, n FROM p ORDER BY id") == rows(src, "SELECT id, n FROM p ORDER BY id")
     assert {r[0] for r in rows(tgt, "SELECT n FROM p")} == {10}  # (0 + 1) * 10: both updates, in order
+
+
+def test_an_owner_in_another_process_carries_requests_out(
+        source_uri: str, target_uri: str, task_name: str, trempy_home: Path, tmp_path: Path) -> None:
+    """`trempy-nb run` in a child process owns the task; this process asks through the store."""
+    import signal
+    import subprocess
+    import sys
+
+    src, tgt = source_uri, target_uri
+    _table(src, "p", 20)
+    doc = settings(task_name, src, tgt, rtype="full_load_and_cdc", mode="upsert", tables=[("public", "p")])
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps(doc))
+    child = subprocess.Popen([sys.executable, "-m", "trempy_nb.cli", "run", str(path), "-q"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for("the child's full load", lambda: rows(
+            tgt, "SELECT count(*) FROM pg_tables WHERE schemaname = 'trempy' AND tablename = 'checkpoints'")[0][0]
+            and rows(tgt, "SELECT count(*) FROM trempy.checkpoints WHERE task = %s", (task_name,))[0][0])
+        task = Task.from_settings(with_start_mode(doc, "continue"))
+        out = task.pause_table("public.p", wait=WAIT)
+        assert out["owner"] == "a runner holding its lock" and out["state"] == "done", out
+        execute(src, "UPDATE p SET n = n + 1")
+        _wait_for("the change to be held", lambda: rows(tgt, "SELECT count(*) FROM trempy.held_changes")[0][0] > 0)
+        assert rows(tgt, "SELECT max(n) FROM p")[0][0] == 0
+        _done(task, task.resume_table("public.p", wait=WAIT))
+        assert rows(tgt, "SELECT min(n) FROM p")[0][0] == 1
+    finally:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(timeout=10)
