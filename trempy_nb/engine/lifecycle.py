@@ -332,22 +332,29 @@ class TableLifecycle:
         options = req.get("options") or {}
         resync = req["action"] == "resync"
         spec = target_spec(plan, settings)
-        with connect(self.source, autocommit=True, application_name=task_app_name(self.task, "lifecycle")) as src:
-            row = src.execute("SELECT clock_timestamp()").fetchone()
-        ts = row[0] if row else None  # new versions open here: before S, so no held change predates them
-        slot = f"trempy_lc_{uuid.uuid4().hex[:16]}"
-        with create_slot_with_snapshot(self.source, slot, task_app_name(self.task, "snapshot"),
-                                       temporary=True) as (lsn, snapshot):
-            if resync and spec.scd2 and not options.get("baseline"):
-                rows = scd2_append(settings, plan, self.source, self.target, snapshot, lsn, ts, self.fence)
-            else:
-                if resync:  # a resync starts from an empty table (an SCD2 baseline too), in the load's transaction
-                    fl = settings.task.full_load_settings.model_copy(update={"truncate_before_insert": True})
-                    settings = settings.model_copy(update={"task": settings.task.model_copy(
-                        update={"full_load_settings": fl})})
-                result = load_table(settings, plan, self.source, self.target, snapshot=snapshot, snapshot_lsn=lsn,
-                                    load_ts=ts, fence=self.fence)
-                rows = result.rows_written
+        # one load of a table at a time, across runs: a load left running by a stopped run commits (or
+        # dies) before this one takes its snapshot, so the newest snapshot is the one that lands last.
+        # A session lock, committed at once: an open transaction would hold back the slot creation.
+        with self._target("lifecycle-load") as guard:
+            guard.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"trempy:load:{self.task}:{table_name(key)}",))
+            guard.commit()
+            with connect(self.source, autocommit=True,
+                         application_name=task_app_name(self.task, "lifecycle")) as src:
+                row = src.execute("SELECT clock_timestamp()").fetchone()
+            ts = row[0] if row else None  # new versions open here: before S, so no held change predates them
+            slot = f"trempy_lc_{uuid.uuid4().hex[:16]}"
+            with create_slot_with_snapshot(self.source, slot, task_app_name(self.task, "snapshot"),
+                                           temporary=True) as (lsn, snapshot):
+                if resync and spec.scd2 and not options.get("baseline"):
+                    rows = scd2_append(settings, plan, self.source, self.target, snapshot, lsn, ts, self.fence)
+                else:
+                    if resync:  # a resync starts from an empty table (an SCD2 baseline too), in the load's transaction
+                        fl = settings.task.full_load_settings.model_copy(update={"truncate_before_insert": True})
+                        settings = settings.model_copy(update={"task": settings.task.model_copy(
+                            update={"full_load_settings": fl})})
+                    result = load_table(settings, plan, self.source, self.target, snapshot=snapshot,
+                                        snapshot_lsn=lsn, load_ts=ts, fence=self.fence)
+                    rows = result.rows_written
         return lsn, rows
 
     def _finish_load(self, key: Key, load: _Load) -> None:
