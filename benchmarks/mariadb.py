@@ -1,6 +1,7 @@
 """MariaDB target throughput and memory against LOAD DATA LOCAL INFILE of a ready CSV file, in one run.
 
-    python -m benchmarks.mariadb [--rows 2000000] [--repeat 3] [--mariadb mysql://root@127.0.0.1:3306/test]
+    python -m benchmarks.mariadb [--rows 2000000] [--repeat 3] [--changes 200000] [--cdc-changes 200000]
+                                 [--mariadb mysql://root@127.0.0.1:3306/test]
 
 (a) reference: `LOAD DATA LOCAL INFILE` of bench.t's rows from a CSV file made beforehand (the
     source rows already in MariaDB's input form), into the table the writer would create
@@ -10,6 +11,10 @@
 (c) CDC upsert apply: batches of 50,000 changes (updates of existing keys and new keys, as the
     stream hands them to the writer) applied with the MariaDB `apply_batch`: changes/s of the
     writer alone (decoding is the PostgreSQL side's, measured by benchmarks/cdc.py)
+(d) CDC end to end: a backlog of `--cdc-changes` row updates (transactions of 100 rows) committed
+    on the source before the run, caught up by a `trempy-nb run --until-caught-up` process into
+    MariaDB (upsert; process start, validation and catch-up included): changes/s and its peak RSS;
+    the target must equal the source afterwards
 Each round runs the cases in turn from the same state (target database dropped); printed are
 medians over `--repeat` rounds and the median of the per-round ratios to (a). The machine is
 shared: only ratios measured in the same run mean anything.
@@ -29,6 +34,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -50,7 +56,7 @@ CHILD = """
 import json, resource, sys
 from trempy_nb.catalog import describe_table
 from trempy_nb.db import connect
-from trempy_nb.fullload_mariadb import run_full_load_mariadb
+from trempy_nb.fullload.mariadb import run_full_load_mariadb
 from trempy_nb.pipeline.plan import compile_plans
 from trempy_nb.settings import parse_settings
 settings = parse_settings(json.loads(sys.argv[1]))
@@ -67,6 +73,28 @@ CSV_QUERY = """COPY (SELECT id, name, amount, qty, to_char(created AT TIME ZONE 
 
 BATCH = 50_000
 
+#: `trempy-nb` in a child process, its peak RSS on stderr (benchmarks/cdc.py's)
+CLI_CHILD = """
+import resource, sys
+from trempy_nb.cli import main
+code = main(sys.argv[1:])
+print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+sys.exit(code)
+"""
+
+#: (d)'s backlog: `txns` transactions, each updating `per` consecutive rows (wrapping around the table)
+BACKLOG_SQL = """
+DO $$
+BEGIN
+  FOR k IN 0..{txns} - 1 LOOP
+    UPDATE bench.t SET qty = qty + 1, name = 'changed ' || id
+     WHERE id > (k * {per}) % {rows} AND id <= (k * {per}) % {rows} + {per};
+    COMMIT;
+  END LOOP;
+END $$;
+"""
+CHECK_SQL = "SELECT COUNT(*), SUM(qty), SUM(CASE WHEN name LIKE 'changed %%' THEN 1 ELSE 0 END) FROM {}"
+
 
 def doc(src: str, target: str, db: str, filtered: bool = False) -> dict:
     t = {"schema_name": "bench", "table_name": "t"}
@@ -76,6 +104,42 @@ def doc(src: str, target: str, db: str, filtered: bool = False) -> dict:
             "tables": [t],
             "transformations": [{**t, "priority": 0, "transformation_type": "modify_schema_name",
                                  "contract": {"target_schema_name": db}}]}
+
+
+def cdc_doc(src: str, target: str, db: str) -> dict:
+    """(d)'s task: full load and CDC of bench.t into database `db`, upsert."""
+    d = doc(src, target, db)
+    d["task"].update({"task_name": "maria_bench_cdc", "replication_type": "full_load_and_cdc",
+                      "start_mode": "reload", "interval_seconds": 0.05, "cdc_settings": {"mode": "upsert"}})
+    return d
+
+
+def run_cli_child(args: list[str], env: dict[str, str]) -> tuple[float, int]:
+    """(seconds, peak RSS in kB) of one `trempy-nb` process."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", CLI_CHILD, *args], env=env, capture_output=True, text=True)
+    secs = time.perf_counter() - t0
+    if proc.returncode:
+        sys.exit(f"trempy-nb {' '.join(args[:2])} failed:\n{proc.stderr[-3000:]}")
+    rss = max([0, *(int(ln.split()[1]) for ln in proc.stderr.splitlines() if ln.startswith("MAXRSS_KB"))])
+    return secs, rss
+
+
+def cdc_end_to_end(src: str, target: str, db: str, path: Path, env: dict[str, str], rows: int, changes: int,
+                   admin: Any) -> tuple[float, int]:
+    """(d): write the backlog, time the catch-up run, check the target equals the source."""
+    per = 100
+    with connect(src, autocommit=True) as c:
+        c.execute(BACKLOG_SQL.format(txns=max(1, changes // per), per=per, rows=rows))
+        want = c.execute(CHECK_SQL.replace("%%", "%").format("bench.t")).fetchone()
+    secs, rss = run_cli_child(["run", str(path), "--until-caught-up", "--start-mode", "continue", "-q"], env)
+    with admin.cursor() as cur:
+        execute(cur, CHECK_SQL.format(qualified(db, "t")))
+        got = cur.fetchone()
+    admin.commit()
+    if want is None or got is None or tuple(int(v) for v in got) != tuple(int(v) for v in want):
+        sys.exit(f"(d): the MariaDB target does not match the source after the run: {got} vs {want}")
+    return secs, rss
 
 
 def change_batches(n_rows: int, n_changes: int, lsn0: int) -> list[tuple[pl.DataFrame, int]]:
@@ -105,13 +169,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=2_000_000)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--changes", type=int, default=200_000)
+    ap.add_argument("--changes", type=int, default=200_000, help="(c): changes applied")
+    ap.add_argument("--cdc-changes", type=int, default=200_000, help="(d): changes in the backlog")
     ap.add_argument("--mariadb", default="mysql://root@127.0.0.1:3306/test", help="server (its database holds state)")
     args = ap.parse_args()
     cluster = start_cluster(conf={"shared_buffers": "256MB", "autovacuum": "off"})
     work = Path(tempfile.mkdtemp(prefix="trempy_maria_bench_"))
     server = maria_uri.target_of(args.mariadb)
     db = f"bench_{uuid.uuid4().hex[:8]}"
+    cdc_db = f"bench_cdc_{uuid.uuid4().hex[:8]}"
     admin = maria_uri.connect(server)
     try:
         src = cluster.create_database("bench_src")
@@ -128,7 +194,11 @@ def main() -> None:
         spec = target_spec(compile_plans(settings, {("bench", "t"): info})[("bench", "t")], settings)
         env = {**os.environ, "TREMPY_HOME": str(work / "home")}
         rounds: list[dict[str, float]] = []
-        rss = 0
+        rss = cdc_rss = 0
+        cdc_path = work / "cdc.json"
+        cdc_path.write_text(json.dumps(cdc_doc(src, args.mariadb, cdc_db)))
+        print("(d): full load of the CDC task and its slot ...", flush=True)
+        run_cli_child(["run", str(cdc_path), "--until-caught-up", "-q"], env)
         for r in range(args.repeat):
             print(f"round {r + 1} of {args.repeat} ...", flush=True)
             res: dict[str, float] = {}
@@ -162,6 +232,10 @@ def main() -> None:
                 execute(cur, f"DELETE FROM {qualified(server.database, 'trempy_checkpoints')} WHERE task = %s", (task,))
             conn.commit()
             conn.close()
+            print(f"round {r + 1}: (d) backlog of {args.cdc_changes:,} changes, then the catch-up run ...", flush=True)
+            res["d_cdc_end_to_end"], used = cdc_end_to_end(src, args.mariadb, cdc_db, cdc_path, env, args.rows,
+                                                           args.cdc_changes, admin)
+            cdc_rss = max(cdc_rss, used)
             rounds.append(res)
         ref = "a_load_data_csv_file"
         print(f"\nMariaDB full load of {args.rows:,} rows x 8 columns, median of {args.repeat} rounds")
@@ -172,11 +246,15 @@ def main() -> None:
         cdc = statistics.median(x["c_cdc_upsert_apply"] for x in rounds)
         print(f"{'c_cdc_upsert_apply':24} {cdc:8.2f}s {args.changes / cdc:12,.0f} changes/s"
               f" ({args.changes:,} changes in batches of {BATCH:,})")
-        print(f"peak RSS of the full loads: {rss / 1024:.0f} MB")
-        print("targets: (b) >= 0.7x of (a); (c) >= 20k changes/s; peak RSS < 400 MB")
+        e2e = statistics.median(x["d_cdc_end_to_end"] for x in rounds)
+        print(f"{'d_cdc_end_to_end':24} {e2e:8.2f}s {args.cdc_changes / e2e:12,.0f} changes/s"
+              f" ({args.cdc_changes:,} changes in transactions of 100, `trempy-nb run --until-caught-up`)")
+        print(f"peak RSS of the full loads: {rss / 1024:.0f} MB; of the CDC run: {cdc_rss / 1024:.0f} MB")
+        print("targets: (b) >= 0.7x of (a); (c), (d) >= 20k changes/s; peak RSS < 400 MB")
     finally:
         with admin.cursor() as cur:
             execute(cur, f"DROP DATABASE IF EXISTS {quote(db)}")
+            execute(cur, f"DROP DATABASE IF EXISTS {quote(cdc_db)}")
         admin.close()
         cluster.destroy()
         shutil.rmtree(work, ignore_errors=True)

@@ -16,8 +16,7 @@ import json
 import os
 import re
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -318,7 +317,8 @@ def _unknown(name: str, conns: dict[str, Any]) -> SettingsError:
 
 
 def save_connection(
-    name: str, uri: str, test: bool = False, *, keep_password_of: str | None = None
+    name: str, uri: str, test: bool = False, *, keep_password_of: str | None = None,
+    tester: Callable[[str], object] | None = None,
 ) -> ConnectionInfo:
     """Save `uri` under `name`: password-less URI in clear, password encrypted with Fernet.
 
@@ -326,7 +326,9 @@ def save_connection(
     password taken from the environment never lands on disk at all. With
     `test=True` the connection is opened first and nothing is saved if it fails.
     `keep_password_of`: when `uri` has no password, keep the one saved with that
-    connection (a form editing host or user, its password field left empty).
+    connection (a form editing host or user, its password field left empty). `tester` opens
+    the full URI for `test` (`connection_check.check_connection`: any database); without
+    it a PostgreSQL connection is opened, and a MariaDB/MySQL one cannot be tested here.
     """
     _check_name(name)
     uri = uri.strip()
@@ -360,7 +362,13 @@ def save_connection(
             entry["password_is_template"] = bool(kept.get("password_is_template"))
     if test:
         full = expand_env(_build(bare, entry), context=f"connection {name}")
-        connect(full, connect_timeout=10).close()
+        if tester is not None:
+            tester(full)
+        elif is_mariadb_uri(full):
+            raise SettingsError(f"{mask(uri)}: a MariaDB/MySQL connection is tested by its own driver"
+                                " (connection_check.check_connection)")
+        else:
+            connect(full, connect_timeout=10).close()
     with _locked():
         conns = _load()
         conns[name] = entry
@@ -416,26 +424,20 @@ def with_password(uri: str, password: str) -> str:
     return _join_userinfo(scheme, user or "", quote(password, safe=""), after)
 
 
-def check_connection(
-    ref: str, timeout: int = 10, *, keep_password_of: str | None = None
-) -> tuple[float, str]:
-    """Open `ref` (a saved name or a URI) once: (milliseconds to connect and ask, server version).
+def conninfo_to_test(ref: str, *, keep_password_of: str | None = None) -> str:
+    """The full conninfo a test of `ref` (a saved name or a URI, PostgreSQL or MariaDB/MySQL) opens.
 
     `keep_password_of`: a URI without password is tried with that saved connection's
-    password (a form testing an edited host before saving). Raises ConnectionFailed with
-    a masked one-line message when it cannot connect.
+    password (a form testing an edited host before saving). Opening it is the caller's
+    (`connection_check.check_connection`, which knows every database's driver).
     """
-    conninfo = resolve(ref)
+    conninfo = resolve(ref, mariadb=True)
     if keep_password_of and _is_uri(conninfo) and _split_userinfo(conninfo)[2] is None:
         with _locked():
             kept = _load().get(keep_password_of)
         if kept is not None:
             conninfo = expand_env(_build(conninfo, kept), context=f"connection {keep_password_of}")
-    started = time.perf_counter()
-    with connect(conninfo, connect_timeout=timeout) as conn:
-        row = conn.execute("SHOW server_version").fetchone()
-    elapsed = (time.perf_counter() - started) * 1000
-    return elapsed, str(row[0]) if row else "?"
+    return conninfo
 
 
 def delete_connection(name: str) -> None:

@@ -24,7 +24,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     a.add_argument("name", help="connection name (a letter, then letters, digits, _ or -)")
     a.add_argument(
         "uri",
-        help="postgresql:// URI or keyword conninfo; write the password as '${VAR}' to read it"
+        help="postgresql:// URI or keyword conninfo (a target may be mysql:// or mariadb://);"
+        " write the password as '${VAR}' to read it"
         " from the environment, or leave it out and use --password-stdin",
     )
     a.add_argument(
@@ -59,8 +60,8 @@ def _with_password(uri: str, password: str) -> str:
     from trempy_nb.connections import _join_userinfo, _split_userinfo, has_literal_password
     from trempy_nb.errors import SettingsError
 
-    if not uri.lower().startswith(("postgresql://", "postgres://")):
-        raise SettingsError("--password-stdin needs a postgresql:// URI")
+    if not uri.lower().startswith(("postgresql://", "postgres://", "mysql://", "mariadb://")):
+        raise SettingsError("--password-stdin needs a postgresql:// (or mysql://, mariadb://) URI")
     scheme, user, raw_pw, after = _split_userinfo(uri)
     if raw_pw is not None or has_literal_password(uri):
         raise SettingsError("the URI already holds a password: leave it out with --password-stdin")
@@ -78,6 +79,7 @@ def _read_password() -> str:
 
 
 def _add(args: argparse.Namespace) -> int:
+    from trempy_nb.connection_check import open_once
     from trempy_nb.connections import has_literal_password, save_connection
 
     uri = args.uri
@@ -89,7 +91,7 @@ def _add(args: argparse.Namespace) -> int:
             " history; prefer --password-stdin or '${VAR}'",
             file=sys.stderr,
         )
-    info = save_connection(args.name, uri, test=not args.no_test)
+    info = save_connection(args.name, uri, test=not args.no_test, tester=open_once)
     print(f"saved connection {info}" + ("" if args.no_test else " (tested)"))
     return 0
 
@@ -112,15 +114,11 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 def _test(args: argparse.Namespace) -> int:
-    from trempy_nb.connections import mask, resolve
-    from trempy_nb.db import connect
+    from trempy_nb.connection_check import check_connection
+    from trempy_nb.connections import mask
 
-    with connect(resolve(args.name), connect_timeout=10) as conn:
-        row = conn.execute(
-            "SELECT current_user, current_database(), current_setting('server_version')"
-        ).fetchone()
-    assert row is not None
-    print(mask(f"{args.name}: ok (user {row[0]}, database {row[1]}, PostgreSQL {row[2]})"))
+    c = check_connection(args.name)
+    print(mask(f"{args.name}: ok (user {c.user}, database {c.database}, {c.server}, {c.ms:,.1f} ms)"))
     return 0
 
 

@@ -98,7 +98,7 @@ def test_wheel_holds_every_module_the_package_data_and_the_license(wheel: Path) 
 
 
 #: drivers of optional extras (pyproject.toml) -> the only modules allowed to need them
-OPTIONAL_EXTRAS = {"pymysql": ("trempy_nb.writer.mariadb", "trempy_nb.fullload_mariadb")}
+OPTIONAL_EXTRAS = {"pymysql": ("trempy_nb.writer.mariadb", "trempy_nb.fullload.mariadb", "trempy_nb.reconcile.mariadb")}
 
 
 def test_every_module_imports_in_the_fresh_venv(venv: Path, tmp_path: Path) -> None:

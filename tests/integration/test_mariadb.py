@@ -21,8 +21,8 @@ import pytest
 
 from tests.cdc_helpers import run_cli, write_settings
 from tests.cdc_helpers import settings as settings_doc
-from tests.conftest import in_ci
 from tests.integration.test_apply import GO_ON, STOP, changes, ts
+from tests.maria_helpers import SERVER, q
 from trempy_nb.capture import (
     ChangeReader,
     create_slot,
@@ -37,7 +37,7 @@ from trempy_nb.connections import get_connection, list_connections, save_connect
 from trempy_nb.db import connect as pg_connect
 from trempy_nb.errors import ConnectionFailed, RowError, ValidationFailed
 from trempy_nb.fullload import target_spec
-from trempy_nb.fullload_mariadb import run_full_load_mariadb
+from trempy_nb.fullload.mariadb import run_full_load_mariadb
 from trempy_nb.pgcopy.copyio import iter_frames, select_query
 from trempy_nb.pipeline.plan import compile_plans
 from trempy_nb.redact import mask
@@ -52,47 +52,12 @@ from trempy_nb.writer.mariadb.ddl import ensure_state_tables, ensure_target
 from trempy_nb.writer.mariadb.fullload import TableLoad
 from trempy_nb.writer.mariadb.names import execute, qualified
 
-SERVER = "mysql://root@127.0.0.1:3306"
 COLUMNS = (
     ColumnInfo("id", "integer", False, 1),
     ColumnInfo("name", "text", True, 2),
     ColumnInfo("qty", "integer", True, 3),
     ColumnInfo("doc", "text", True, 4),
 )
-
-
-@pytest.fixture(scope="module")
-def server() -> str:
-    try:
-        uri.connect(f"{SERVER}/mysql", timeout=3).close()
-    except ConnectionFailed as exc:
-        if in_ci():
-            pytest.fail(f"MariaDB is not running on 127.0.0.1:3306 (CI needs it): {exc}")
-        pytest.skip(f"MariaDB is not running: {exc}")
-    return SERVER
-
-
-@pytest.fixture
-def dbs(server: str) -> Iterator[Callable[[str], str]]:
-    """new(prefix) -> a fresh database name (created), dropped after the test."""
-    made: list[str] = []
-    admin = uri.connect(f"{server}/mysql")
-
-    def new(prefix: str = "t", create: bool = True) -> str:
-        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-        made.append(name)
-        if create:
-            with admin.cursor() as cur:
-                execute(cur, f"CREATE DATABASE {qualified(name, 'x').split('.')[0]}")
-        return name
-
-    try:
-        yield new
-    finally:
-        with admin.cursor() as cur:
-            for name in made:
-                execute(cur, f"DROP DATABASE IF EXISTS {qualified(name, 'x').split('.')[0]}")
-        admin.close()
 
 
 @pytest.fixture
@@ -105,11 +70,7 @@ def conn(server: str, dbs: Callable[..., str]) -> Iterator[Any]:
         c.close()
 
 
-def query(conn: Any, text: str, params: tuple = ()) -> list[tuple]:
-    conn.commit()  # see what other transactions committed
-    with conn.cursor() as cur:
-        execute(cur, text, params)
-        return [tuple(r) for r in cur.fetchall()]
+query = q
 
 
 def make(conn: Any, dbs: Callable[..., str], mode: str, table: str = "items",
@@ -729,13 +690,7 @@ def test_cli_full_load_into_mariadb(conn: Any, dbs: Callable[..., str], source_u
     hist = run_cli(["history", str(tmp_path / "maria.json"), "--key", "7", "--json"], env=env)
     assert hist.returncode == 0, hist.stderr
     assert [(r["id"], r["name"]) for r in json.loads(hist.stdout)] == [(7, "e7")]
-    # the rabbitmq transport keeps its held tables on PostgreSQL only: one line, exit 2
-    # (CDC into MariaDB over the local transport: tests/integration/test_mariadb_cdc.py)
-    cdc = settings_doc("cli_maria_cdc", source_uri, f"mysql://root@127.0.0.1:3306/{conn.db.decode()}",
-                       tables=[("hr", "employee")], transport="rabbitmq")
-    refused = run_cli(["run", str(write_settings(tmp_path / "cdc.json", cdc)), "-q"], env=env)
-    assert refused.returncode == 2 and "transport local" in refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1
+    # (CDC into MariaDB: test_mariadb_cdc.py over the local transport, test_rabbitmq_mariadb.py over RabbitMQ)
 
 
 def test_cli_refuses_mariadb_as_source(tmp_path: Path, trempy_home: Path) -> None:

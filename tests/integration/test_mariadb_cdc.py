@@ -33,43 +33,14 @@ from tests.cdc_helpers import (
     with_start_mode,
     write_settings,
 )
-from tests.conftest import in_ci
-from trempy_nb.errors import ConnectionFailed, SlotLost
+from tests.maria_helpers import SERVER, q
+from trempy_nb.errors import SlotLost
 from trempy_nb.task import Task
-from trempy_nb.writer.mariadb import uri
 from trempy_nb.writer.mariadb.names import execute as m_execute
 from trempy_nb.writer.mariadb.names import qualified, quote
 
-SERVER = "mysql://root@127.0.0.1:3306"
 T_SQL = "CREATE TABLE t (id int PRIMARY KEY, v int, s text)"
 MODES = ["upsert", "scd2"]
-
-
-@pytest.fixture(scope="module")
-def server() -> str:
-    try:
-        uri.connect(f"{SERVER}/mysql", timeout=3).close()
-    except ConnectionFailed as exc:
-        if in_ci():
-            pytest.fail(f"MariaDB is not running on 127.0.0.1:3306 (CI needs it): {exc}")
-        pytest.skip(f"MariaDB is not running: {exc}")
-    return SERVER
-
-
-@pytest.fixture
-def maria(server: str) -> Iterator[tuple[str, str, Any]]:
-    """(state database, data database, admin connection): fresh databases, dropped after the test."""
-    state, data = f"mst_{uuid.uuid4().hex[:10]}", f"mdw_{uuid.uuid4().hex[:10]}"
-    admin = uri.connect(f"{server}/mysql")
-    with admin.cursor() as cur:
-        m_execute(cur, f"CREATE DATABASE {quote(state)}")
-    try:
-        yield state, data, admin
-    finally:
-        with admin.cursor() as cur:
-            for db in (state, data):
-                m_execute(cur, f"DROP DATABASE IF EXISTS {quote(db)}")
-        admin.close()
 
 
 @pytest.fixture
@@ -90,17 +61,6 @@ def run(doc: dict, start_mode: str | None = None) -> None:
     if start_mode:
         doc = with_start_mode(doc, start_mode)
     Task.from_settings(doc).run(until_caught_up=True, progress=False)
-
-
-def q(admin: Any, text: str, params: tuple = ()) -> list[tuple]:
-    """Read in a transaction of its own: a fresh snapshot, and no metadata lock held afterwards
-    (an open reader's transaction would make the applier's ALTER TABLE wait, as on PostgreSQL)."""
-    admin.commit()
-    with admin.cursor() as cur:
-        m_execute(cur, text, params)
-        out = [tuple(r) for r in cur.fetchall()]
-    admin.commit()
-    return out
 
 
 def source_rows(source_uri: str) -> list[tuple]:
@@ -276,19 +236,6 @@ def test_column_added_while_streaming_reaches_the_target(source_uri: str, trempy
     if mode == "scd2":  # 1: load (+ update, unless the snapshot saw it); 2: load + w; 3: insert
         counts = dict(q(admin, f"SELECT id, COUNT(*) FROM {qualified(data, 't')} GROUP BY id"))
         assert counts[1] in (1, 2) and (counts[2], counts[3]) == (2, 1), counts
-
-
-def test_rabbitmq_transport_is_refused_in_one_line(source_uri: str, trempy_home: Path, task_name: str,
-                                                   tmp_path: Path, maria: tuple[str, str, Any]) -> None:
-    state, data, admin = maria
-    execute(source_uri, T_SQL)
-    doc = doc_for(task_name, source_uri, state, data, transport="rabbitmq")
-    res = run_cli(["run", str(write_settings(tmp_path / "r.json", doc)), "-q"],
-                  env={"TREMPY_HOME": str(trempy_home)})
-    assert res.returncode == 2 and "transport local" in res.stderr, res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
-    assert q(admin, "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema IN (%s, %s)",
-             (state, data)) == [(0,)]  # nothing written
 
 
 def test_cli_cdc_then_drop_resets_the_checkpoint(source_uri: str, trempy_home: Path, task_name: str,

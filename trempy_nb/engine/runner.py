@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from trempy_nb.engine.lifecycle import TableLifecycle
     from trempy_nb.engine.session import CdcSession
 
-#: The full load of one target dialect (`fullload.run_full_load`, `fullload_mariadb.run_full_load_mariadb`)
+#: The full load of one target dialect (`fullload.run_full_load`, `fullload.mariadb.run_full_load_mariadb`)
 FullLoad = Callable[..., list[TableLoadResult]]
 
 
@@ -197,9 +197,6 @@ class Runner:
         task = self.task
         settings = task.settings
         rtype = settings.task.replication_type
-        if is_mariadb_uri(task.target_uri) and settings.task.transport != "local":
-            raise SettingsError(f"task.target {mask(settings.task.target)}: a MariaDB/MySQL target takes"
-                                " transport local (the rabbitmq transport's held tables exist only on PostgreSQL)")
         if self.fence is not None:
             self._take_over(target_dialect(task.target_uri))
         if self.role == "consumer":
@@ -271,7 +268,7 @@ class Runner:
                                  store=session.store, run_id=run_id, counters=self.counters,
                                  connection_name=transport.sink_name, dialect=session.dialect, fence=self.fence)
         ctx = StreamContext(self.task.name, settings, session.target, session, self._stop, session.catch_up,
-                            until_caught_up=self.until_caught_up, fence=self.fence)
+                            until_caught_up=self.until_caught_up, dialect=session.dialect, fence=self.fence)
         lifecycle = self._lifecycle(session, sink, run_id) if sink is not None else None
         try:
             return transport.run(self.role, ctx, sink)
@@ -337,11 +334,11 @@ def target_dialect(target: str) -> TargetDialect:
 
 
 def _mariadb_full_load() -> FullLoad:
-    """The MariaDB target's full load (`fullload_mariadb.run_full_load_mariadb`, the same arguments
+    """The MariaDB target's full load (`fullload.mariadb.run_full_load_mariadb`, the same arguments
     and results as `run_full_load`). Its driver is the optional extra `trempy_nb[mariadb]`: imported
     only when a MariaDB target is used, so PostgreSQL-only installs never need it."""
     try:
-        from trempy_nb.fullload_mariadb import run_full_load_mariadb
+        from trempy_nb.fullload.mariadb import run_full_load_mariadb
     except ImportError as exc:
         raise SettingsError(f"a MariaDB/MySQL target needs its driver: pip install 'trempy_nb[mariadb]' ({exc})") from None
     return run_full_load_mariadb

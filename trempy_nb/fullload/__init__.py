@@ -11,9 +11,14 @@ decided once, by `routes.choose_route`; the table writer (writer.py) and the
 pump only use the `CopyRoute` it returns. A batch the target refuses goes
 through the one error policy (writer/errorpolicy.py).
 
-- `load.py`: `run_full_load` (parallel tables), `load_table` (one table = one
-  target transaction: pass-through pump, or the three-stage pipeline),
+- `tables.py`: the table loop every target database shares (`run_tables`: prepare
+  once, then parallel tables), with a `LoadTarget` as the target's hook.
+- `load.py`: `run_full_load` (the loop with `POSTGRES_LOAD`), `load_table` (one
+  table = one target transaction: pass-through pump, or the three-stage pipeline),
   `target_spec`, `begin_snapshot`, `prefetch`.
+- `mariadb.py`: `run_full_load_mariadb` (the loop with `MARIADB_LOAD`: LOAD DATA
+  LOCAL INFILE into a MariaDB/MySQL target). Not imported here: its driver is the
+  optional extra `trempy_nb[mariadb]`.
 - `routes.py`: the `CopyRoute` protocol, `TextRoute`, `BinaryRoute`, `choose_route`.
 - `writer.py`: `TableWriter` (direct COPY, or staging + `writer/sql.merge_sql`;
   retries and bisection through the error policy).

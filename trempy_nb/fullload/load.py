@@ -16,7 +16,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import polars as pl
@@ -25,13 +24,12 @@ from psycopg import sql
 
 from trempy_nb.crash import pause_point
 from trempy_nb.db import connect, task_app_name
-from trempy_nb.errors import TrempyError
 from trempy_nb.fullload.result import RowErrorHook, TableLoadResult
 from trempy_nb.fullload.routes import choose_route
+from trempy_nb.fullload.tables import LoadTarget, Plans, run_tables
 from trempy_nb.fullload.writer import TableWriter
 from trempy_nb.pgcopy.copyio import select_query, stream_copy
 from trempy_nb.pipeline.plan import TablePlan
-from trempy_nb.redact import mask
 from trempy_nb.settings import TaskSettings
 from trempy_nb.writer import state
 from trempy_nb.writer.ddl import TargetSpec, ensure_target, key_sql
@@ -212,6 +210,19 @@ def _load(settings: TaskSettings, plan: TablePlan, spec: TargetSpec, src: psycop
         tgt.commit()
 
 
+def _prepare(settings: TaskSettings, plans: Plans, target_uri: str) -> None:
+    """The state tables and every target schema, before any table (not concurrently: races in the catalog)."""
+    with connect(target_uri, application_name=task_app_name(settings.name, "fullload")) as tgt:
+        state.ensure_state_tables(tgt)
+        for schema in sorted({p.target_schema for p in plans.values()}):
+            tgt.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        tgt.commit()
+
+
+#: PostgreSQL's side of the table loop (`tables.run_tables`)
+POSTGRES_LOAD = LoadTarget("postgresql", _prepare, load_table, (psycopg.Error,))
+
+
 def run_full_load(
     settings: TaskSettings,
     plans: dict[tuple[str, str], TablePlan],
@@ -227,36 +238,8 @@ def run_full_load(
     max_workers: int = 2,
     fence: Fence | None = None,
 ) -> list[TableLoadResult]:
-    """Load every table, in parallel where the machine allows; the first failure stops the rest."""
-    with connect(target_uri, application_name=task_app_name(settings.name, "fullload")) as tgt:
-        state.ensure_state_tables(tgt)
-        for schema in sorted({p.target_schema for p in plans.values()}):  # not concurrently: races in the catalog
-            tgt.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        tgt.commit()
-    results: list[TableLoadResult] = []
-
-    def one(key: tuple[str, str]) -> TableLoadResult:
-        cb = (lambda n: progress(key, n)) if progress else None
-        r = load_table(settings, plans[key], source_uri, target_uri, snapshot=snapshot,
-                       snapshot_lsn=snapshot_lsn, load_ts=load_ts, on_progress=cb, on_row_error=on_row_error,
-                       fence=fence)
-        if on_table_done:
-            on_table_done(r)
-        return r
-
-    keys = [t.key for t in settings.tables if t.key in plans]
-    if len(keys) <= 1 or max_workers <= 1:
-        return [one(k) for k in keys]
-    with ThreadPoolExecutor(max_workers=min(max_workers, len(keys)), thread_name_prefix="trempy-load") as pool:
-        futures = [pool.submit(one, k) for k in keys]
-        first_error: BaseException | None = None
-        for f in futures:
-            try:
-                results.append(f.result())
-            except TrempyError as exc:
-                first_error = first_error or exc
-            except psycopg.Error as exc:
-                first_error = first_error or TrempyError(mask(str(exc)))
-        if first_error:
-            raise first_error
-    return results
+    """Load every table into a PostgreSQL target, in parallel where the machine allows; the first
+    failure stops the rest."""
+    return run_tables(POSTGRES_LOAD, settings, plans, source_uri, target_uri, snapshot=snapshot,
+                      snapshot_lsn=snapshot_lsn, load_ts=load_ts, progress=progress, on_row_error=on_row_error,
+                      on_table_done=on_table_done, max_workers=max_workers, fence=fence)

@@ -16,9 +16,9 @@ from typing import Any
 import ipywidgets as W
 import polars as pl
 
+from trempy_nb.connection_check import Checked, check_connection
 from trempy_nb.connections import (
     ConnectionInfo,
-    check_connection,
     delete_connection,
     get_connection,
     has_literal_password,
@@ -169,7 +169,7 @@ class ConnectionsForm:
                 "type the password in the password field, not in the URI (or write it as ${VAR})"
             )
         if not uri:
-            raise SettingsError("URI: give postgresql://user@host:5432/dbname")
+            raise SettingsError("URI: give postgresql://user@host:5432/dbname (or mysql://user@host:3306/dbname)")
         return name, uri, password
 
     def _target(self) -> str:
@@ -181,12 +181,12 @@ class ConnectionsForm:
             return self.editing
         return uri
 
-    def test(self) -> tuple[float, str]:
-        """Connect once: latency in ms and the server version, shown in the form."""
+    def test(self) -> Checked:
+        """Connect once: latency in ms and the server and its version, shown in the form."""
         target = self._target()
-        ms, version = check_connection(target, keep_password_of=self.editing)
-        self._say(f"connected in {ms:,.1f} ms, PostgreSQL {version}")
-        return ms, version
+        checked = check_connection(target, keep_password_of=self.editing)
+        self._say(f"connected in {checked.ms:,.1f} ms, {checked.server}")
+        return checked
 
     def save(self) -> ConnectionInfo:
         """Add or update (rename too) a connection; the password field empties either way.
@@ -199,8 +199,8 @@ class ConnectionsForm:
         keep = self.editing if not password else None
         tested = ""
         if self.w_test_first.value:
-            ms, version = check_connection(full, keep_password_of=keep)
-            tested = f" (tested: {ms:,.1f} ms, PostgreSQL {version})"
+            checked = check_connection(full, keep_password_of=keep)
+            tested = f" (tested: {checked.ms:,.1f} ms, {checked.server})"
         info = save_connection(name, full, test=False, keep_password_of=keep)
         if self.editing is not None and self.editing != name:
             delete_connection(self.editing)

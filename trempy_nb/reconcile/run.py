@@ -1,4 +1,8 @@
-"""Running a diff (and its repair) against the source and the target: the only I/O of reconcile/.
+"""Running a diff (and its repair) against the source and the target (with `mariadb.py`, the I/O of reconcile/).
+
+The target is reached through a `side.TargetSide`: `_PgTarget` here for PostgreSQL,
+`mariadb.MariaTarget` for MariaDB/MySQL (chosen from the target URI); everything below is the same
+for both.
 
 One round: the source is read in one REPEATABLE READ snapshot whose WAL position L is recorded;
 when the task runs (its runner lock is held, or its slot is active) the target is read once its
@@ -19,17 +23,20 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
+import polars as pl
 import psycopg
 from psycopg import sql
 
 from trempy_nb.capture.slot import emit_heartbeat, slot_name, slot_status
 from trempy_nb.changes import lsn_to_int
+from trempy_nb.connections import is_mariadb_uri
 from trempy_nb.db import connect
-from trempy_nb.errors import TerminalError, TransientError
+from trempy_nb.errors import SettingsError, TerminalError, TransientError
 from trempy_nb.fullload import target_spec
 from trempy_nb.pgcopy.copyio import copy_frame, iter_frames
 from trempy_nb.pipeline.plan import TablePlan
@@ -43,6 +50,7 @@ from trempy_nb.reconcile.chunks import (
     diff_row,
     differing_buckets,
 )
+from trempy_nb.reconcile.side import TargetSide
 from trempy_nb.reconcile.sqlgen import DiffShape, Selection
 from trempy_nb.settings import TaskSettings
 from trempy_nb.writer import sql as wsql
@@ -74,21 +82,11 @@ class DiffOptions:
 
 def build_shape(settings: TaskSettings, plan: TablePlan, src: psycopg.Connection,
                 tgt: psycopg.Connection) -> DiffShape:
-    """What to compare for one table; a clear error when the target cannot be compared by key."""
+    """What to compare for one table on a PostgreSQL target."""
     spec = target_spec(plan, settings)
-    where = f"{spec.schema}.{spec.table}"
-    if not spec.key:
-        raise TerminalError(
-            f"{plan.source.qualified} -> {where} has no key: a diff compares rows by key. Give the source"
-            " table a primary key, or name one with an add_primary_key transformation"
-        )
     types = existing_columns(tgt, spec.schema, spec.table)
-    if types is None:
-        raise TerminalError(f"target table {where} does not exist (has task {settings.name} run yet?)")
-    needed = spec.data_columns + ([spec.current_col] if spec.scd2 else [])
-    missing = [c for c in needed if c not in types]
-    if missing:
-        raise TerminalError(f"target table {where} lacks column(s) {', '.join(missing)} of the task's plan")
+    sqlgen.check_target_table(settings, plan, spec, types)
+    assert types is not None
     known: dict[str, bool] = {}
     for t in sorted({types[c] for c in spec.data_columns}):
         row = src.execute("SELECT to_regtype(%s) IS NOT NULL", (t,)).fetchone()
@@ -128,7 +126,7 @@ def _session(conn: psycopg.Connection) -> psycopg.Connection:
 # -- snapshots and waiting -------------------------------------------------------------------
 
 
-def _snapshot(conn: psycopg.Connection) -> int:
+def snapshot(conn: psycopg.Connection) -> int:
     """Open a REPEATABLE READ READ ONLY transaction; returns the WAL position it was taken at."""
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         conn.rollback()
@@ -149,24 +147,23 @@ def _position(conn: psycopg.Connection, task: str, local: bool) -> int | None:
     return max(lsn, slot_lsn) if local else lsn
 
 
-def _wait_for_target(source_uri: str, target_uri: str, task: str, lsn: int, local: bool, wait: float) -> None:
+def wait_for_target(source_uri: str, target: TargetSide, task: str, lsn: int, local: bool, wait: float) -> None:
     """Block until the target's checkpoint reaches `lsn`; a heartbeat lets an idle stream get there."""
     with contextlib.suppress(psycopg.Error), connect(source_uri, autocommit=True) as src:
         emit_heartbeat(src)
     deadline = time.monotonic() + wait
-    with connect(target_uri, autocommit=True) as tgt:
-        while True:
-            at = _position(tgt, task, local)
-            if at is not None and at >= lsn:
-                return
-            if time.monotonic() >= deadline:
-                where = "none" if at is None else f"{at:X}"
-                raise TargetBehind(
-                    f"target behind: task {task}'s checkpoint ({where}) has not reached the source snapshot"
-                    f" ({lsn:X}) within {wait:g}s; comparing now would report changes still in flight"
-                    " (retry, or wait longer)"
-                )
-            time.sleep(0.2)
+    while True:
+        at = target.position(task, local)
+        if at is not None and at >= lsn:
+            return
+        if time.monotonic() >= deadline:
+            where = "none" if at is None else f"{at:X}"
+            raise TargetBehind(
+                f"target behind: task {task}'s checkpoint ({where}) has not reached the source snapshot"
+                f" ({lsn:X}) within {wait:g}s; comparing now would report changes still in flight"
+                " (retry, or wait longer)"
+            )
+        time.sleep(0.2)
 
 
 #: Is the task's runner lock held? Runners hold a session advisory lock on the source, keyed
@@ -187,6 +184,107 @@ def _streaming(source_uri: str, task: str) -> bool:
     return bool(row and row[0]) or bool(status is not None and status.active)
 
 
+# -- a PostgreSQL target ---------------------------------------------------------------------
+
+
+class _PgTarget:
+    """The `TargetSide` of a PostgreSQL target: the staged rows in a temporary table, one join."""
+
+    def __init__(self, target_uri: str) -> None:
+        self.uri = target_uri
+        self.conn = _session(connect(target_uri))
+
+    def shape(self, settings: TaskSettings, plan: TablePlan, src: psycopg.Connection) -> DiffShape:
+        shape = build_shape(settings, plan, src, self.conn)
+        self.conn.rollback()
+        return shape
+
+    def position(self, task: str, local: bool) -> int | None:
+        with connect(self.uri, autocommit=True) as tgt:
+            return _position(tgt, task, local)
+
+    def begin(self) -> None:
+        self.conn.rollback()
+        self.conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        self.conn.execute("SELECT 1")
+
+    def fingerprints(self, shape: DiffShape, buckets: int) -> dict[int, Fingerprint]:
+        return _fingerprints(self.conn, sqlgen.target_buckets_sql(shape, buckets))
+
+    def stage(self, shape: DiffShape, frames: Iterable[pl.DataFrame]) -> None:
+        tcur = self.conn.cursor()
+        tcur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sqlgen.STAGE))
+        tcur.execute(sqlgen.create_stage_sql(shape))
+        for frame in frames:
+            copy_frame(tcur, sqlgen.STAGE, shape.spec.data_columns, frame)
+        tcur.execute(wsql.analyze_sql(sqlgen.STAGE, shape.spec.key))  # joined on the key
+
+    def compare(self, shape: DiffShape, sel: Selection, itersize: int) -> Iterator[Sequence[Any]]:
+        with self.conn.cursor(name="trempy_diff") as cur:
+            cur.itersize = max(100, itersize)
+            cur.execute(sqlgen.compare_sql(shape, sel))
+            yield from cur
+
+    def counts(self, shape: DiffShape) -> tuple[int, int]:
+        staged = self.conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sqlgen.STAGE)).fetchone()
+        q = sql.SQL("SELECT count(*) FROM {} AS t").format(shape.spec.ident)
+        current = sqlgen.target_current(shape)
+        if current is not None:
+            q = sql.SQL("{} WHERE {}").format(q, current)
+        held = self.conn.execute(q).fetchone()
+        return (int(staged[0]) if staged else 0, int(held[0]) if held else 0)
+
+    def begin_repair(self, task: str) -> None:
+        self.conn.rollback()
+        self.conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+        state.read_checkpoint(self.conn, task, for_update=True)  # the task's applier waits for us
+
+    def fix(self, shape: DiffShape, keys: Sequence[tuple[str, ...]]) -> None:
+        spec, tcur = shape.spec, self.conn.cursor()
+        tcur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sqlgen.KEYS))
+        tcur.execute(sqlgen.create_keys_sql(shape))
+        tcur.execute(sqlgen.fill_keys_sql(shape, keys))
+        tcur.execute(sqlgen.trim_stage_sql(shape))
+        if spec.scd2:
+            now = sql.SQL("now()")
+            tcur.execute(wsql.scd2_close_sql(spec.ident, sqlgen.KEYS, spec, now, sql.SQL("true")))
+            tcur.execute(wsql.scd2_open_missing_sql(spec.ident, sqlgen.STAGE, spec.data_columns, spec, now))
+        else:
+            tcur.execute(wsql.upsert_delete_sql(spec.ident, sqlgen.KEYS, spec.key))
+            tcur.execute(sqlgen.insert_staged_sql(shape))
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    def rollback(self) -> None:
+        self.conn.rollback()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _fingerprints(conn: psycopg.Connection, query: sql.Composable) -> dict[int, Fingerprint]:
+    # the planner cannot know that the buckets are few and would sort every row to group
+    # them: one hash table of a few entries does (a quarter less time on 2M rows)
+    conn.execute("SET LOCAL enable_sort = off")
+    try:
+        return {int(b): (int(c), int(h)) for b, c, h in conn.execute(query).fetchall()}
+    finally:
+        conn.execute("SET LOCAL enable_sort TO DEFAULT")
+
+
+def _target_side(target_uri: str) -> TargetSide:
+    """The target's side of a diff, by the URI's database."""
+    if not is_mariadb_uri(target_uri):
+        return _PgTarget(target_uri)
+    try:
+        # lazy: the MariaDB driver is the optional extra trempy_nb[mariadb], imported only for such targets
+        from trempy_nb.reconcile.mariadb import MariaTarget
+    except ImportError as exc:
+        raise SettingsError(f"a MariaDB/MySQL target needs its driver: pip install 'trempy_nb[mariadb]' ({exc})") from None
+    return MariaTarget(target_uri)
+
+
 # -- one table -------------------------------------------------------------------------------
 
 
@@ -199,9 +297,12 @@ class _Table:
         self.source_uri, self.target_uri, self.log = source_uri, target_uri, log
         self.local = settings.task.transport == "local"
         self.src = _session(connect(source_uri))
-        self.tgt = _session(connect(target_uri))
-        self.shape = build_shape(settings, plan, self.src, self.tgt)
-        self.tgt.rollback()
+        try:
+            self.tgt = _target_side(target_uri)
+        except BaseException:
+            self.src.close()
+            raise
+        self.shape = self.tgt.shape(settings, plan, self.src)
         spec = self.shape.spec
         self.result = TableDiff(plan.source.qualified, f"{spec.schema}.{spec.table}", streaming=streaming,
                                 not_compared=tuple(c for c in spec.data_columns if c not in self.shape.compared))
@@ -215,12 +316,11 @@ class _Table:
     def _begin(self) -> None:
         """A source snapshot, and a target transaction that has caught up with it."""
         self.tgt.rollback()
-        lsn = _snapshot(self.src)
+        lsn = snapshot(self.src)
         if self.streaming:
-            _wait_for_target(self.source_uri, self.target_uri, self.settings.name, lsn, self.local,
-                             self.options.wait_seconds)
-        self.tgt.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        self.tgt.execute("SELECT 1")
+            wait_for_target(self.source_uri, self.tgt, self.settings.name, lsn, self.local,
+                            self.options.wait_seconds)
+        self.tgt.begin()
 
     def run(self) -> TableDiff:
         self._begin()
@@ -243,13 +343,13 @@ class _Table:
         if not shape.hashable:
             res.route = "plan"
             found = self._narrow(Selection())
-            res.source_rows, res.target_rows = self._counts()
+            res.source_rows, res.target_rows = self.tgt.counts(shape)
             return found
         n = bucket_count(self._estimate(), self.options.chunk_rows)
         res.buckets = n
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="trempy-diff") as pool:
-            s = pool.submit(self._fingerprints, self.src, sqlgen.source_buckets_sql(shape, n))
-            t = pool.submit(self._fingerprints, self.tgt, sqlgen.target_buckets_sql(shape, n))
+            s = pool.submit(_fingerprints, self.src, sqlgen.source_buckets_sql(shape, n))
+            t = pool.submit(self.tgt.fingerprints, shape, n)
             source, target = s.result(), t.result()
         res.source_rows = sum(c for c, _ in source.values())
         res.target_rows = sum(c for c, _ in target.values())
@@ -263,16 +363,6 @@ class _Table:
             found += self._narrow(Selection(keys=tuple(r.key_text for r in part)))
         return found
 
-    @staticmethod
-    def _fingerprints(conn: psycopg.Connection, query: sql.Composable) -> dict[int, Fingerprint]:
-        # the planner cannot know that the buckets are few and would sort every row to group
-        # them: one hash table of a few entries does (a quarter less time on 2M rows)
-        conn.execute("SET LOCAL enable_sort = off")
-        try:
-            return {int(b): (int(c), int(h)) for b, c, h in conn.execute(query).fetchall()}
-        finally:
-            conn.execute("SET LOCAL enable_sort TO DEFAULT")
-
     def _estimate(self) -> int:
         plan = self.plan
         ident = sql.Identifier(plan.source.schema, plan.source.name).as_string(self.src)
@@ -282,35 +372,18 @@ class _Table:
         row = self.src.execute(sqlgen.source_count_sql(self.shape)).fetchone()
         return int(row[0]) if row else 0
 
-    def _counts(self) -> tuple[int, int]:
-        """Row counts of the plan route: the staged rows and the target's (current) rows."""
-        staged = self.tgt.execute(sql.SQL("SELECT count(*) FROM {}").format(sqlgen.STAGE)).fetchone()
-        q = sql.SQL("SELECT count(*) FROM {} AS t").format(self.shape.spec.ident)
-        current = sqlgen.target_current(self.shape)
-        if current is not None:
-            q = sql.SQL("{} WHERE {}").format(q, current)
-        held = self.tgt.execute(q).fetchone()
-        return (int(staged[0]) if staged else 0, int(held[0]) if held else 0)
-
     # narrowing: the source rows through the plan, staged on the target, joined there
     def _stage(self, sel: Selection) -> None:
-        shape, tcur = self.shape, self.tgt.cursor()
-        tcur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sqlgen.STAGE))
-        tcur.execute(sqlgen.create_stage_sql(shape))
         columns = list(self.plan.source_columns)
         chunk_bytes = max(1 << 20, self.options.chunk_rows * 200)
-        for frame in iter_frames(self.src.cursor(), sqlgen.source_rows_sql(shape, sel), columns,
-                                 chunk_bytes=chunk_bytes):
-            copy_frame(tcur, sqlgen.STAGE, shape.spec.data_columns, self.plan.apply(frame))
-        tcur.execute(wsql.analyze_sql(sqlgen.STAGE, shape.spec.key))  # joined on the key
+        frames = iter_frames(self.src.cursor(), sqlgen.source_rows_sql(self.shape, sel), columns,
+                             chunk_bytes=chunk_bytes)
+        self.tgt.stage(self.shape, (self.plan.apply(frame) for frame in frames))
 
     def _compare(self, sel: Selection) -> Iterator[DiffRow]:
         shape, res = self.shape, self.result
-        with self.tgt.cursor(name="trempy_diff") as cur:
-            cur.itersize = max(100, self.options.chunk_rows)
-            cur.execute(sqlgen.compare_sql(shape, sel))
-            for row in cur:
-                yield diff_row(res.table, res.target, shape.key, shape.compared, row)
+        for row in self.tgt.compare(shape, sel, self.options.chunk_rows):
+            yield diff_row(res.table, res.target, shape.key, shape.compared, row)
 
     def _narrow(self, sel: Selection) -> list[DiffRow]:
         self._stage(sel)
@@ -329,28 +402,20 @@ class _Table:
         return fixed
 
     def _repair_chunk(self, rows: Sequence[DiffRow]) -> int:
-        shape, spec, tgt = self.shape, self.shape.spec, self.tgt
-        tgt.rollback()
-        tgt.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
-        with tgt.transaction():
-            state.read_checkpoint(tgt, self.settings.name, for_update=True)  # the task's applier waits for us
-            _snapshot(self.src)
+        tgt = self.tgt
+        tgt.begin_repair(self.settings.name)
+        try:
+            snapshot(self.src)
             sel = Selection(keys=tuple(r.key_text for r in rows))
             self._stage(sel)
             still = list(self._compare(sel))
             if still:
-                tcur = tgt.cursor()
-                tcur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sqlgen.KEYS))
-                tcur.execute(sqlgen.create_keys_sql(shape))
-                tcur.execute(sqlgen.fill_keys_sql(shape, [r.key_text for r in still]))
-                tcur.execute(sqlgen.trim_stage_sql(shape))
-                if spec.scd2:
-                    now = sql.SQL("now()")
-                    tcur.execute(wsql.scd2_close_sql(spec.ident, sqlgen.KEYS, spec, now, sql.SQL("true")))
-                    tcur.execute(wsql.scd2_open_missing_sql(spec.ident, sqlgen.STAGE, spec.data_columns, spec, now))
-                else:
-                    tcur.execute(wsql.upsert_delete_sql(spec.ident, sqlgen.KEYS, spec.key))
-                    tcur.execute(sqlgen.insert_staged_sql(shape))
+                tgt.fix(self.shape, [r.key_text for r in still])
+            tgt.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                tgt.rollback()
+            raise
         self.src.rollback()
         if still and self.log:
             kinds = {k: sum(1 for r in still if r.kind == k) for k in ("missing", "extra", "different")}

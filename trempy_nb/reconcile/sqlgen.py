@@ -24,9 +24,11 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
+from trempy_nb.errors import TerminalError
 from trempy_nb.pgtypes import is_blank_padded, type_category
 from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.pipeline.transformations import ConcatStep, ConstantStep, Step, TextCaseStep
+from trempy_nb.settings import TaskSettings
 from trempy_nb.writer.ddl import TargetSpec
 from trempy_nb.writer.sql import create_staging_sql, staging_ident
 
@@ -55,6 +57,8 @@ class DiffShape:
     exprs: Mapping[str, sql.Composable] | None
     source_has_type: Mapping[str, bool]  # target type name -> exists on the source
     fast_hash: bool = False  # both servers give hashtextextended the same values (PROBE_SQL)
+    #: the target is another database (MariaDB): both sides hash `canonical_text` (see below)
+    canonical: bool = False
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -63,6 +67,23 @@ class DiffShape:
     @property
     def hashable(self) -> bool:
         return self.exprs is not None
+
+
+def check_target_table(settings: TaskSettings, plan: TablePlan, spec: TargetSpec,
+                       types: Mapping[str, str] | None) -> None:
+    """A clear error when the target cannot be compared by key (no key, no table, columns missing)."""
+    where = f"{spec.schema}.{spec.table}"
+    if not spec.key:
+        raise TerminalError(
+            f"{plan.source.qualified} -> {where} has no key: a diff compares rows by key. Give the source"
+            " table a primary key, or name one with an add_primary_key transformation"
+        )
+    if types is None:
+        raise TerminalError(f"target table {where} does not exist (has task {settings.name} run yet?)")
+    needed = spec.data_columns + ([spec.current_col] if spec.scd2 else [])
+    missing = [c for c in needed if c not in types]
+    if missing:
+        raise TerminalError(f"target table {where} lacks column(s) {', '.join(missing)} of the task's plan")
 
 
 def volatile_columns(plan: TablePlan) -> frozenset[str]:
@@ -174,12 +195,57 @@ def bucket_expr(shape: DiffShape, keys: Sequence[sql.Composable], buckets: int) 
     n = sql.Literal(int(buckets))
     if len(keys) == 1 and shape.types[shape.key[0]] in INTEGER_TYPES:
         return sql.SQL("((({})::bigint % {}) + {}) % {}").format(keys[0], n, n, n)
+    if shape.canonical:
+        text = canonical_row([canonical_text(k, shape.types[c]) for k, c in zip(keys, shape.key, strict=True)])
+        return sql.SQL("{} % {}").format(hash_expr(text, False, 31), n)
     return sql.SQL("{} % {}").format(hash_expr(_row_text(keys), shape.fast_hash, 31), n)
 
 
-def _fingerprint(bucket: sql.Composable, row: Sequence[sql.Composable], table: sql.Composable,
+# -- the canonical text of a row, for a target of another database (MariaDB) ----------------------
+#
+# Both servers render each value as one agreed text (integers and text as printed; numeric with its
+# trailing fractional zeros cut; booleans 1/0; timestamps 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC; time
+# likewise; bytea as lowercase hex; arrays as compact JSON; JSON as the text the writer stored) and
+# a row as `len:value` per column (NULL: `N`) joined by commas: unambiguous, the same bytes on both
+# sides, so md5 gives one hash. `writer/mariadb`'s side is `reconcile/mariadb_sql.canonical_text`.
+# A value whose texts differ only in form (a float's exponent) makes its bucket a suspect; the
+# narrowing then compares the values themselves, so no difference is ever reported in error.
+
+
+def canonical_text(expr: sql.Composable, pg_type: str) -> sql.Composable:
+    """A value of PostgreSQL type `pg_type` as its canonical text (NULL kept)."""
+    cat = type_category(pg_type)
+    if cat == "boolean":
+        return sql.SQL("(CASE WHEN {0} THEN '1' WHEN NOT {0} THEN '0' END)").format(expr)
+    if cat == "numeric":
+        return sql.SQL("(CASE WHEN ({0})::text LIKE '%.%' THEN rtrim(rtrim(({0})::text, '0'), '.')"
+                       " ELSE ({0})::text END)").format(expr)
+    if cat == "timestamptz":
+        return sql.SQL("to_char(({}) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')").format(expr)
+    if cat == "timestamp":
+        return sql.SQL("to_char({}, 'YYYY-MM-DD HH24:MI:SS.US')").format(expr)
+    if cat == "date":
+        return sql.SQL("to_char({}, 'YYYY-MM-DD')").format(expr)
+    if cat == "time" and "with time zone" not in pg_type and not pg_type.startswith("timetz"):
+        return sql.SQL("to_char(({})::interval, 'HH24:MI:SS.US')").format(expr)
+    if cat == "bytea":
+        return sql.SQL("encode({}, 'hex')").format(expr)
+    if cat == "array":
+        return sql.SQL("(array_to_json({}))::text").format(expr)
+    return output_text(expr, pg_type)
+
+
+def canonical_row(texts: Sequence[sql.Composable]) -> sql.Composable:
+    """Canonical value texts joined unambiguously: `len:value` each (NULL: `N`), comma-separated."""
+    if not texts:
+        return sql.SQL("''")
+    parts = [sql.SQL("COALESCE(length({0})::text || ':' || {0}, 'N')").format(t) for t in texts]
+    return sql.SQL("concat_ws(',', {})").format(sql.SQL(", ").join(parts))
+
+
+def _fingerprint(bucket: sql.Composable, text: sql.Composable, table: sql.Composable,
                  where: sql.Composable | None, fast: bool) -> sql.Composed:
-    hashed = hash_expr(_row_text(row), fast, 60)
+    hashed = hash_expr(text, fast, 60)
     q = sql.SQL("SELECT {} AS b, {} AS h FROM {}").format(bucket, hashed, table)
     if where is not None:
         q = sql.SQL("{} WHERE {}").format(q, where)
@@ -210,8 +276,12 @@ def source_buckets_sql(shape: DiffShape, buckets: int) -> sql.Composed:
     """Per bucket of the source rows that pass the filter: bucket, row count, sum of row hashes."""
     keys = [source_value(shape, k) for k in shape.key]
     row = [source_value(shape, c) for c in shape.compared]
-    return _fingerprint(bucket_expr(shape, keys, buckets), row, source_table(shape), source_filter(shape),
-                        shape.fast_hash)
+    if shape.canonical:
+        text = canonical_row([canonical_text(v, shape.types[c]) for v, c in zip(row, shape.compared, strict=True)])
+    else:
+        text = _row_text(row)
+    return _fingerprint(bucket_expr(shape, keys, buckets), text, source_table(shape), source_filter(shape),
+                        shape.fast_hash and not shape.canonical)
 
 
 def target_buckets_sql(shape: DiffShape, buckets: int) -> sql.Composed:
@@ -219,7 +289,8 @@ def target_buckets_sql(shape: DiffShape, buckets: int) -> sql.Composed:
     keys = [sql.SQL("t.{}").format(sql.Identifier(k)) for k in shape.key]
     row = [sql.SQL("t.{}").format(sql.Identifier(c)) for c in shape.compared]
     table = sql.SQL("{} AS t").format(shape.spec.ident)
-    return _fingerprint(bucket_expr(shape, keys, buckets), row, table, target_current(shape), shape.fast_hash)
+    return _fingerprint(bucket_expr(shape, keys, buckets), _row_text(row), table, target_current(shape),
+                        shape.fast_hash)
 
 
 # -- selections of rows: by buckets, or by keys -------------------------------------------------

@@ -24,12 +24,15 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from trempy_nb.capture.source import ChangeSource, Checkpoint
 from trempy_nb.changes import ChangeBatch
 from trempy_nb.settings import TaskSettings
 from trempy_nb.writer.fence import Fence
+
+if TYPE_CHECKING:  # a type only: this module stays free of I/O (the dialect's module connects)
+    from trempy_nb.writer.dialect import TargetDialect
 
 __all__ = [
     "HEARTBEAT_EVERY_S",
@@ -143,6 +146,9 @@ class StreamContext:
     stop: threading.Event
     until: CatchUp
     until_caught_up: bool = False
+    #: the target's database (the engine's choice for the run): state a transport keeps on the
+    #: target goes through it; None = PostgreSQL
+    dialect: TargetDialect | None = None
     #: the run's fencing token (a worker's lease): a transport writing the target itself (held tables)
     #: checks it in the same transaction; None = not fenced
     fence: Fence | None = None

@@ -11,6 +11,7 @@ state functions, the same arguments) as `writer.state` / `writer.ddl` /
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,13 @@ class TargetDialect:
     read_shapes: Callable[[Any, str], dict[tuple[str, str], Shape]]
     loaded_tables: Callable[[Any, str], set[tuple[str, str]]]
     forget_task: Callable[[Any, str], None]
+    #: the RabbitMQ transport's state on the target: tables held behind a dead letter
+    #: ((since_lsn, held_upto, replay_failed) per source table) and replays' stream checkpoints
+    ensure_held_table: Callable[[Any], None]
+    read_held: Callable[[Any, str], dict[tuple[str, str], state.Held]]
+    write_held: Callable[[Any, str, tuple[str, str], state.Held], None]
+    delete_held: Callable[..., None]  # (conn, task, key=None)
+    delete_stream_checkpoints: Callable[[Any, str], None]
     #: (conn, key, epoch): takeover, store the new epoch (commits; `Fenced` if a newer one is stored)
     claim_target: Callable[[Any, str, int], None]
     #: (conn, key) -> the stored epoch, or None
@@ -69,6 +77,9 @@ class TargetDialect:
     evict: Callable[..., list[int]]
     #: (conn, seconds): how long this session waits for a row lock before failing
     lock_timeout: Callable[[Any, float], None]
+    #: (conn, fence, task): a transaction on an autocommit connection whose writes are fenced
+    #: (checked first, committed at the end; no fence: no transaction of its own)
+    fenced: Callable[[Any, Fence | None, str], AbstractContextManager[None]]
 
 
 def _pg_connect(uri: str, *, autocommit: bool = False, application_name: str = "trempy_nb") -> psycopg.Connection:
@@ -125,10 +136,16 @@ POSTGRES = TargetDialect(
     read_shapes=state.read_shapes,
     loaded_tables=state.loaded_tables,
     forget_task=_pg_forget_task,
+    ensure_held_table=state.ensure_held_table,
+    read_held=state.read_held,
+    write_held=state.write_held,
+    delete_held=state.delete_held,
+    delete_stream_checkpoints=state.delete_stream_checkpoints,
     claim_target=state.claim_target,
     read_fence=state.read_fence,
     check_fence=state.check_fence,
     backend_id=_pg_backend_id,
     evict=sessions.terminate_named,
     lock_timeout=_pg_lock_timeout,
+    fenced=state.fenced,
 )

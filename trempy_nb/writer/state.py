@@ -27,8 +27,9 @@ later is added there too (ADD COLUMN IF NOT EXISTS).
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import psycopg
 from psycopg import sql
@@ -210,6 +211,18 @@ def recheck_fence(fence: Fence | None, task: str) -> None:
     """Right before a commit: the lease must still be valid (the epoch row is locked since the check)."""
     if fence is not None and not fence.valid():
         raise Fenced(lost_message(_key(fence, task), None, fence.epoch))
+
+
+@contextlib.contextmanager
+def fenced(conn: psycopg.Connection, fence: Fence | None, task: str) -> Iterator[None]:
+    """On an autocommit connection: the block's writes in one transaction that checks the fence
+    first (no fence: as before, each statement on its own)."""
+    if fence is None:
+        yield
+        return
+    with conn.transaction():
+        check_fence(conn, fence, task)
+        yield
 
 
 def claim_fence(conn: psycopg.Connection, key: str, epoch: int) -> None:

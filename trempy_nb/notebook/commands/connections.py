@@ -5,6 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from trempy_nb import catalog
+from trempy_nb.connection_check import open_once
 from trempy_nb.connections import delete_connection as forget_connection
 from trempy_nb.connections import list_connections, resolve, save_connection
 from trempy_nb.db import connect as db_connect
@@ -15,7 +16,7 @@ from trempy_nb.pgtypes import type_category
 
 def connect(name: str, uri: str, test: bool = True) -> Note:
     """Save `uri` as connection `name` (password encrypted, never echoed); test it first."""
-    info = save_connection(name, uri, test=test)
+    info = save_connection(name, uri, test=test, tester=open_once)
     tested = " (tested)" if test else ""
     return Note(f"saved connection {info}{tested}", "ok")
 

@@ -73,7 +73,7 @@ class RabbitMqTransport:
         if ctx.settings.task.start_mode == "reload":
             ensure_topology(ctx.task, self.url)
             purge(ctx.task, self.url)  # batches of the previous run; the slot and checkpoint were reset
-            reset_target_state(ctx.target, ctx.task, ctx.fence)
+            reset_target_state(ctx.target, ctx.task, ctx.dialect, ctx.fence)
         if role == "producer":
             return produce(ctx, url=self.url)
         return self._both(ctx, _needs(sink))

@@ -69,7 +69,7 @@ class Consumer:
         self.url = broker_url(url)
         self.prefetch = prefetch or int(os.environ.get("TREMPY_RABBITMQ_PREFETCH", DEFAULT_PREFETCH))
         self.max_retries = int(ctx.settings.error_handling.max_retries)
-        self.held = HeldTables(ctx.target, self.task, ctx.fence)
+        self.held = HeldTables(ctx.target, self.task, ctx.dialect, ctx.fence)
         self.applied = 0
         self.link: Link | None = None
         self.log = logger(self.hooks)

@@ -9,7 +9,7 @@ import pymysql
 
 from trempy_nb.db import APP_PREFIX
 from trempy_nb.writer.dialect import TargetDialect
-from trempy_nb.writer.mariadb import capabilities, ddl, fencing, state
+from trempy_nb.writer.mariadb import capabilities, ddl, fencing, held, state
 from trempy_nb.writer.mariadb import uri as maria_uri
 from trempy_nb.writer.mariadb.apply import (
     apply_batch,
@@ -83,10 +83,16 @@ MARIADB = TargetDialect(
     read_shapes=state.read_shapes,
     loaded_tables=state.loaded_tables,
     forget_task=_forget_task,
+    ensure_held_table=held.ensure_held_table,
+    read_held=held.read_held,
+    write_held=held.write_held,
+    delete_held=held.delete_held,
+    delete_stream_checkpoints=held.delete_stream_checkpoints,
     claim_target=fencing.claim_target,
     read_fence=fencing.read_fence,
     check_fence=fencing.check_fence,
     backend_id=_backend_id,
     evict=fencing.terminate_named,
     lock_timeout=_lock_timeout,
+    fenced=fencing.fenced,
 )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pymysql
@@ -47,6 +47,24 @@ def check_fence(conn: Any, fence: Fence | None, task: str, *, database: str | No
         raise Fenced(lost_message(key, None, fence.epoch))
     if stored != fence.epoch:
         _claim(conn, table, key, fence.epoch)
+
+
+@contextlib.contextmanager
+def fenced(conn: Any, fence: Fence | None, task: str, *, database: str | None = None) -> Iterator[None]:
+    """On an autocommit connection: the block's writes in one transaction that checks the fence
+    first (no fence: as before)."""
+    if fence is None:
+        yield
+        return
+    conn.begin()
+    try:
+        check_fence(conn, fence, task, database=database)
+        yield
+        conn.commit()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            conn.rollback()
+        raise
 
 
 def _claim(conn: Any, table: str, key: str, epoch: int) -> None:

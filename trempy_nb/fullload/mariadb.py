@@ -1,4 +1,5 @@
-"""Full load into a MariaDB/MySQL target: the same snapshot, plans and results as `fullload/`.
+"""Full load into a MariaDB/MySQL target: the same snapshot, plans, table loop and results as the
+PostgreSQL one (`load.py`, `tables.run_tables` with `MARIADB_LOAD` as the target's hook).
 
 The source side is the one PostgreSQL path (a REPEATABLE READ snapshot, COPY
 text batches, the table's Polars plan); the target side is
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import polars as pl
@@ -25,18 +25,11 @@ import psycopg
 from psycopg import sql
 
 from trempy_nb.db import connect, task_app_name
-from trempy_nb.errors import TrempyError
-from trempy_nb.fullload import (
-    CHUNK_BYTES,
-    RowErrorHook,
-    TableLoadResult,
-    begin_snapshot,
-    prefetch,
-    target_spec,
-)
+from trempy_nb.fullload.load import CHUNK_BYTES, begin_snapshot, prefetch, target_spec
+from trempy_nb.fullload.result import RowErrorHook, TableLoadResult
+from trempy_nb.fullload.tables import LoadTarget, Plans, run_tables
 from trempy_nb.pgcopy.copyio import iter_frames, select_query
 from trempy_nb.pipeline.plan import TablePlan
-from trempy_nb.redact import mask
 from trempy_nb.settings import TaskSettings
 from trempy_nb.writer.errorpolicy import Kind
 from trempy_nb.writer.fence import Fence
@@ -75,7 +68,7 @@ def stream_query(plan: TablePlan) -> sql.Composed | None:
     if any(e is None for e in exprs):
         return None
     return sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT csv, NULL 'NULL', FORCE_QUOTE *)").format(
-        sql.SQL(", ").join(exprs), sql.Identifier(plan.source.schema, plan.source.name))  # type: ignore[arg-type]
+        sql.SQL(", ").join(exprs), sql.Identifier(plan.source.schema, plan.source.name))
 
 
 def _copy_chunks(src: psycopg.Connection, query: sql.Composed) -> Iterator[bytes]:
@@ -88,7 +81,7 @@ def load_table_mariadb(
     settings: TaskSettings,
     plan: TablePlan,
     source_uri: str,
-    target: maria_uri.MariaDBTarget,
+    target: str | maria_uri.MariaDBTarget,
     *,
     snapshot: str | None = None,
     snapshot_lsn: int | None = None,
@@ -103,10 +96,11 @@ def load_table_mariadb(
     spec = target_spec(plan, settings)
     fl = settings.task.full_load_settings
     result = TableLoadResult(plan.source.schema, plan.source.name, f"{spec.schema}.{spec.table}", copy_format="text")
+    where = target if isinstance(target, maria_uri.MariaDBTarget) else maria_uri.target_of(target)
     app = task_app_name(settings.name, "fullload")
-    tgt = maria_uri.connect(target)
+    tgt = maria_uri.connect(where)
     src = connect(source_uri, application_name=app)
-    load = TableLoad(tgt, spec, settings.error_handling, task=settings.name, state_database=target.database,
+    load = TableLoad(tgt, spec, settings.error_handling, task=settings.name, state_database=where.database,
                      load_ts=load_ts, on_row_error=on_row_error)
     try:
         register_session(tgt, app)  # eviction finds it
@@ -160,6 +154,24 @@ def load_table_mariadb(
     return result
 
 
+def _prepare(settings: TaskSettings, plans: Plans, target_uri: str) -> None:
+    """The server's capabilities and every table's key length before anything is written, then
+    the state tables (in the database the URI names)."""
+    target = maria_uri.target_of(target_uri)
+    with maria_uri.connect(target) as conn:
+        info = capabilities.validate(conn, target.database)
+        for plan in plans.values():  # every key fits before any table is created
+            spec = target_spec(plan, settings)
+            check_key_length(spec, column_types(spec, native_uuid=info.native_uuid))
+        ensure_state_tables(conn, target.database)
+        conn.commit()
+
+
+#: MariaDB/MySQL's side of the table loop (`tables.run_tables`); any error that escaped the
+#: error policy (the driver's, the FIFO's) is one masked line
+MARIADB_LOAD = LoadTarget("mariadb", _prepare, load_table_mariadb, (Exception,))
+
+
 def run_full_load_mariadb(
     settings: TaskSettings,
     plans: dict[tuple[str, str], TablePlan],
@@ -175,39 +187,7 @@ def run_full_load_mariadb(
     max_workers: int = 2,
     fence: Fence | None = None,
 ) -> list[TableLoadResult]:
-    """`fullload.run_full_load` for a mysql:// / mariadb:// target (same arguments, same results)."""
-    target = maria_uri.target_of(target_uri)
-    with maria_uri.connect(target) as conn:
-        info = capabilities.validate(conn, target.database)
-        for plan in plans.values():  # every key fits before any table is created
-            spec = target_spec(plan, settings)
-            check_key_length(spec, column_types(spec, native_uuid=info.native_uuid))
-        ensure_state_tables(conn, target.database)
-        conn.commit()
-
-    def one(key: tuple[str, str]) -> TableLoadResult:
-        cb = (lambda n: progress(key, n)) if progress else None
-        r = load_table_mariadb(settings, plans[key], source_uri, target, snapshot=snapshot,
-                               snapshot_lsn=snapshot_lsn, load_ts=load_ts, on_progress=cb,
-                               on_row_error=on_row_error, fence=fence)
-        if on_table_done:
-            on_table_done(r)
-        return r
-
-    keys = [t.key for t in settings.tables if t.key in plans]
-    if len(keys) <= 1 or max_workers <= 1:
-        return [one(k) for k in keys]
-    results: list[TableLoadResult] = []
-    with ThreadPoolExecutor(max_workers=min(max_workers, len(keys)), thread_name_prefix="trempy-load") as pool:
-        futures = [pool.submit(one, k) for k in keys]
-        first_error: BaseException | None = None
-        for f in futures:
-            try:
-                results.append(f.result())
-            except TrempyError as exc:
-                first_error = first_error or exc
-            except Exception as exc:  # a driver error that escaped the error policy
-                first_error = first_error or TrempyError(mask(str(exc)))
-        if first_error:
-            raise first_error
-    return results
+    """`load.run_full_load` for a mysql:// / mariadb:// target (same arguments, same results)."""
+    return run_tables(MARIADB_LOAD, settings, plans, source_uri, target_uri, snapshot=snapshot,
+                      snapshot_lsn=snapshot_lsn, load_ts=load_ts, progress=progress, on_row_error=on_row_error,
+                      on_table_done=on_table_done, max_workers=max_workers, fence=fence)
