@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from trempy_nb import __version__, lifecycle_cli, reports_cli, store_cli
 from trempy_nb.connections import mask
 from trempy_nb.errors import SettingsError, TrempyError, UnknownTable, UnknownTask
+from trempy_nb.ops import cli as ops_cli
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
@@ -58,6 +59,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_drop(args: argparse.Namespace) -> int:
+    if args.orphans:
+        if args.task:
+            raise SettingsError("drop: give a TASK or --orphans --source SOURCE, not both")
+        return ops_cli.cmd_drop_orphans(args)
+    if not args.task:
+        raise SettingsError("drop: give a TASK (name or settings file), or --orphans --source SOURCE")
     from trempy_nb.engine.runner import drop_task_by_name
 
     drop_task_by_name(args.task, source=args.source, target=args.target)
@@ -72,8 +79,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 #: Subcommands defined here; the others plug in from their feature's module.
-CORE_COMMANDS = ("schema", "validate", "run", "drop", "demo", "runs", "stats", "errors", "history", *store_cli.COMMANDS,
-                 *lifecycle_cli.COMMANDS)
+CORE_COMMANDS = ("schema", "validate", "run", "drop", "demo", "runs", "stats", "errors", "history",
+                 *store_cli.COMMANDS, *ops_cli.COMMANDS, *lifecycle_cli.COMMANDS)
 
 
 def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
@@ -100,10 +107,15 @@ def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=_cmd_run)
 
-    s = sub.add_parser("drop", help="remove a task's slot, publication, broker objects and state")
-    s.add_argument("task", help="task name, or a settings file")
-    s.add_argument("--source", help="source connection (needed when TASK is a name)")
+    s = sub.add_parser("drop", help="remove a task's slot, publication, broker objects and state;"
+                       " --orphans: the source's orphaned trempy slots")
+    s.add_argument("task", nargs="?", help="task name, or a settings file")
+    s.add_argument("--source", help="source connection (needed when TASK is a name, and with --orphans)")
     s.add_argument("--target", help="target connection")
+    s.add_argument("--orphans", action="store_true",
+                   help="list the source's orphaned trempy slots (see `slots`) and drop them with their publications")
+    s.add_argument("--yes", action="store_true", help="with --orphans: drop without asking")
+    ops_cli.add_orphan_after(s)
     s.set_defaults(func=_cmd_drop)
 
     s = sub.add_parser("demo", help="replicate a sample HR database end to end on an embedded PostgreSQL")
@@ -113,6 +125,7 @@ def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
 
     reports_cli.add_parsers(sub)  # runs, stats, errors, history (argparse only: cheap)
     store_cli.add_parsers(sub)  # submit, stop, status (argparse only: cheap)
+    ops_cli.add_parsers(sub)  # slots, logs, metrics (argparse only: cheap)
     lifecycle_cli.add_parsers(sub)  # add-table, resync, pause-table, resume-table (argparse only: cheap)
     if plugins:
         for name, module in PLUGINS:

@@ -19,10 +19,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.conftest import ARTIFACTS, in_ci
 from tests.notebooks.conftest import scan_for
+from trempy_nb.capture.slot import drop_task_objects
 from trempy_nb.embedded import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -201,4 +203,96 @@ def test_widget_builder_renders_in_jupyterlab(jupyterlab: dict) -> None:
             browser.close()
     assert shot.exists() and shot.stat().st_size > 10_000
     saved = jupyterlab["root"] / "widget_builder.ipynb"
+    assert scan_for(jupyterlab["password"], saved, jupyterlab["log"], jupyterlab["home"]) == []
+
+
+OPS_CELLS = [
+    "%load_ext trempy_nb",
+    "%%trempy task hr_ops\n"
+    "task: {task_name: hr_ops, source: hr, target: dw, replication_type: full_load_and_cdc,\n"
+    "       interval_seconds: 0.2, cdc_settings: {mode: upsert}}\n"
+    "tables: [{schema_name: employees, table_name: employee}]",
+    "dash = %trempy run hr_ops\ndash",
+    "import os, time, psycopg\n"
+    "deadline = time.monotonic() + 60\n"
+    "while dash.runner.status != 'streaming' and time.monotonic() < deadline:\n"
+    "    time.sleep(0.2)\n"
+    "with psycopg.connect(os.environ['TREMPY_NB_SOURCE'], autocommit=True) as conn:\n"
+    "    conn.execute('UPDATE employees.employee SET salary = salary + 1 WHERE id <= 30')\n"
+    "print(dash.runner.stop_when_caught_up(60))",
+    "fleet = %trempy dashboard\nfleet",
+    "panel = fleet.open('hr_ops')\npanel.logs.w['grep'].value = 'full load'",
+    "%trempy slots hr --sample 0",
+]
+
+
+def test_ops_panes_render_in_jupyterlab(jupyterlab: dict) -> None:
+    """The run dashboard's log and slots panes, the fleet view and an opened task's panel (#16)."""
+    import nbformat
+    from playwright.sync_api import sync_playwright
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in OPS_CELLS]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(jupyterlab["root"] / "ops_panes.ipynb"))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{jupyterlab['url']}/lab/tree/ops_panes.ipynb?token={jupyterlab['token']}")
+            page.wait_for_function(
+                "() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                " && window.jupyterapp.shell.currentWidget.sessionContext"
+                " && window.jupyterapp.shell.currentWidget.sessionContext.session"
+                " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel",
+                timeout=60_000,
+            )
+            page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            page.wait_for_function(
+                """() => {
+                    const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];
+                    return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
+                }""",
+                timeout=180_000,
+            )
+            # the run's dashboard: its log pane tails the run's records
+            page.wait_for_selector(".trempy-dashboard .trempy-log-pane", state="visible", timeout=30_000)
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.trempy-dashboard .trempy-log-pane')]"
+                ".some(e => e.innerText.includes('run started'))",
+                timeout=30_000,
+            )
+            # the fleet view: one row per task, an open button; the opened task's panel below
+            fleet = page.wait_for_selector(".trempy-fleet-view", state="visible", timeout=30_000)
+            assert "hr_ops" in fleet.inner_text()
+            assert page.query_selector(".trempy-fleet-view .trempy-fleet-open")
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.trempy-task-panel .trempy-log-pane')]"
+                ".some(e => e.innerText.includes('full load of employees.employee'))",
+                timeout=30_000,
+            )
+            panel = page.query_selector(".trempy-task-panel")
+            assert panel is not None and "task hr_ops" in panel.inner_text()
+            assert panel.query_selector("svg.trempy-plot"), "throughput/lag plot from the store"
+            panel.query_selector(".lm-TabBar-tab:has-text('slots')").click()
+            page.wait_for_selector(".trempy-task-panel .trempy-slots-pane .trempy-slots", state="visible",
+                                   timeout=15_000)
+            assert "trempy_hr_ops" in page.inner_text(".trempy-task-panel .trempy-slots-pane")
+            page.wait_for_timeout(1000)
+            body = page.inner_text(".jp-Notebook")
+            assert "Loading widget" not in body and "Error displaying widget" not in body
+            assert not page.query_selector_all("[data-mime-type='application/vnd.jupyter.error']"), body[-3000:]
+            assert "Traceback" not in body and "trempy:" not in body
+            page.screenshot(path=str(ARTIFACTS / "ops_panes_jupyterlab.png"), full_page=True)
+            fleet.scroll_into_view_if_needed()
+            fleet.screenshot(path=str(ARTIFACTS / "fleet_view_jupyterlab.png"))
+            page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
+            page.wait_for_timeout(1000)
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "ops_panes_jupyterlab.png").stat().st_size > 10_000
+    with psycopg.connect(jupyterlab["source"], autocommit=True) as conn:
+        drop_task_objects(conn, "hr_ops")
+    saved = jupyterlab["root"] / "ops_panes.ipynb"
     assert scan_for(jupyterlab["password"], saved, jupyterlab["log"], jupyterlab["home"]) == []

@@ -32,6 +32,7 @@ from trempy_nb.engine.session import record_shapes
 from trempy_nb.errors import Fenced, SchemaChanged
 from trempy_nb.fullload import target_spec
 from trempy_nb.metadata import MetadataStore
+from trempy_nb.ops import BATCH_MESSAGE, CDC_OP_PREFIX
 from trempy_nb.pipeline.plan import TablePlan, compile_plan
 from trempy_nb.settings import TaskSettings
 from trempy_nb.transport.base import Checkpoint, TableHook
@@ -61,12 +62,15 @@ class ChangeApplier:
         self.application_name = task_app_name(task, connection_name)
         self.fence = fence  # checked and stored in every batch's transaction (`writer.fence`)
         self._tgt: Any = None  # a connection of the target's dialect
+        self._rejected: dict[str, int] = {}  # rows of the current batch rejected, by table
         #: per-table lifecycle (`engine.lifecycle`): held tables and load points; its lock spans each batch
         self.lifecycle: TableLifecycle | None = None
 
     # ChangeSink ----------------------------------------------------------------------
     def put(self, batch: ch.ChangeBatch, checkpoint: Checkpoint | None = None, *,
             stream: str | None = None, on_table: TableHook | None = None) -> int:
+        t0 = time.perf_counter()
+        self._rejected = {}
         lc = self.lifecycle
         with lc.batch() if lc is not None else contextlib.nullcontext():
             try:
@@ -76,7 +80,7 @@ class ChangeApplier:
                 raise
             if checkpoint is not None:
                 checkpoint(batch.end_lsn)
-        self._record(result, batch)
+        self._record(result, batch, (time.perf_counter() - t0) * 1000)
         return batch.n_changes
 
     def _raise_if_fenced(self, exc: BaseException) -> None:
@@ -161,24 +165,30 @@ class ChangeApplier:
             self.counters.failed[(f"{bad.schema}.{bad.table}", bad.operation)] += 1
             self.store.record_error(self.task, self.run_id, bad.schema, bad.table, bad.operation, bad.error,
                                     bad.payload, key=bad.key)
+            self.store.record_stats(self.run_id, self.task, bad.schema, bad.table, CDC_OP_PREFIX + bad.operation,
+                                    rows_failed=1)
+            name = f"{bad.schema}.{bad.table}"
+            self._rejected[name] = self._rejected.get(name, 0) + 1  # the batch summary says how many
 
         tables = _Announced(items, keys, on_table) if on_table is not None else items
         return self.dialect.apply_batch(tgt, checkpoint_task, tables, batch.end_lsn,
                                         error_handling=self.settings.error_handling, on_row_error=on_row_error,
                                         fence=self.fence, **extra)
 
-    def _record(self, result: ApplyResult, batch: ch.ChangeBatch) -> None:
+    def _record(self, result: ApplyResult, batch: ch.ChangeBatch, ms: float = 0.0) -> None:
         c = self.counters
         c.batches += 1
         c.changes += batch.n_changes
         c.last_lsn = batch.end_lsn
-        names = {(p.target_schema, p.target_table): f"{k[0]}.{k[1]}" for k, p in self.plans.items()}
+        sources = {(p.target_schema, p.target_table): k for k, p in self.plans.items()}
+        applied: dict[tuple[str, str, str], int] = {}  # (source schema, table, op) -> rows of this batch
         for key, counts in (result.tables or {}).items():
-            name = names.get((key[0], key[1]), ".".join(key))
+            src = sources.get((key[0], key[1]), (key[0], key[1]))
             for field, op in _APPLIED_OPS:
                 n = int(getattr(counts, field, 0) or 0)
                 if n:
-                    c.applied[(name, op)] += n
+                    c.applied[(f"{src[0]}.{src[1]}", op)] += n
+                    applied[(src[0], src[1], op)] = applied.get((src[0], src[1], op), 0) + n
         last_ts: datetime | None = None
         for tc in batch.tables:
             if tc.frame.height:
@@ -192,6 +202,32 @@ class ChangeApplier:
         for tc in batch.tables:
             self.store.record_stats(self.run_id, self.task, tc.schema, tc.table, "cdc",
                                     rows_read=tc.frame.height)
+        for (schema, table, op), n in applied.items():  # what the metrics count, by operation
+            self.store.record_stats(self.run_id, self.task, schema, table, CDC_OP_PREFIX + op, rows_written=n)
+        if batch.n_changes or self._rejected:  # an empty batch only moves the checkpoint: no record
+            self._summarize(batch, applied, ms)
+
+    def _summarize(self, batch: ch.ChangeBatch, applied: dict[tuple[str, str, str], int], ms: float) -> None:
+        """One INFO record per applied batch (never one per row): the LSN range, rows per operation
+        and table, milliseconds, lag; WARNING when rows were rejected (bisected out and recorded)."""
+        tables = sorted({f"{tc.schema}.{tc.table}" for tc in batch.tables})
+        rows: dict[str, dict[str, int]] = {}
+        for (schema, table, op), n in applied.items():
+            rows.setdefault(f"{schema}.{table}", {})[op] = n
+        rejected = self._rejected
+        c = self.counters
+        ops = ", ".join(f"{op} {n:,}" for op, n in sorted(_sum_ops(rows).items())) or "nothing to write"
+        text = (f"{BATCH_MESSAGE}: {batch.n_changes:,} change(s) {ch.int_to_lsn(batch.first_lsn)}.."
+                f"{ch.int_to_lsn(batch.end_lsn)} ({ops}) in {ms:,.0f} ms")
+        if rejected:
+            text += f"; {sum(rejected.values()):,} row(s) rejected and recorded (see errors)"
+        self.store.log(self.task, self.run_id, "WARNING" if rejected else "INFO", text,
+                       table=tables[0] if len(tables) == 1 else None,
+                       fields={"event": "batch", "first_lsn": ch.int_to_lsn(batch.first_lsn),
+                               "end_lsn": ch.int_to_lsn(batch.end_lsn), "changes": batch.n_changes,
+                               "transactions": batch.n_transactions, "rows": rows, "rejected": rejected,
+                               "tables": tables, "ms": round(ms, 1), "lag_s": round(c.lag_seconds, 3),
+                               "lag_bytes": int(c.lag_bytes)})
 
     def plan_for_shape(self, tc: ch.TableChanges, tgt: Any) -> TablePlan:
         """The plan for these changes' source shape (the lifecycle's replay of held changes asks too)."""
@@ -231,7 +267,9 @@ class ChangeApplier:
         self.plans[tc.key] = new_plan
         record_shapes(self.dialect, tgt, self.task, self.plans, [tc.key])
         self.store.log(self.task, self.run_id, "INFO",
-                       f"{tc.schema}.{tc.table}: new source column(s) {', '.join(c.name for c in added)} added to the target")
+                       f"{tc.schema}.{tc.table}: new source column(s) {', '.join(c.name for c in added)} added to the target",
+                       table=f"{tc.schema}.{tc.table}",
+                       fields={"event": "schema_change", "added": [c.name for c in added]})
         return new_plan
 
 
@@ -247,6 +285,14 @@ class _Announced(list[TableApply]):
             self._on_table(key)
             yield item
         self._on_table(None)  # past the tables: a failure now (checkpoint, commit) is the batch's
+
+
+def _sum_ops(rows: dict[str, dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for per_op in rows.values():
+        for op, n in per_op.items():
+            out[op] = out.get(op, 0) + n
+    return out
 
 
 def _not_deletes(frame: pl.DataFrame) -> int:

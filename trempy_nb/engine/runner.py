@@ -48,6 +48,7 @@ from trempy_nb.engine.result import RunnableTask, RunResult
 from trempy_nb.errors import Fenced, SettingsError, TerminalError, TrempyError
 from trempy_nb.fullload import TableLoadResult, run_full_load
 from trempy_nb.metadata import MetadataStore, RunStatus
+from trempy_nb.ops.retention import prune_soon
 from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.redact import mask
 from trempy_nb.reports import record_targets
@@ -140,20 +141,30 @@ class Runner:
         t0 = time.perf_counter()
         kind = self.task.settings.task.replication_type
         run_id = self.run_id = store.start_run(self.task.name, kind)
+        prune_soon(store)  # log retention, on a thread of its own: the run never waits on it
+        store.log(self.task.name, run_id, "INFO", f"run started: {kind}, role {self.role}",
+                  fields={"event": "run_start", "kind": kind, "role": self.role})
         try:
             self.status = "running"
             tables, changes = self._run(store, run_id)
             final: RunStatus = "stopped" if self._stop.is_set() and not self.until_caught_up else "succeeded"
             self.status = final = "succeeded" if kind == "full_load" else final
-            self.result = RunResult(self.task.name, run_id, final, tables, time.perf_counter() - t0, changes)
+            seconds = time.perf_counter() - t0
+            self.result = RunResult(self.task.name, run_id, final, tables, seconds, changes)
             store.end_run(run_id, final)
+            store.log(self.task.name, run_id, "INFO",
+                      f"run {final}: {len(tables)} table(s) loaded, {changes:,} change(s) applied in {seconds:.1f} s",
+                      fields={"event": "run_end", "status": final, "tables": len(tables), "changes": changes,
+                              "seconds": round(seconds, 3)})
         except BaseException as exc:  # kept and re-raised by wait(); never swallowed
             self.error = exc if isinstance(exc, TrempyError) else TrempyError(mask(f"{type(exc).__name__}: {exc}"))
             self.error = self._fenced(self.error)
             self.status = "failed"
             try:
                 store.end_run(run_id, "failed", mask(str(self.error)))
-                store.log(self.task.name, run_id, "ERROR", mask(str(self.error)))
+                store.log(self.task.name, run_id, "ERROR", mask(str(self.error)),
+                          fields={"event": "run_end", "status": "failed", "error_type": type(exc).__name__,
+                                  "seconds": round(time.perf_counter() - t0, 3)})
             except Exception:  # noqa: S110 - the original error matters more
                 pass
 
@@ -304,18 +315,36 @@ class Runner:
             store.record_error(self.task.name, run_id, bad.schema, bad.table, bad.operation, bad.error,
                                bad.payload, key=bad.key)
 
+        started: set[tuple[str, str]] = set()
+
+        def on_progress(key: tuple[str, str], n: int) -> None:
+            if key not in started:  # the table's first rows: its start, once
+                started.add(key)
+                store.log(self.task.name, run_id, "INFO", f"full load of {key[0]}.{key[1]} started",
+                          table=f"{key[0]}.{key[1]}", fields={"event": "full_load_table_start"})
+            bars.update(key, n)
+
         def on_done(r: TableLoadResult) -> None:
             crash_point("full_load_after_table")  # this table committed, the others maybe not
             store.record_stats(run_id, self.task.name, r.schema, r.table, "full_load",
                                rows_read=r.rows_read, rows_written=r.rows_written,
                                rows_filtered=r.rows_filtered, rows_failed=r.rows_failed,
                                duration_s=r.seconds)
+            rate = r.rows_written / r.seconds if r.seconds > 0 else None
+            store.log(self.task.name, run_id, "WARNING" if r.rows_failed else "INFO",
+                      f"full load of {r.schema}.{r.table} done: {r.rows_written:,} row(s) written in {r.seconds:.1f} s"
+                      + (f" ({rate:,.0f} rows/s)" if rate is not None else "")
+                      + (f", {r.rows_failed:,} rejected (see errors)" if r.rows_failed else ""),
+                      table=f"{r.schema}.{r.table}",
+                      fields={"event": "full_load_table_end", "rows_read": r.rows_read, "rows_written": r.rows_written,
+                              "rows_filtered": r.rows_filtered, "rows_failed": r.rows_failed,
+                              "seconds": round(r.seconds, 3), "rows_per_s": round(rate, 1) if rate is not None else None})
             bars.done((r.schema, r.table))
 
         load = _mariadb_full_load() if is_mariadb_uri(target) else run_full_load
         try:
             return load(self.task.settings, plans, source, target, snapshot=snapshot,
-                        snapshot_lsn=lsn, load_ts=load_ts, progress=bars.update, on_row_error=on_row_error,
+                        snapshot_lsn=lsn, load_ts=load_ts, progress=on_progress, on_row_error=on_row_error,
                         on_table_done=on_done, fence=self.fence)
         finally:
             bars.close()

@@ -317,8 +317,9 @@ class CdcSession:
         if self.on_status:
             self.on_status(state_)
 
-    def log(self, level: str, message: str) -> None:
-        self.store.log(self.name, self.run_id, level, mask(message))
+    def log(self, level: str, message: str, *, table: str | None = None,
+            fields: dict[str, Any] | None = None) -> None:
+        self.store.log(self.name, self.run_id, level, mask(message), table=table, fields=fields)
 
     def flushed_past(self, lsn: int) -> bool:
         """Decoding sees only flushed WAL (asynchronous commits may lag): caught up only past it."""
@@ -371,9 +372,21 @@ class CdcSession:
                            f"replication slot {self.slot}: wal_status {st.wal_status}, only"
                            f" {max(0, int(st.safe_wal_size or 0)):,} bytes of WAL left before"
                            f" max_slot_wal_keep_size invalidates it (it retains {int(st.retained_bytes or 0):,});"
-                           " the task must catch up or the slot will be lost")
+                           " the task must catch up or the slot will be lost",
+                           fields={"event": "slot_warning", "slot": self.slot, "wal_status": st.wal_status,
+                                   "safe_wal_size": st.safe_wal_size, "retained_bytes": st.retained_bytes})
 
     def dead_lettered(self, letter: DeadLetter) -> None:
+        with contextlib.suppress(Exception):
+            self.store.log(self.name, self.run_id, "ERROR",
+                           (f"{letter.tables}: batch ending at {ch.int_to_lsn(letter.end_lsn or 0)} dead-lettered"
+                            f" after {letter.attempts} attempt(s), table(s) held: {mask(letter.error)}"
+                            if letter.tables else f"dead-lettered: {mask(letter.error)}"),
+                           table=letter.tables if letter.tables and "," not in letter.tables else None,
+                           fields={"event": "dead_letter", "tables": letter.tables, "attempts": letter.attempts,
+                                   "first_lsn": ch.int_to_lsn(letter.first_lsn) if letter.first_lsn is not None else None,
+                                   "end_lsn": ch.int_to_lsn(letter.end_lsn) if letter.end_lsn is not None else None,
+                                   "where": letter.where})
         with contextlib.suppress(Exception):
             self.store.record_dead_letter(
                 self.name, letter.tables,

@@ -18,6 +18,7 @@ from typing import Any
 import polars as pl
 
 from trempy_nb.connections import mask
+from trempy_nb.notebook.panes import LogPane, SlotsPane
 from trempy_nb.notebook.render import frame_text, one_line, sparkline_svg, table_html
 from trempy_nb.notebook.tablespane import TablesPane
 
@@ -69,8 +70,15 @@ class Dashboard:
         self.w: dict[str, Any] = {}
         if use_widgets is None:
             use_widgets = widgets_available()
+        settings = getattr(runner.task, "settings", None)
+        tables = [f"{t.schema_name}.{t.table_name}" for t in settings.tables] if settings is not None else []
+        self.log_pane = LogPane(self.name, use_widgets=use_widgets, tables=tables)
+        self.log_pane.live = True  # a run's dashboard tails its log until the toggle says otherwise
+        self.slots_pane = SlotsPane(settings.task.source if settings is not None else None, use_widgets=use_widgets)
+        self._slots_read = False
         if use_widgets:
             self._build()
+            self.log_pane.w["live"].value = True
         self.refresh(force_store=True)
 
     # ------------------------------------------------------------------ figures
@@ -112,6 +120,13 @@ class Dashboard:
                 self._dead = MetadataStore().dead_letters(task=self.name)
         except Exception as exc:
             self._dead = pl.DataFrame({"error": [one_line(exc)]})
+        if not self.log_pane.records:
+            self.log_pane.search()
+        elif self.log_pane.live:
+            self.log_pane.tail()
+        if not self._slots_read:  # once; the pane's button reads again
+            self._slots_read = True
+            self.slots_pane.refresh()
 
     def status_line(self) -> str:
         r = self.runner
@@ -161,6 +176,8 @@ class Dashboard:
             lines.append(f"dead letters ({self._dead.height}):")
             lines.append(frame_text(self._dead, 5))
         lines.append(self.tables.text())
+        lines.append(self.log_pane.text())
+        lines.append(self.slots_pane.text())
         return mask("\n".join(lines))
 
     def _progress_html(self) -> str:
@@ -206,7 +223,9 @@ class Dashboard:
             f"<div class='trempy-dashboard'><div style='color:{color}'><b>"
             f"{html.escape(self.status_line())}</b></div>{self._progress_html()}{self._figures_html()}"
             f"{table_html(self.counts())}{self._plot_html()}<div>{self._errors_html()}</div>"
-            f"{self.tables.html()}</div>"
+            f"{self.tables.html()}"
+            f"<details><summary>logs</summary>{self.log_pane.html()}</details>"
+            f"<details><summary>slots</summary>{self.slots_pane.html()}</details></div>"
         )
 
     def __repr__(self) -> str:
@@ -251,6 +270,11 @@ class Dashboard:
             w["plot"],
             w["errors"],
         ]
+        tabs = W.Tab(children=[self.log_pane.ui, self.slots_pane.ui])
+        tabs.set_title(0, "logs")
+        tabs.set_title(1, "slots")
+        tabs.add_class("trempy-panes")
+        parts.append(tabs)
         if self.scd2:
             parts.append(self._build_history(W))
         self.ui = W.VBox(

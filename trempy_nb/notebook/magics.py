@@ -28,6 +28,7 @@ from trempy_nb.errors import TrempyError
 from trempy_nb.notebook import commands as cmd
 from trempy_nb.notebook.config import apply_metadata_url, detect_headless, file_config
 from trempy_nb.notebook.render import KeyValues, Note, RunView, one_line
+from trempy_nb.ops import logsearch
 from trempy_nb.store import ENV_VAR as METADATA_ENV
 from trempy_nb.writer.history import TIME_FORMS, parse_time
 
@@ -163,8 +164,26 @@ def _a_stop(p: argparse.ArgumentParser) -> None:
 
 
 def _a_logs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name")
-    p.add_argument("--limit", "-n", type=int, default=200)
+    p.add_argument("name", nargs="?", help="only this task (default: every task)")
+    p.add_argument("--level", help="this level and above: debug, info, warning, error, critical")
+    p.add_argument("--grep", metavar="TEXT", help="messages containing TEXT (any case)")
+    p.add_argument("--table", metavar="SCHEMA.TABLE", help="records about this table")
+    p.add_argument("--since", metavar="TIME", help="30s, 15m, 1h, 2d, 1w, or an ISO time (UTC if no zone)")
+    p.add_argument("--limit", "-n", type=int, default=200, help="at most N records (default 200)")
+    p.add_argument("--follow", "-f", action="store_true", help="print new records as they are written")
+    p.add_argument("--timeout", type=float, help="with --follow: stop after this many seconds")
+    p.add_argument("--json", action="store_true", help="a list of JSON-ready records")
+
+
+def _a_slots(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="source connection: a saved name, a URI or ${VAR}")
+    p.add_argument("--orphan-after", default="24h", metavar="AGE", help="30m, 12h, 2d (default 24h)")
+    p.add_argument("--sample", type=float, default=1.0, metavar="SECONDS",
+                   help="WAL-rate sample for the fill projection (default 1; 0: none)")
+
+
+def _a_dashboard(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", help="one task (default: the fleet view of every task)")
 
 
 def _a_errors(p: argparse.ArgumentParser) -> None:
@@ -316,7 +335,24 @@ VERBS: dict[str, Verb] = {
             _name,
             example="%trempy replay-dead-letters hr_to_dw",
         ),
-        Verb("logs", "the task's log lines", _a_logs),
+        Verb(
+            "logs",
+            "search the stored logs (level, text, table, time; --follow tails)",
+            _a_logs,
+            example="%trempy logs hr_to_dw --level warning --since 1h",
+        ),
+        Verb(
+            "slots",
+            "every replication slot of a source: WAL retained, lag, owner, orphans",
+            _a_slots,
+            example="%trempy slots hr",
+        ),
+        Verb(
+            "dashboard",
+            "the fleet view (every task of the store), or one task's live panel",
+            _a_dashboard,
+            example="%trempy dashboard",
+        ),
         Verb("runs", "the task's runs", _a_runs),
         Verb(
             "history",
@@ -805,7 +841,23 @@ class Trempy(Magics):
         return cmd.replay_dead_letters(a.name)
 
     def _v_logs(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
-        return cmd.logs(a.name, a.limit)
+        filters = {"level": a.level, "grep": a.grep, "table": a.table, "since": a.since, "limit": a.limit}
+        if a.follow:
+            cmd.follow_logs(a.name, print, timeout=a.timeout, **filters)
+            return None
+        frame = cmd.logs(a.name, **filters)
+        return logsearch.records(frame) if a.json else frame
+
+    def _v_slots(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        return cmd.slots(a.source, orphan_after=a.orphan_after, sample=a.sample)
+
+    def _v_dashboard(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        from trempy_nb.notebook.fleetview import FleetView, TaskPanel  # widgets: loaded when shown
+
+        headless = self._is_headless()
+        if a.name is None:
+            return FleetView(use_widgets=None if not headless else False)
+        return TaskPanel(a.name, use_widgets=None if not headless else False)
 
     def _v_runs(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
         return cmd.runs(a.name, limit=a.limit)

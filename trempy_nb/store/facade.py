@@ -380,6 +380,19 @@ class MetadataStore(FleetMixin, LifecycleMixin):
             (*params, max(0, int(limit))),
         )
 
+    def delete_logs(self, *, before: datetime, limit: int = 500) -> int:
+        """Delete up to `limit` of the oldest log lines written before `before`; returns how many.
+
+        Log retention (trempy_nb.ops.retention) calls it in a loop of small batches, so no
+        transaction holds the store's write lock for long."""
+        if before.tzinfo is None:
+            raise ValueError("before must be an aware datetime (UTC or with an offset)")
+        with self._b.write() as run:
+            return int(run.execute(
+                "DELETE FROM logs WHERE id IN (SELECT id FROM logs WHERE time < ? ORDER BY id LIMIT ?)",
+                (self._b.param_time(before), max(0, int(limit))),
+            ).rowcount)
+
     # ------------------------------------------------------------------ errors and dead letters
 
     def record_error(

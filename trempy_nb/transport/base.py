@@ -24,7 +24,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from trempy_nb.capture.source import ChangeSource, Checkpoint
 from trempy_nb.changes import ChangeBatch
@@ -116,7 +116,10 @@ class StreamHooks(Protocol):
         """Refresh the counters' lag and slot health (warns when the slot is close to lost)."""
         ...
 
-    def log(self, level: str, message: str) -> None: ...
+    def log(self, level: str, message: str, *, table: str | None = None,
+            fields: dict[str, Any] | None = None) -> None:
+        """One record in the run's log: `table` schema.table, `fields` structured extras."""
+        ...
 
     def status(self, state: str) -> None: ...
 

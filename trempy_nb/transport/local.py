@@ -82,7 +82,8 @@ class LocalTransport:
                     if not policy.is_transient(exc) or failures >= budget:
                         raise
                     failures += 1
-                    hooks.log("WARNING", mask(f"transient error, retrying ({failures}): {exc}"))
+                    hooks.log("WARNING", mask(f"transient error, retrying ({failures}): {exc}"),
+                              fields={"event": "retry", "attempt": failures, "cause": type(exc).__name__})
                     sink.reset()
                     with contextlib.suppress(Exception):
                         ahead.close(drain=True)  # confirms it could not make stay in `committed`

@@ -18,10 +18,10 @@ from trempy_nb.notebook.commands.lifecycle import (
     resync,
     table_states,
 )
+from trempy_nb.notebook.commands.ops import follow_logs, logs, slot_cockpit, slots
 from trempy_nb.notebook.commands.runs import (
     dead_letters,
     errors,
-    logs,
     replay_dead_letters,
     run,
     runs,
@@ -69,6 +69,9 @@ __all__ = [
     "list_tasks",
     "load_task",
     "logs",
+    "follow_logs",
+    "slot_cockpit",
+    "slots",
     "preview",
     "preview_changes",
     "put_task",

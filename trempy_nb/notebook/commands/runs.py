@@ -177,11 +177,6 @@ def replay_dead_letters(name: str) -> Note:
     )
 
 
-def logs(name: str, limit: int = 200) -> pl.DataFrame:
-    get_task(name)
-    return _store().logs(task=name, limit=limit)
-
-
 def runs(name: str, limit: int | None = None) -> pl.DataFrame:
     """The task's runs, newest first."""
     _known(name)

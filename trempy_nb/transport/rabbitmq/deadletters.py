@@ -34,7 +34,7 @@ from trempy_nb.transport.rabbitmq.headers import (
     unreadable_headers,
 )
 from trempy_nb.transport.rabbitmq.held import HeldTables
-from trempy_nb.transport.rabbitmq.link import Delivery, Link, logger
+from trempy_nb.transport.rabbitmq.link import Delivery, Link
 from trempy_nb.transport.rabbitmq.topology import (
     Topology,
     connect_blocking,
@@ -50,7 +50,6 @@ class DeadLetterer:
     def __init__(self, ctx: StreamContext, topo: Topology, held: HeldTables,
                  link: Callable[[], Link | None]) -> None:
         self.ctx, self.topo, self.held, self._link = ctx, topo, held, link
-        self.log = logger(ctx.hooks)
 
     def batch(self, batch: ch.ChangeBatch, tables: list[ch.TableChanges], reason: str, error: str,
               attempts: int) -> None:
@@ -64,17 +63,15 @@ class DeadLetterer:
         with contextlib.suppress(Exception):
             self.ctx.hooks.dead_lettered(DeadLetter(names, batch.first_lsn, batch.end_lsn, error, attempts,
                                                     f"rabbitmq:{self.topo.dlq}"))
-        self.log("ERROR", f"{names}: batch ending at {ch.int_to_lsn(batch.end_lsn)} dead-lettered"
-                          f" ({reason}, {attempts} attempt(s)): {error}")
+        # the engine's dead_lettered hook logs it (one record, with the table and fields)
 
     def unreadable(self, deliveries: list[Delivery], headers: Headers, reason: str, error: str) -> None:
         """A message we cannot read: to the DLX as it is, with the reason (the caller acks it)."""
         h = unreadable_headers(headers, self.ctx.task, reason, error)
         self._publish([d.body for d in deliveries], h, deliveries[0].properties.message_id or uuid.uuid4().hex)
         with contextlib.suppress(Exception):
-            self.ctx.hooks.dead_lettered(DeadLetter(None, None, None, f"{reason}: {error}", 0,
+            self.ctx.hooks.dead_lettered(DeadLetter(None, None, None, f"unreadable message ({reason}): {error}", 0,
                                                     f"rabbitmq:{self.topo.dlq}"))
-        self.log("ERROR", f"unreadable message dead-lettered ({reason}): {error}")
 
     def _publish(self, parts: list[bytes], headers: Headers, message_id: str) -> None:
         link = self._link()
