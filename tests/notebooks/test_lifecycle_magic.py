@@ -38,6 +38,8 @@ def test_pause_resume_resync_and_table_states(shell: Any, hr: dict, monkeypatch:
             time.sleep(0.2)
     dash.refresh(force_store=True)
     assert "paused" in dash.text() and "employees.employee" in dash.html()
+    panel = run(shell, "%trempy dashboard t_hr")  # the task panel shows the per-table pane too
+    assert "paused" in panel.tables.text() and "trempy-tables" in panel.html()
     note = run(shell, "%trempy resume-table t_hr employees.employee")
     assert "resumed" in repr(note) and "1 held change(s)" in repr(note)
     assert "resynced" in repr(run(shell, "%trempy resync t_hr employees.employee_salary"))
@@ -45,3 +47,5 @@ def test_pause_resume_resync_and_table_states(shell: Any, hr: dict, monkeypatch:
     assert run(shell, "%trempy diff t_hr").height == 0
     states = run(shell, "%trempy table-states t_hr")
     assert set(states["state"]) == {"streaming"} and set(states["last_diff"]) == {"equal"}
+    panel = run(shell, "%trempy dashboard t_hr")
+    assert set(panel.tables.frame["state"]) == {"streaming"} and "equal" in panel.tables.text()
