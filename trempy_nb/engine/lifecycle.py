@@ -34,7 +34,6 @@ import contextlib
 import io
 import json
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -143,7 +142,6 @@ class TableLifecycle:
         self._loads: dict[Key, _Load] = {}
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_poll = 0.0
 
     # owner start/stop ---------------------------------------------------------------------
     def start(self) -> TableLifecycle:
@@ -182,7 +180,6 @@ class TableLifecycle:
 
     def tick(self) -> None:
         """One poll: finish the loads that are done, take up new requests."""
-        self._last_poll = time.monotonic()
         for key, load in list(self._loads.items()):
             if load.done.is_set():
                 with self.lock:
