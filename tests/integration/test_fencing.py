@@ -38,6 +38,10 @@ from trempy_nb.writer.apply import TableApply
 from trempy_nb.writer.ddl import TargetSpec
 from trempy_nb.writer.dialect import POSTGRES, TargetDialect
 from trempy_nb.writer.fence import Fence
+from trempy_nb.writer.mariadb import uri as maria_uri
+from trempy_nb.writer.mariadb.dialect import MARIADB
+from trempy_nb.writer.mariadb.names import execute as m_execute
+from trempy_nb.writer.mariadb.names import quote
 
 REPO = Path(__file__).resolve().parents[2]
 STOP = ErrorHandling()
@@ -58,13 +62,8 @@ def batch(values: list[tuple[int, str]], lsn: int) -> pl.DataFrame:
 
 def _maria() -> Iterator[tuple[TargetDialect, str, str]]:
     try:
-        from trempy_nb.writer.mariadb import uri as maria_uri
-        from trempy_nb.writer.mariadb.dialect import MARIADB
-        from trempy_nb.writer.mariadb.names import execute as m_execute
-        from trempy_nb.writer.mariadb.names import quote
-
         admin = maria_uri.connect(f"{MARIA_SERVER}/mysql", timeout=3)
-    except (ConnectionFailed, ImportError) as exc:
+    except ConnectionFailed as exc:
         if in_ci():
             pytest.fail(f"MariaDB is not running on 127.0.0.1:3306 (CI needs it): {exc}")
         pytest.skip(f"MariaDB is not running: {exc}")
@@ -236,59 +235,106 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, procs: tuple[Pr
 N = 30
 
 
-def _versions(target_uri: str) -> dict[int, tuple[int, int]]:
-    """{id: (versions, current versions)} of the SCD2 target."""
-    return {r[0]: (int(r[1]), int(r[2])) for r in rows(
-        target_uri, "SELECT id, count(*), sum(scd_current::int) FROM public.t GROUP BY id")}
-
-
 def _update(source_uri: str, keys: range, updates: dict[int, int]) -> None:
     for k in keys:  # one transaction each: each is one committed update of its key
         execute(source_uri, "UPDATE t SET v = v + 1 WHERE id = %s", (k,))
         updates[k] += 1
 
 
+class ZombieTarget:
+    """Where the zombie test's task writes: its settings, SCD2 versions and stored epoch."""
+
+    def __init__(self, kind: str, request: pytest.FixtureRequest) -> None:
+        self.kind = kind
+        if kind == "postgresql":
+            self.uri = request.getfixturevalue("target_uri")
+            self._maria: Any = None
+        else:
+            self._maria = _maria()
+            _, self.uri, self.db = next(self._maria)
+
+    def settings(self, name: str, source_uri: str) -> dict[str, Any]:
+        doc = settings(name, source_uri, self.uri, rtype="full_load_and_cdc", mode="scd2")
+        if self.kind == "mariadb":  # the source schema `public` lands in the test's database
+            doc["transformations"] = [{"schema_name": "public", "table_name": "t", "priority": 0,
+                                       "transformation_type": "modify_schema_name",
+                                       "contract": {"target_schema_name": self.db}}]
+        return doc
+
+    def _query(self, text: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        if self.kind == "postgresql":
+            return rows(self.uri, text, params)
+        conn = maria_uri.connect(self.uri)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(text, params)
+                return [tuple(r) for r in cur.fetchall()]
+        finally:
+            conn.close()
+
+    def versions(self) -> dict[int, tuple[int, int]]:
+        table = "public.t" if self.kind == "postgresql" else f"`{self.db}`.t"
+        try:
+            got = self._query(f"SELECT id, count(*), sum(scd_current) FROM {table} GROUP BY id"
+                              if self.kind == "mariadb" else
+                              f"SELECT id, count(*), sum(scd_current::int) FROM {table} GROUP BY id")
+        except Exception:
+            return {}
+        return {int(r[0]): (int(r[1]), int(r[2])) for r in got}
+
+    def epoch(self, task: str) -> list[tuple[Any, ...]]:
+        table = "trempy.fences" if self.kind == "postgresql" else "trempy_fences"
+        return self._query(f"SELECT epoch FROM {table} WHERE task = %s", (task,))
+
+    def close(self) -> None:
+        if self._maria is not None:
+            next(self._maria, None)
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def zombie_target(request: pytest.FixtureRequest) -> Iterator[ZombieTarget]:
+    t = ZombieTarget(request.param, request)
+    try:
+        yield t
+    finally:
+        t.close()
+
+
 def test_a_frozen_cdc_owner_is_evicted_and_its_late_write_refused(
-    source_uri: str, target_uri: str, task_name: str, tmp_path: Path, trempy_home: Path
+    source_uri: str, zombie_target: ZombieTarget, task_name: str, tmp_path: Path, trempy_home: Path
 ) -> None:
+    tgt = zombie_target
     execute(source_uri, "CREATE TABLE t (id int PRIMARY KEY, v int)")
     execute(source_uri, "INSERT INTO t SELECT g, 0 FROM generate_series(1, %s) g", (N,))
-    doc = settings(task_name, source_uri, target_uri, rtype="full_load_and_cdc", mode="scd2")
+    doc = tgt.settings(task_name, source_uri)
     first = write_settings(tmp_path / "a.json", doc)
     again = write_settings(tmp_path / "b.json", with_start_mode(doc, "continue"))
     updates = dict.fromkeys(range(1, N + 1), 0)
     a = Proc(first, 1, tmp_path / "a.log", pause_at="apply_before_checkpoint")
     b: Proc | None = None
     try:
-        wait_for(lambda: len(_versions_safe(target_uri)) == N, 90, "A's full load", (a,))
+        wait_for(lambda: len(tgt.versions()) == N, 90, "A's full load", (a,))
         _update(source_uri, range(1, 11), updates)
         wait_for(lambda: a.state() == "T", 90, "A frozen inside its first apply", (a,))
         b = Proc(again, 2, tmp_path / "b.log")
         _update(source_uri, range(5, 21), updates)
         expected = {k: (1 + n, 1) for k, n in updates.items()}
-        wait_for(lambda: _versions(target_uri) == expected, 120, "B applying every update", (a, b))
+        wait_for(lambda: tgt.versions() == expected, 120, "B applying every update", (a, b))
         os.kill(a.proc.pid, signal.SIGCONT)
         rc = a.wait(90)
         assert rc == 3, a.text()[-3000:]
         assert f"task {task_name}: lease lost to epoch 2; this copy (epoch 1) stops" in a.text()
         _update(source_uri, range(25, 31), updates)  # B still owns the task and applies
         expected = {k: (1 + n, 1) for k, n in updates.items()}
-        wait_for(lambda: _versions(target_uri) == expected, 120, "B applying after A's exit", (b,))
+        wait_for(lambda: tgt.versions() == expected, 120, "B applying after A's exit", (b,))
         os.kill(b.proc.pid, signal.SIGTERM)
         assert b.wait(90) == 0, b.text()[-3000:]
-        assert _versions(target_uri) == expected  # nothing lost, nothing applied twice
-        assert rows(target_uri, "SELECT epoch FROM trempy.fences WHERE task = %s", (task_name,)) == [(2,)]
+        assert tgt.versions() == expected  # nothing lost, nothing applied twice
+        assert tgt.epoch(task_name) == [(2,)]
     finally:
         a.kill()
         if b is not None:
             b.kill()
-
-
-def _versions_safe(target_uri: str) -> dict[int, tuple[int, int]]:
-    try:
-        return _versions(target_uri)
-    except Exception:
-        return {}
 
 
 def test_a_frozen_full_load_commit_is_refused(

@@ -241,7 +241,7 @@ class ChangeApplier:
         if all(c in known for c in cols) and len(cols) == len(known):
             return plan
         dropped = [c for c in known if c not in cols]
-        with connect(self.source, application_name=task_app_name(self.task, "catalog")) as src:
+        with connect(self.source, application_name=f"{self.application_name}-catalog"[:63]) as src:
             info = describe_table(src, tc.schema, tc.table)
         if dropped:
             if any(c not in {x.name for x in info.columns} for c in dropped):

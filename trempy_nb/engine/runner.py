@@ -264,6 +264,8 @@ class Runner:
                              run_id=run_id, counters=self.counters, stop=self._stop,
                              dialect=target_dialect(self.task.target_uri), fence=self.fence)
         session.on_status = self._set_status
+        if self.role == "consumer":
+            session.control_name = f"{fencing.CONSUMER_NAME}-control"
         self._session = session
         return session
 

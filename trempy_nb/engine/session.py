@@ -118,6 +118,9 @@ class CdcSession:
                  dialect: TargetDialect = POSTGRES, fence: Fence | None = None) -> None:
         self.task, self.plans = task, dict(plans)
         self.fence = fence  # the run's fencing token: checked in every target write of the session
+        #: application_name suffix of the session's source connection (a consumer's starts with
+        #: "consume", so that a producer's takeover spares it)
+        self.control_name = "control"
         self.dialect = dialect  # the target's database: every target I/O goes through it
         self.name = task.name
         self.settings: TaskSettings = task.settings
@@ -148,7 +151,7 @@ class CdcSession:
         with self._control_lock:
             if self._control is None or self._control.closed:
                 self._control = connect(self.source, autocommit=True,
-                                        application_name=task_app_name(self.name, "control"))
+                                        application_name=task_app_name(self.name, self.control_name))
             try:
                 yield self._control
             except BaseException:
