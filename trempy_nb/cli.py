@@ -15,9 +15,9 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from trempy_nb import __version__, reports_cli, store_cli
+from trempy_nb import __version__, lifecycle_cli, reports_cli, store_cli
 from trempy_nb.connections import mask
-from trempy_nb.errors import SettingsError, TrempyError, UnknownTask
+from trempy_nb.errors import SettingsError, TrempyError, UnknownTable, UnknownTask
 from trempy_nb.ops import cli as ops_cli
 
 
@@ -80,7 +80,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 #: Subcommands defined here; the others plug in from their feature's module.
 CORE_COMMANDS = ("schema", "validate", "run", "drop", "demo", "runs", "stats", "errors", "history",
-                 *store_cli.COMMANDS, *ops_cli.COMMANDS)
+                 *store_cli.COMMANDS, *ops_cli.COMMANDS, *lifecycle_cli.COMMANDS)
 
 
 def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
@@ -126,6 +126,7 @@ def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
     reports_cli.add_parsers(sub)  # runs, stats, errors, history (argparse only: cheap)
     store_cli.add_parsers(sub)  # submit, stop, status (argparse only: cheap)
     ops_cli.add_parsers(sub)  # slots, logs, metrics (argparse only: cheap)
+    lifecycle_cli.add_parsers(sub)  # add-table, resync, pause-table, resume-table (argparse only: cheap)
     if plugins:
         for name, module in PLUGINS:
             _plug(sub, name, module)
@@ -180,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         msg = mask(str(exc))
-        kind = "invalid settings" if isinstance(exc, SettingsError) and not isinstance(exc, UnknownTask) else "error"
+        bad_name = isinstance(exc, (UnknownTask, UnknownTable))
+        kind = "invalid settings" if isinstance(exc, SettingsError) and not bad_name else "error"
         print(f"trempy-nb: {kind}: {msg}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:  # a last resort: one line, masked

@@ -24,6 +24,10 @@ class UnknownTask(SettingsError):
     """A task name nobody saved or ran (exit code 2; the message lists the known names)."""
 
 
+class UnknownTable(SettingsError):
+    """A table that is not in the task (exit code 2; the message names the task's tables)."""
+
+
 class ValidationFailed(SettingsError):
     """The settings do not fit the live source (unknown table/column, wrong type...)."""
 
@@ -53,6 +57,10 @@ class TransientError(TrempyError):
 
 class TerminalError(TrempyError):
     """Stops the task: lost slot, missing key, schema change that cannot be applied."""
+
+
+class OwnedElsewhere(TerminalError):
+    """The task runs elsewhere under a live lease: writing its target from here is refused (names the owner)."""
 
 
 class SlotLost(TerminalError):

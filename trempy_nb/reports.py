@@ -436,3 +436,29 @@ def _mariadb_reader() -> Any:
     except ImportError as exc:
         raise SettingsError(f"a MariaDB/MySQL target needs its driver: pip install 'trempy_nb[mariadb]' ({exc})") from None
     return key_rows
+
+
+#: one row per table of a task: its lifecycle state and its last diff (the dashboard, `Task.table_states`)
+LIFECYCLE_SCHEMA: dict[str, Any] = {
+    "table": pl.String, "state": pl.String, "since": pl.Datetime("us", "UTC"), "detail": pl.String,
+    "last_diff": pl.String, "diffed_at": pl.Datetime("us", "UTC"),
+}
+
+
+def table_lifecycle(store: MetadataStore, task: str, tables: Sequence[str]) -> pl.DataFrame:
+    """Each table's lifecycle state (no row in the store: streaming) and its last diff result."""
+    states = {r["table"]: r for r in store.table_states(task).iter_rows(named=True)}
+    diffs = {r["table"]: r for r in store.table_diffs(task).iter_rows(named=True)}
+    rows = []
+    for name in dict.fromkeys([*tables, *states]):
+        st, df = states.get(name), diffs.get(name)
+        last = None
+        if df is not None:
+            left = int(df["missing"]) + int(df["extra"]) + int(df["different"]) - int(df["repaired"])
+            last = "equal" if left <= 0 and not df["repaired"] else (
+                f"repaired {df['repaired']}" if left <= 0 else
+                f"{df['missing']} missing, {df['extra']} extra, {df['different']} different")
+        rows.append({"table": name, "state": st["state"] if st else "streaming",
+                     "since": st["updated_at"] if st else None, "detail": st["detail"] if st else None,
+                     "last_diff": last, "diffed_at": df["diffed_at"] if df else None})
+    return pl.DataFrame(rows, schema=LIFECYCLE_SCHEMA)

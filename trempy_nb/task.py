@@ -6,6 +6,7 @@ engine (`trempy_nb/engine/`) runs them.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import polars as pl
 from trempy_nb.connections import mask, resolve
 from trempy_nb.db import connect
 from trempy_nb.engine.result import RunResult
-from trempy_nb.errors import SettingsError, TrempyError
+from trempy_nb.errors import OwnedElsewhere, SettingsError, TrempyError
 from trempy_nb.fleet import Placement, place
 from trempy_nb.pgcopy.copyio import iter_frames, select_query
 from trempy_nb.pipeline.plan import TablePlan
@@ -229,6 +230,7 @@ class Task:
     def diff_tables(self, table: str | None = None, repair: bool = False, chunk_rows: int | None = None,
                     wait: float | None = None) -> list[Any]:
         """`diff` per table, with its counts and route (reconcile.chunks.TableDiff), for reports."""
+        from trempy_nb.engine.tablectl import leased_owner  # lazy: start-up speed
         from trempy_nb.metadata import MetadataStore  # lazy: start-up speed
         from trempy_nb.reconcile.run import DiffOptions, diff_tables
 
@@ -237,8 +239,68 @@ class Task:
         options = DiffOptions(chunk_rows=chunk_rows or defaults.chunk_rows,
                               wait_seconds=defaults.wait_seconds if wait is None else wait, repair=repair)
         store = MetadataStore()
-        return diff_tables(self.settings, plans, self.source_uri, self.target_uri, options,
-                           log=lambda level, message: store.log(self.name, None, level, message))
+        if repair:
+            owner = leased_owner(store, self.name)
+            if owner is not None:
+                raise OwnedElsewhere(
+                    f"task {self.name} runs elsewhere under a live lease ({owner}): repair refused, as its"
+                    " target belongs to that owner. Diff without --repair, or stop the task first"
+                    f" (trempy-nb stop {self.name}) and repair once its lease is released")
+        out = diff_tables(self.settings, plans, self.source_uri, self.target_uri, options,
+                          log=lambda level, message: store.log(self.name, None, level, message))
+        for t in out:  # the last result per table, for the dashboard
+            c = t.counts()
+            with contextlib.suppress(Exception):
+                store.record_diff(self.name, t.table, t.target, source_rows=t.source_rows, target_rows=t.target_rows,
+                                  missing=c["missing"], extra=c["extra"], different=c["different"],
+                                  repaired=t.repaired, summary=t.summary())
+        return out
+
+    # per-table lifecycle on a running task (docs/lifecycle.md) -------------------------------
+    def add_table(self, table: str, wait: float | None = None) -> dict[str, Any]:
+        """Add `schema.table` to the task: to its stored settings and publication, loaded from a snapshot
+        in step with the stream by the task's owner, then streamed. See `_lifecycle` for `wait`."""
+        return self._lifecycle("add", table, None, wait)
+
+    def resync(self, table: str, baseline: bool = False, wait: float | None = None) -> dict[str, Any]:
+        """Reload one table from a fresh snapshot while the others stream. Upsert: truncated and reloaded in
+        one transaction. SCD2: history kept (versions that differ or are gone closed, the source's opened at
+        the resync time), or with `baseline=True` rebuilt as a new baseline (truncate + load)."""
+        return self._lifecycle("resync", table, {"baseline": True} if baseline else None, wait)
+
+    def pause_table(self, table: str, wait: float | None = None) -> dict[str, Any]:
+        """Hold one table's changes durably on the target, in order (the stream and the slot go on)."""
+        return self._lifecycle("pause", table, None, wait)
+
+    def resume_table(self, table: str, wait: float | None = None) -> dict[str, Any]:
+        """Apply a paused table's held changes in order, then stream it again."""
+        return self._lifecycle("resume", table, None, wait)
+
+    def _lifecycle(self, action: str, table: str, options: dict[str, Any] | None,
+                   wait: float | None) -> dict[str, Any]:
+        """Record the request for the task's owner; `wait` seconds: wait for it to be done (a failed
+        request raises). Returns the request (id, state, message, owner)."""
+        from trempy_nb.engine import tablectl  # lazy: start-up speed
+        from trempy_nb.metadata import MetadataStore  # lazy: start-up speed
+
+        store = MetadataStore()
+        req = tablectl.request(self.settings, self.source_uri, self.target_uri, action, table, options=options,
+                               store=store)
+        self.settings = req.settings
+        self._validated = None
+        out: dict[str, Any] = {"id": req.id, "task": req.task, "table": req.table, "action": action,
+                               "owner": req.owner, "state": "requested", "message": req.message}
+        if wait and req.owner is not None:
+            done = tablectl.wait(store, req.id, wait)
+            out.update(state=done["state"], message=done["message"] or req.message)
+        return out
+
+    def table_states(self) -> pl.DataFrame:
+        """Per-table lifecycle state (streaming, loading, resyncing, paused) and the last diff of each table."""
+        from trempy_nb import reports  # lazy: start-up speed
+        from trempy_nb.metadata import MetadataStore  # lazy: start-up speed
+
+        return reports.table_lifecycle(MetadataStore(), self.name, [".".join(t.key) for t in self.settings.tables])
 
     def preview_changes(self, limit: int = 50) -> pl.DataFrame:
         """The next pending changes of the task's slot, transformed, without consuming them."""

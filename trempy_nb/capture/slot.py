@@ -32,6 +32,7 @@ __all__ = [
     "publication_name",
     "check_prerequisites",
     "ensure_publication",
+    "add_publication_table",
     "create_slot",
     "drop_task_objects",
     "slot_status",
@@ -172,6 +173,21 @@ def ensure_publication(
                     pub, _table_list(sorted(current))
                 )
             )
+
+
+def add_publication_table(conn: psycopg.Connection, name: str, key: tuple[str, str]) -> bool:
+    """Add one table to the task's publication (a running task's add-table); False when it was in.
+
+    Commits at once (autocommit): pgoutput streams the table's changes from this point of the WAL on,
+    as it reads publication membership from the catalog as of each change."""
+    row = conn.execute(
+        "SELECT 1 FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s AND tablename = %s",
+        (name, key[0], key[1]),
+    ).fetchone()
+    if row is not None:
+        return False
+    conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(sql.Identifier(name), sql.Identifier(*key)))
+    return True
 
 
 def create_slot(conn: psycopg.Connection, name: str) -> int:

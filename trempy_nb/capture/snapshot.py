@@ -56,17 +56,21 @@ def replication_connection(uri: str, application_name: str) -> psycopg.Connectio
 
 
 @contextmanager
-def create_slot_with_snapshot(uri: str, slot: str, application_name: str | None = None) -> Iterator[tuple[int, str]]:
+def create_slot_with_snapshot(uri: str, slot: str, application_name: str | None = None, *,
+                              temporary: bool = False) -> Iterator[tuple[int, str]]:
     """Create pgoutput slot `slot` and yield (consistent_point_lsn, snapshot_name).
 
-    The snapshot is valid only inside the `with` block; the slot outlives it.
+    The snapshot is valid only inside the `with` block; the slot outlives it, unless `temporary`:
+    then it goes with the connection at exit (a per-table load in step with a running stream only
+    needs its consistent point and snapshot, `engine.lifecycle`).
     """
     conn = replication_connection(uri, application_name or f"trempy_nb snapshot {slot}")
+    kind = sql.SQL("TEMPORARY LOGICAL") if temporary else sql.SQL("LOGICAL")
     try:
         try:
             cur = conn.execute(
-                sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')").format(
-                    sql.Identifier(slot)
+                sql.SQL("CREATE_REPLICATION_SLOT {} {} pgoutput (SNAPSHOT 'export')").format(
+                    sql.Identifier(slot), kind
                 )
             )
         except psycopg.errors.DuplicateObject:

@@ -20,7 +20,7 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -41,6 +41,9 @@ from trempy_nb.writer.apply import ApplyResult, TableApply
 from trempy_nb.writer.dialect import POSTGRES, TargetDialect
 from trempy_nb.writer.fence import Fence, lost_message
 
+if TYPE_CHECKING:
+    from trempy_nb.engine.lifecycle import TableLifecycle
+
 _APPLIED_OPS = (("inserted", "insert"), ("updated", "update"), ("deleted", "delete"),
                 ("opened", "scd2 open"), ("closed", "scd2 close"), ("truncates", "truncate"))
 
@@ -60,19 +63,23 @@ class ChangeApplier:
         self.fence = fence  # checked and stored in every batch's transaction (`writer.fence`)
         self._tgt: Any = None  # a connection of the target's dialect
         self._rejected: dict[str, int] = {}  # rows of the current batch rejected, by table
+        #: per-table lifecycle (`engine.lifecycle`): held tables and load points; its lock spans each batch
+        self.lifecycle: TableLifecycle | None = None
 
     # ChangeSink ----------------------------------------------------------------------
     def put(self, batch: ch.ChangeBatch, checkpoint: Checkpoint | None = None, *,
             stream: str | None = None, on_table: TableHook | None = None) -> int:
         t0 = time.perf_counter()
         self._rejected = {}
-        try:
-            result = self._write(batch, self.connection, stream or self.task, on_table)
-        except self.dialect.errors as exc:
-            self._raise_if_fenced(exc)
-            raise
-        if checkpoint is not None:
-            checkpoint(batch.end_lsn)
+        lc = self.lifecycle
+        with lc.batch() if lc is not None else contextlib.nullcontext():
+            try:
+                result = self._write(batch, self.connection, stream or self.task, on_table)
+            except self.dialect.errors as exc:
+                self._raise_if_fenced(exc)
+                raise
+            if checkpoint is not None:
+                checkpoint(batch.end_lsn)
         self._record(result, batch, (time.perf_counter() - t0) * 1000)
         return batch.n_changes
 
@@ -128,7 +135,13 @@ class ChangeApplier:
                on_table: TableHook | None) -> ApplyResult:
         items: list[TableApply] = []
         keys: list[tuple[str, str]] = []
-        for tc in batch.tables:
+        tables_in = batch.tables
+        extra: dict[str, Any] = {}
+        if self.lifecycle is not None:  # held tables' changes go to the target's held_changes instead
+            tables_in, held = self.lifecycle.split(batch)
+            if held:
+                extra["also"] = self.lifecycle.hold_writer(held, batch.end_lsn)
+        for tc in tables_in:
             if on_table is not None:
                 on_table(tc.key)
             plan = self._plan_for_shape(tc, tgt)
@@ -160,7 +173,7 @@ class ChangeApplier:
         tables = _Announced(items, keys, on_table) if on_table is not None else items
         return self.dialect.apply_batch(tgt, checkpoint_task, tables, batch.end_lsn,
                                         error_handling=self.settings.error_handling, on_row_error=on_row_error,
-                                        fence=self.fence)
+                                        fence=self.fence, **extra)
 
     def _record(self, result: ApplyResult, batch: ch.ChangeBatch, ms: float = 0.0) -> None:
         c = self.counters
@@ -215,6 +228,10 @@ class ChangeApplier:
                                "transactions": batch.n_transactions, "rows": rows, "rejected": rejected,
                                "tables": tables, "ms": round(ms, 1), "lag_s": round(c.lag_seconds, 3),
                                "lag_bytes": int(c.lag_bytes)})
+
+    def plan_for_shape(self, tc: ch.TableChanges, tgt: Any) -> TablePlan:
+        """The plan for these changes' source shape (the lifecycle's replay of held changes asks too)."""
+        return self._plan_for_shape(tc, tgt)
 
     def _plan_for_shape(self, tc: ch.TableChanges, tgt: Any) -> TablePlan:
         """Follow a source schema change: a new column is added to the target; others stop the table."""

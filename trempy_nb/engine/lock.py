@@ -34,3 +34,19 @@ def task_lock(source_uri: str, task: str, *, wait_s: float = 0.0,
         yield conn
     finally:
         conn.close()
+
+
+#: Is a task's lock held? `task_lock` takes a session advisory lock keyed hashtext('trempy:<task>');
+#: pg_locks shows a bigint key as classid (high 32 bits) and objid (low 32 bits).
+_LOCK_HELD = (
+    "SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+    " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtext(%s)::bigint)"
+)
+
+
+def lock_held(source_uri: str, task: str) -> bool:
+    """Whether some runner (in any process) holds the task's lock: the task is running."""
+    with connect(source_uri, autocommit=True, application_name=task_app_name(task, "probe")) as conn:
+        row = conn.execute(_LOCK_HELD, (f"trempy:{task}",)).fetchone()
+    return bool(row and row[0])

@@ -52,7 +52,7 @@ from trempy_nb.ops.retention import prune_soon
 from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.redact import mask
 from trempy_nb.reports import record_targets
-from trempy_nb.settings import parse_settings
+from trempy_nb.settings import TaskSettings, parse_settings
 from trempy_nb.transport.base import Role, StreamContext, Transport
 from trempy_nb.transport.registry import lookup
 from trempy_nb.writer.dialect import POSTGRES, TargetDialect
@@ -63,6 +63,8 @@ from trempy_nb.writer.fence import Fence, fence_key, lost_message
 LOCK_WAIT_S = 15.0
 
 if TYPE_CHECKING:
+    from trempy_nb.engine.applier import ChangeApplier
+    from trempy_nb.engine.lifecycle import TableLifecycle
     from trempy_nb.engine.session import CdcSession
 
 #: The full load of one target dialect (`fullload.run_full_load`, `fullload.mariadb.run_full_load_mariadb`)
@@ -96,6 +98,7 @@ class Runner:
         self._thread: threading.Thread | None = None
         self._session: CdcSession | None = None
         self._catch_up_requested = False
+        self._fresh_load = False  # this run full-loaded the task (a pending add-table of it is done)
 
     def _set_status(self, status: str) -> None:
         if self.status not in ("failed", "succeeded", "stopped"):
@@ -234,6 +237,7 @@ class Runner:
                         crash_point("full_load_start")
                         tables = self._full_load(store, run_id, plans, source, target, handoff.snapshot,
                                                  handoff.lsn, handoff.ts)
+                        self._fresh_load = True
                         crash_point("full_load_before_checkpoint")
                         session.mark_loaded(handoff.lsn)
                 changes = self._stream(session, run_id)
@@ -282,11 +286,31 @@ class Runner:
                                  connection_name=transport.sink_name, dialect=session.dialect, fence=self.fence)
         ctx = StreamContext(self.task.name, settings, session.target, session, self._stop, session.catch_up,
                             until_caught_up=self.until_caught_up, dialect=session.dialect, fence=self.fence)
+        lifecycle = self._lifecycle(session, sink, run_id) if sink is not None else None
         try:
             return transport.run(self.role, ctx, sink)
         finally:
+            if lifecycle is not None:
+                lifecycle.close()
             if sink is not None:
                 sink.close()
+
+    def _lifecycle(self, session: CdcSession, sink: ChangeApplier, run_id: str) -> TableLifecycle | None:
+        """The owner's per-table lifecycle (add-table, resync, pause, resume; `engine.lifecycle`): a run
+        that reads the slot and applies (role both) into PostgreSQL."""
+        if self.role != "both" or session.dialect.name != "postgresql":
+            return None
+        from trempy_nb.engine.lifecycle import TableLifecycle  # lazy: as in _new_session
+
+        def on_settings(settings: TaskSettings) -> None:
+            session.settings = sink.settings = settings
+
+        lifecycle = TableLifecycle(self.task.name, session.settings, session.plans, session.source, session.target,
+                                   store=session.store, run_id=run_id, dialect=session.dialect, fence=self.fence,
+                                   plan_for=sink.plan_for_shape, on_settings=on_settings,
+                                   fresh_load=self._fresh_load)
+        sink.lifecycle = lifecycle.start()
+        return lifecycle
 
     def _full_load(self, store: MetadataStore, run_id: str, plans: dict[tuple[str, str], TablePlan], source: str,
                    target: str, snapshot: str | None, lsn: int | None,

@@ -44,6 +44,7 @@ from trempy_nb.capture.slot import (
 from trempy_nb.capture.snapshot import create_slot_with_snapshot
 from trempy_nb.db import connect, task_app_name
 from trempy_nb.engine.counters import Counters
+from trempy_nb.engine.lifecycle import parse_table
 from trempy_nb.engine.result import RunnableTask
 from trempy_nb.errors import SchemaChanged, SlotLost, TerminalError, ValidationFailed
 from trempy_nb.fullload import target_spec
@@ -263,16 +264,22 @@ class CdcSession:
             return
         loaded = self.dialect.loaded_tables(tgt, self.name)
         tgt.commit()
-        added = [".".join(t.key) for t in self.settings.tables if t.key not in loaded]
+        pending = self._pending_adds()  # loaded in step with the stream by the run's lifecycle
+        added = [".".join(t.key) for t in self.settings.tables if t.key not in loaded and t.key not in pending]
         if added:
             raise TerminalError(
                 f"table(s) {', '.join(added)} were added to task {self.name} after its full load: their"
                 " existing rows are not on the target. Rerun with start_mode reload, or replicate them"
                 " in a task of their own."
             )
-        for plan in self.plans.values():  # columns added on the source while stopped
-            self.dialect.ensure_target(tgt, target_spec(plan, self.settings), create=False, add_missing=True)
+        for key, plan in self.plans.items():  # columns added on the source while stopped
+            if key not in pending:
+                self.dialect.ensure_target(tgt, target_spec(plan, self.settings), create=False, add_missing=True)
         tgt.commit()
+
+    def _pending_adds(self) -> set[tuple[str, str]]:
+        """Tables an add-table request waits for (`engine.lifecycle` loads them in step with the stream)."""
+        return {parse_table(r["table"]) for r in self.store.open_table_requests(self.name) if r["action"] == "add"}
 
     def _check_slot(self, status: SlotStatus | None, known: int) -> None:
         """`known`: the furthest position the target recorded for this slot (checkpoint or advance)."""

@@ -20,6 +20,7 @@ import polars as pl
 from trempy_nb.connections import mask
 from trempy_nb.notebook.panes import LogPane, SlotsPane
 from trempy_nb.notebook.render import frame_text, one_line, sparkline_svg, table_html
+from trempy_nb.notebook.tablespane import TablesPane
 
 _DONE = ("succeeded", "failed", "stopped")
 
@@ -55,6 +56,9 @@ class Dashboard:
         self._errors = pl.DataFrame()
         self._dead = pl.DataFrame()
         self._store_at = 0.0
+        #: per-table lifecycle state and last diff (`%trempy add-table`, `resync`, `pause-table`, `diff`)
+        listed = getattr(getattr(runner.task, "settings", None), "tables", [])
+        self.tables = TablesPane(self.name, [".".join(t.key) for t in listed])
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -97,6 +101,7 @@ class Dashboard:
         if not force and now - self._store_at < self.store_interval:
             return
         self._store_at = now
+        self.tables.refresh()
         run_id = getattr(self.runner, "run_id", None)
         try:
             errs = self.runner.task.errors()
@@ -170,6 +175,7 @@ class Dashboard:
         if self._dead.height:
             lines.append(f"dead letters ({self._dead.height}):")
             lines.append(frame_text(self._dead, 5))
+        lines.append(self.tables.text())
         lines.append(self.log_pane.text())
         lines.append(self.slots_pane.text())
         return mask("\n".join(lines))
@@ -217,6 +223,7 @@ class Dashboard:
             f"<div class='trempy-dashboard'><div style='color:{color}'><b>"
             f"{html.escape(self.status_line())}</b></div>{self._progress_html()}{self._figures_html()}"
             f"{table_html(self.counts())}{self._plot_html()}<div>{self._errors_html()}</div>"
+            f"{self.tables.html()}"
             f"<details><summary>logs</summary>{self.log_pane.html()}</details>"
             f"<details><summary>slots</summary>{self.slots_pane.html()}</details></div>"
         )

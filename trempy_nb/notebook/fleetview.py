@@ -20,6 +20,7 @@ from trempy_nb.connections import mask
 from trempy_nb.notebook.dashboard import widgets_available
 from trempy_nb.notebook.panes import LogPane, SlotsPane, history_plot, mini_spark
 from trempy_nb.notebook.render import one_line
+from trempy_nb.notebook.tablespane import TablesPane
 from trempy_nb.ops import timeseries
 
 COLUMNS = ("task", "desired", "state", "owner", "lag_s", "lag_bytes", "changes", "error")
@@ -205,7 +206,8 @@ def _num(value: Any, fmt: str) -> str:
 
 
 class TaskPanel:
-    """One task from the store: its state, throughput and lag over time, logs and slots."""
+    """One task from the store: its state, per-table lifecycle state and last diff, throughput and lag
+    over time, logs and slots."""
 
     def __init__(self, name: str, use_widgets: bool | None = None, *, store: Any = None) -> None:
         self.name = name
@@ -215,6 +217,7 @@ class TaskPanel:
         source, tables = self._settings()
         self.logs = LogPane(name, use_widgets=use_widgets, tables=tables, store=lambda: self.store)
         self.slots = SlotsPane(source, use_widgets=use_widgets, store=lambda: self.store)
+        self.tables = TablesPane(name, tables, store=lambda: self.store)
         self.state: dict[str, Any] = {}
         self.plot = ""
         self.ui: Any = None
@@ -224,10 +227,12 @@ class TaskPanel:
 
             self.w["head"] = W.HTML()
             self.w["plot"] = W.HTML()
+            self.w["tables"] = W.HTML()
             tabs = W.Tab(children=[self.logs.ui, self.slots.ui])
             tabs.set_title(0, "logs")
             tabs.set_title(1, "slots")
-            self.ui = W.VBox([self.w["head"], self.w["plot"], tabs], layout=W.Layout(border="1px solid #ddd", padding="6px"))
+            self.ui = W.VBox([self.w["head"], self.w["tables"], self.w["plot"], tabs],
+                             layout=W.Layout(border="1px solid #ddd", padding="6px"))
             self.ui.add_class("trempy-task-panel")
         self.logs.search()
         self.slots.refresh()
@@ -246,11 +251,13 @@ class TaskPanel:
         rows = [r for r in fleet_rows(self.store) if r["task"] == self.name]
         self.state = rows[0] if rows else {"task": self.name, "state": "unknown"}
         self.plot = history_plot(self.store, self.name)
+        self.tables.refresh()
         if self.logs.live:
             self.logs.tail()
         if self.ui is not None:
             self.w["head"].value = self._head_html()
             self.w["plot"].value = self.plot
+            self.w["tables"].value = self.tables.html()
 
     def _head_html(self) -> str:
         s = self.state
@@ -259,10 +266,12 @@ class TaskPanel:
                     f" lag {_num(s.get('lag_s'), '.1f')} s)")
 
     def text(self) -> str:
-        return mask("\n".join([f"task {self.name}: {self.state.get('state')}", self.logs.text(), self.slots.text()]))
+        return mask("\n".join([f"task {self.name}: {self.state.get('state')}", self.tables.text(), self.logs.text(),
+                               self.slots.text()]))
 
     def html(self) -> str:
-        return f"<div class='trempy-task-panel'>{self._head_html()}{self.plot}{self.logs.html()}{self.slots.html()}</div>"
+        return (f"<div class='trempy-task-panel'>{self._head_html()}{self.tables.html()}{self.plot}{self.logs.html()}"
+                f"{self.slots.html()}</div>")
 
     def __repr__(self) -> str:
         return self.text()

@@ -239,6 +239,19 @@ def _a_diff(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repair", action="store_true", help="fix the differing keys on the target")
 
 
+def _a_table_action(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="task name")
+    p.add_argument("table", help="schema.table (a bare name means public.name)")
+    p.add_argument("--wait", type=float, default=60.0, metavar="S",
+                   help="wait up to S seconds for the task's owner to finish (0: do not wait)")
+
+
+def _a_resync(p: argparse.ArgumentParser) -> None:
+    _a_table_action(p)
+    p.add_argument("--baseline", action="store_true",
+                   help="SCD2: rebuild as a new baseline (truncate + load) instead of appending to the history")
+
+
 def _a_connections(p: argparse.ArgumentParser) -> None:
     p.add_argument("--form", action="store_true", help="the form, even without a widgets front end")
     p.add_argument("--list", action="store_true", help="the frame of saved connections only")
@@ -371,6 +384,24 @@ VERBS: dict[str, Verb] = {
             _a_diff,
             example="%trempy diff hr_to_dw --table employees.employee",
         ),
+        Verb(
+            "add-table",
+            "add a table to a running task: loaded in step with its stream, then streamed",
+            _a_table_action,
+            example="%trempy add-table hr_to_dw employees.contract",
+        ),
+        Verb(
+            "resync",
+            "reload one table from a fresh snapshot while the others stream",
+            _a_resync,
+            example="%trempy resync hr_to_dw employees.employee --baseline",
+        ),
+        Verb("pause-table", "hold one table's changes on the target, in order", _a_table_action,
+             example="%trempy pause-table hr_to_dw employees.employee"),
+        Verb("resume-table", "apply a paused table's held changes in order, then stream it", _a_table_action,
+             example="%trempy resume-table hr_to_dw employees.employee"),
+        Verb("table-states", "each table's lifecycle state and last diff", _name,
+             example="%trempy table-states hr_to_dw"),
         Verb("drop", "stop, remove slot, publication and state", _name),
         Verb("builder", "the widget task builder", _a_builder, example="%trempy builder hr_to_dw"),
         Verb(
@@ -849,6 +880,21 @@ class Trempy(Magics):
         for t in tables:
             self._show(Note(t.summary(), "ok" if t.equal or t.repaired == len(t.rows) else "warning"), quiet)
         return frame
+
+    def _v_add_table(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        return cmd.add_table(a.name, a.table, wait=a.wait or None)
+
+    def _v_resync(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        return cmd.resync(a.name, a.table, baseline=a.baseline, wait=a.wait or None)
+
+    def _v_pause_table(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        return cmd.pause_table(a.name, a.table, wait=a.wait or None)
+
+    def _v_resume_table(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        return cmd.resume_table(a.name, a.table, wait=a.wait or None)
+
+    def _v_table_states(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
+        return cmd.table_states(a.name)
 
     def _v_history(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
         key: dict[str, Any] = {}

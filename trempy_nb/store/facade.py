@@ -25,6 +25,7 @@ from trempy_nb.errors import SettingsError
 from trempy_nb.redact import mask
 from trempy_nb.store.backend import Backend, Runner
 from trempy_nb.store.fleet import FleetMixin
+from trempy_nb.store.lifecycle import LifecycleMixin
 from trempy_nb.store.location import resolve_location
 from trempy_nb.store.postgres import PostgresBackend
 from trempy_nb.store.schema import COUNTERS, FRAMES, LOG_LEVELS, TARGET_FIELDS, RunKind, RunStatus
@@ -59,7 +60,7 @@ def _like_escape(text: str) -> str:
 _LEVELNO = "CASE level " + " ".join(f"WHEN '{k}' THEN {v}" for k, v in LOG_LEVELS.items()) + " ELSE 20 END"
 
 
-class MetadataStore(FleetMixin):
+class MetadataStore(FleetMixin, LifecycleMixin):
     """The state store: SQLite under $TREMPY_HOME by default, PostgreSQL for a fleet (same API, same tables).
 
     `location`: None (`$TREMPY_METADATA_URL`, else `$TREMPY_HOME/metadata.sqlite3`), a file path,

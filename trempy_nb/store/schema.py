@@ -26,7 +26,13 @@ __all__ = [
     "TARGET_FIELDS",
     "Dialect",
     "RunKind",
+    "REQUEST_STATES",
     "RunStatus",
+    "TABLE_ACTIONS",
+    "TABLE_STATES",
+    "RequestState",
+    "TableAction",
+    "TableState",
     "TaskState",
 ]
 
@@ -43,8 +49,9 @@ COUNTERS = ("rows_read", "rows_written", "rows_filtered", "rows_failed", "durati
 LOG_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 
 #: 1: tasks, runs, stats, logs, errors, dead letters, targets; 2: errors."key";
-#: 3: logs "table"/worker/fields, desired state, task_state, workers, leases, takeovers
-SCHEMA_VERSION = 3
+#: 3: logs "table"/worker/fields, desired state, task_state, workers, leases, takeovers;
+#: 4: per-table lifecycle: table_requests, table_state, table_diffs (`store.lifecycle`)
+SCHEMA_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -227,6 +234,56 @@ CREATE INDEX IF NOT EXISTS takeovers_task ON takeovers (task, id)
 """
 
 
+#: per-table lifecycle actions a user asks of a running task (`store.lifecycle`)
+TableAction = Literal["add", "resync", "pause", "resume"]
+TABLE_ACTIONS: tuple[str, ...] = get_args(TableAction)
+RequestState = Literal["requested", "running", "done", "failed"]
+REQUEST_STATES: tuple[str, ...] = get_args(RequestState)
+#: what a table of a running task is doing (shown by the dashboard)
+TableState = Literal["streaming", "loading", "resyncing", "paused"]
+TABLE_STATES: tuple[str, ...] = get_args(TableState)
+
+V4 = f"""
+CREATE TABLE IF NOT EXISTS table_requests (
+    id {{id}},
+    task TEXT NOT NULL,
+    "table" TEXT NOT NULL,
+    action TEXT NOT NULL CHECK (action IN ({_check(TABLE_ACTIONS)})),
+    options TEXT,
+    state TEXT NOT NULL CHECK (state IN ({_check(REQUEST_STATES)})),
+    error TEXT,
+    message TEXT,
+    requested_at {{ts}} NOT NULL,
+    started_at {{ts}},
+    ended_at {{ts}}
+);
+CREATE INDEX IF NOT EXISTS table_requests_open ON table_requests (task, state, id);
+CREATE TABLE IF NOT EXISTS table_state (
+    task TEXT NOT NULL,
+    "table" TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ({_check(TABLE_STATES)})),
+    request_id {{int}},
+    detail TEXT,
+    updated_at {{ts}} NOT NULL,
+    PRIMARY KEY (task, "table")
+);
+CREATE TABLE IF NOT EXISTS table_diffs (
+    task TEXT NOT NULL,
+    "table" TEXT NOT NULL,
+    target TEXT NOT NULL,
+    source_rows {{int}},
+    target_rows {{int}},
+    missing {{int}} NOT NULL DEFAULT 0,
+    extra {{int}} NOT NULL DEFAULT 0,
+    different {{int}} NOT NULL DEFAULT 0,
+    repaired {{int}} NOT NULL DEFAULT 0,
+    summary TEXT,
+    diffed_at {{ts}} NOT NULL,
+    PRIMARY KEY (task, "table")
+)
+"""
+
+
 @dataclass(frozen=True)
 class Step:
     """One migration: DDL to run, then columns to add where missing (table, column, type)."""
@@ -251,6 +308,7 @@ MIGRATIONS: tuple[Step, ...] = (
             ("tasks", "settings_version", "{int} NOT NULL DEFAULT 1"),
         ),
     ),
+    Step(4, V4),
 )
 
 _S = pl.String
@@ -327,6 +385,33 @@ FRAMES: dict[str, dict[str, Any]] = {
         "end_col": _S,
         "current_col": _S,
         "updated_at": _TS,
+    },
+    "table_requests": {
+        "id": pl.Int64,
+        "task": _S,
+        "table": _S,
+        "action": _S,
+        "options": _S,
+        "state": _S,
+        "error": _S,
+        "message": _S,
+        "requested_at": _TS,
+        "started_at": _TS,
+        "ended_at": _TS,
+    },
+    "table_state": {"task": _S, "table": _S, "state": _S, "request_id": pl.Int64, "detail": _S, "updated_at": _TS},
+    "table_diffs": {
+        "task": _S,
+        "table": _S,
+        "target": _S,
+        "source_rows": pl.Int64,
+        "target_rows": pl.Int64,
+        "missing": pl.Int64,
+        "extra": pl.Int64,
+        "different": pl.Int64,
+        "repaired": pl.Int64,
+        "summary": _S,
+        "diffed_at": _TS,
     },
     "takeovers": {
         "time": _TS,

@@ -103,12 +103,15 @@ def apply_batch(
     error_handling: ErrorHandling,
     on_row_error: RowErrorCallback | None = None,
     fence: Fence | None = None,
+    also: Callable[[psycopg.Connection], None] | None = None,
 ) -> ApplyResult:
     """Apply a batch ending at commit `end_lsn` exactly once, checkpoint included, in one transaction.
 
     The connection must be idle (no open transaction): this function owns the
     transaction and commits it last. With a `fence`, the transaction first checks and
     stores the task's epoch (`state.check_fence`): a copy that lost its lease writes nothing.
+    `also(conn)` writes more in the same transaction before the checkpoint (the held changes of
+    paused tables, `engine.lifecycle`); a replayed batch skips it with the rest.
     """
     if conn.info.transaction_status != pq.TransactionStatus.IDLE:
         raise TerminalError("apply_batch needs a connection with no open transaction")
@@ -125,6 +128,8 @@ def apply_batch(
         for ta in tables:
             counts = result.tables.setdefault((ta.spec.schema, ta.spec.table), TableCounts())
             _apply_table(ctx, ta, before, end_lsn, counts)
+        if also is not None:
+            also(conn)
         pause_point("apply_before_checkpoint")
         state.write_checkpoint(conn, task, end_lsn)
         state.recheck_fence(fence, task)

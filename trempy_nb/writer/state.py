@@ -13,6 +13,9 @@ live here; callers pass the connection (and own its transaction):
 - `source_shapes`: the source columns each table is planned with, so `continue`
   notices a column dropped, renamed or retyped while the task was stopped;
 - `load_state`: which tables the full load finished;
+- `table_lifecycle`: tables of a running task that are held (paused, loading, resyncing), so a
+  restarted owner keeps holding them; `held_changes`: the changes of those tables, in stream order,
+  written in the transaction of the batch (and checkpoint) they came in (`engine.lifecycle`);
 - `rabbitmq_held`: tables of the RabbitMQ transport held behind a dead letter, and
   the per-stream checkpoints of replays (`<task>#replay:<schema>.<table>`)
   (created on first use by that transport).
@@ -37,9 +40,8 @@ from trempy_nb.writer.fence import Fence, lost_message
 STATE_SCHEMA = "trempy"
 CHECKPOINTS = "checkpoints"
 #: The state tables every run needs (`ensure_state_tables` creates them when one is missing);
-#: `fences` is created with them on a new target and by the first takeover on an older one, so
-#: a run without a fence needs no new privilege on an existing install
-STATE_TABLES = (CHECKPOINTS, "load_state", "source_shapes")
+#: `fences` is created with them, and by the first takeover on a target made before fencing
+STATE_TABLES = (CHECKPOINTS, "load_state", "source_shapes", "table_lifecycle", "held_changes")
 
 _S = sql.Identifier(STATE_SCHEMA)
 
@@ -76,6 +78,20 @@ def state_tables_sql() -> list[sql.Composed]:
             " PRIMARY KEY (task, schema_name, table_name))"
         ).format(_S),
         _FENCES_DDL,
+        # per-table lifecycle (`engine.lifecycle`): which tables are held, and their held changes
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}.table_lifecycle (task text, schema_name text, table_name text,"
+            " state text NOT NULL, request_id bigint, updated_at timestamptz NOT NULL DEFAULT now(),"
+            " PRIMARY KEY (task, schema_name, table_name))"
+        ).format(_S),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}.held_changes (id bigserial PRIMARY KEY, task text NOT NULL,"
+            " schema_name text NOT NULL, table_name text NOT NULL, end_lsn bigint NOT NULL, frame bytea NOT NULL,"
+            " truncated_at jsonb, held_at timestamptz NOT NULL DEFAULT now())"
+        ).format(_S),
+        sql.SQL(
+            "CREATE INDEX IF NOT EXISTS held_changes_table ON {}.held_changes (task, schema_name, table_name, id)"
+        ).format(_S),
     ]
 
 
@@ -304,8 +320,10 @@ def loaded_tables(conn: psycopg.Connection, task: str) -> set[tuple[str, str]]:
     return {(r[0], r[1]) for r in conn.execute(_LOADED, (task,)).fetchall()}
 
 
-def forget_task(conn: psycopg.Connection, task: str, tables: Iterable[str] = ("load_state", "source_shapes")) -> None:
-    """start_mode reload: the task's load state and recorded shapes go (its checkpoint is reset apart)."""
+def forget_task(conn: psycopg.Connection, task: str,
+                tables: Iterable[str] = ("load_state", "source_shapes", "table_lifecycle", "held_changes")) -> None:
+    """start_mode reload: the task's load state, recorded shapes, held tables and held changes go (its
+    checkpoint is reset apart)."""
     for table in tables:
         conn.execute(sql.SQL("DELETE FROM {}.{} WHERE task = %s").format(_S, sql.Identifier(table)), (task,))
 
@@ -359,3 +377,88 @@ def delete_held(conn: psycopg.Connection, task: str, key: tuple[str, str] | None
 def delete_stream_checkpoints(conn: psycopg.Connection, task: str) -> None:
     """The task's per-stream checkpoints (`<task>#...`, e.g. replays), not the task's own."""
     conn.execute(_STREAM_CHECKPOINTS_DEL, (task.replace("_", r"\_") + "#%",))
+
+
+# -- per-table lifecycle: held tables and their held changes (`engine.lifecycle`) ---------------------
+
+_LC_SET = sql.SQL(
+    "INSERT INTO {}.table_lifecycle (task, schema_name, table_name, state, request_id) VALUES (%s, %s, %s, %s, %s)"
+    " ON CONFLICT (task, schema_name, table_name) DO UPDATE SET state = EXCLUDED.state,"
+    " request_id = EXCLUDED.request_id, updated_at = now()"
+).format(_S)
+_LC_GET = sql.SQL("SELECT schema_name, table_name, state FROM {}.table_lifecycle WHERE task = %s").format(_S)
+_LC_DEL = sql.SQL("DELETE FROM {}.table_lifecycle WHERE task = %s AND schema_name = %s AND table_name = %s").format(_S)
+_HOLD_ADD = sql.SQL(
+    "INSERT INTO {}.held_changes (task, schema_name, table_name, end_lsn, frame, truncated_at)"
+    " VALUES (%s, %s, %s, %s, %s, %s)"
+).format(_S)
+_HOLD_GET = sql.SQL(
+    "SELECT id, end_lsn, frame, truncated_at FROM {}.held_changes WHERE task = %s AND schema_name = %s"
+    " AND table_name = %s AND id > %s ORDER BY id LIMIT %s"
+).format(_S)
+_HOLD_COUNT = sql.SQL(
+    "SELECT schema_name, table_name, count(*) FROM {}.held_changes WHERE task = %s GROUP BY 1, 2"
+).format(_S)
+_HOLD_DEL = sql.SQL(
+    "DELETE FROM {}.held_changes WHERE task = %s AND schema_name = %s AND table_name = %s"
+).format(_S)
+
+#: one held part: (id, end_lsn of its batch, Arrow IPC bytes of the source frame, truncates as JSON)
+HeldPart = tuple[int, int, bytes, str | None]
+
+
+def set_table_held(conn: psycopg.Connection, task: str, key: tuple[str, str], held_as: str,
+                   request_id: int | None = None) -> None:
+    """Mark a table held (paused, loading, resyncing): its changes go to `held_changes` from now on."""
+    conn.execute(_LC_SET, (task, key[0], key[1], held_as, request_id))
+
+
+def held_tables(conn: psycopg.Connection, task: str) -> dict[tuple[str, str], str]:
+    """The task's held tables and why (state)."""
+    if not state_tables_exist(conn):
+        return {}
+    ensure_state_tables(conn)
+    return {(r[0], r[1]): str(r[2]) for r in conn.execute(_LC_GET, (task,)).fetchall()}
+
+
+def release_table(conn: psycopg.Connection, task: str, key: tuple[str, str]) -> None:
+    """The table streams again: its held changes (all applied) and its mark go, with its replay checkpoint."""
+    conn.execute(_HOLD_DEL, (task, *key))
+    conn.execute(_LC_DEL, (task, *key))
+    conn.execute(checkpoint_delete_sql(), (held_stream(task, key),))
+
+
+def hold_changes(conn: psycopg.Connection, task: str, key: tuple[str, str], end_lsn: int, frame: bytes,
+                 truncated_at: str | None) -> None:
+    """Keep one batch's changes of a held table (call inside the batch's transaction)."""
+    conn.execute(_HOLD_ADD, (task, key[0], key[1], int(end_lsn), frame, truncated_at))
+
+
+def read_held_changes(conn: psycopg.Connection, task: str, key: tuple[str, str], after_id: int = 0,
+                      limit: int = 200) -> list[HeldPart]:
+    """The next held parts of a table after `after_id`, in stream order."""
+    return [(int(r[0]), int(r[1]), bytes(r[2]), None if r[3] is None else json.dumps(r[3]))
+            for r in conn.execute(_HOLD_GET, (task, key[0], key[1], int(after_id), int(limit))).fetchall()]
+
+
+def held_counts(conn: psycopg.Connection, task: str) -> dict[tuple[str, str], int]:
+    """Held parts per table (the dashboard, tests)."""
+    if not state_tables_exist(conn):
+        return {}
+    return {(r[0], r[1]): int(r[2]) for r in conn.execute(_HOLD_COUNT, (task,)).fetchall()}
+
+
+def held_stream(task: str, key: tuple[str, str]) -> str:
+    """The checkpoint row of a held table's replay (`<task>#held:<schema>.<table>`): the replay of its held
+    changes is exactly-once like any batch."""
+    return f"{task}#held:{key[0]}.{key[1]}"
+
+
+def loaded_lsn(conn: psycopg.Connection, task: str) -> dict[tuple[str, str], int]:
+    """The snapshot LSN each table was (re)loaded at: its changes committed at or before it are in the load."""
+    if not state_tables_exist(conn):
+        return {}
+    rows = conn.execute(sql.SQL(
+        "SELECT schema_name, table_name, snapshot_lsn FROM {}.load_state WHERE task = %s AND status = 'done'"
+        " AND snapshot_lsn IS NOT NULL").format(_S), (task,)).fetchall()
+    return {(r[0], r[1]): int(r[2]) for r in rows}

@@ -11,6 +11,13 @@ from trempy_nb.notebook.commands.connections import (
     delete_connection,
     tables,
 )
+from trempy_nb.notebook.commands.lifecycle import (
+    add_table,
+    pause_table,
+    resume_table,
+    resync,
+    table_states,
+)
 from trempy_nb.notebook.commands.ops import follow_logs, logs, slot_cockpit, slots
 from trempy_nb.notebook.commands.runs import (
     dead_letters,
@@ -39,6 +46,11 @@ from trempy_nb.notebook.commands.tasks import (
 )
 
 __all__ = [
+    "add_table",
+    "pause_table",
+    "resume_table",
+    "resync",
+    "table_states",
     "diff",
     "SESSION",
     "Session",
