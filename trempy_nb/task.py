@@ -16,6 +16,7 @@ from trempy_nb.connections import mask, resolve
 from trempy_nb.db import connect
 from trempy_nb.engine.result import RunResult
 from trempy_nb.errors import OwnedElsewhere, SettingsError, TrempyError
+from trempy_nb.fleet import Placement, place
 from trempy_nb.pgcopy.copyio import iter_frames, select_query
 from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.rowframes import frame_of_rows
@@ -127,6 +128,19 @@ class Task:
         )
 
         return Runner(self, until_caught_up=until_caught_up, progress=progress).start()
+
+    def submit(self, replace: bool = False, spawn: bool = True) -> Placement:
+        """A detached run: store the task desired-running in the state store, for the fleet's
+        workers to claim (docs/fleet.md). When no worker is alive (and `spawn`), start a local
+        `trempy-nb worker` that outlives this process. The `Placement`'s `message` says which.
+        Changed settings of a running task are refused (`TaskRunning`) unless `replace`."""
+        from trempy_nb.metadata import (
+            MetadataStore,  # lazy: start-up speed (validate/preview need no store)
+        )
+
+        store = MetadataStore()
+        store.submit(self.name, self.settings.to_dict(), replace=replace)
+        return place(store, self.name, spawn=spawn)
 
     def history(self, table: str | None, key: dict[str, Any], limit: int = 1000) -> pl.DataFrame:
         """Every version of one key in an SCD2 target (or its row in an upsert target), oldest first."""

@@ -45,6 +45,7 @@ CASES = {
     18: "least privilege; SELECT revoked mid-run",
     19: "secrets never leak",
     20: "kill -9 of the runner during CDC into a MariaDB target, repeated",
+    21: "fleet: worker killed, frozen past its lease, cut off (netns); SIGTERM drain; zombie writes fenced",
 }
 
 
@@ -71,6 +72,9 @@ class Results:
     secrets_searched: int = 0
     peak_runner_rss: int = 0
     classified_errors: list[str] = field(default_factory=list)
+    takeovers: int = 0  # fleet: task roles that moved to another worker after a fault
+    takeover_s: list[float] = field(default_factory=list)  # fault -> streaming again elsewhere
+    zombie_refused: int = 0  # late writes of a worker that lost its lease, rolled back by the fence
     cases: dict[str, str] = field(default_factory=dict)  # nodeid -> outcome
     notes: list[str] = field(default_factory=list)
     wall_s: float = 0.0
@@ -111,6 +115,15 @@ class Results:
             self.ops_indeterminate += indeterminate_ops
             self.ops_indeterminate_resolved_committed += resolved_committed
             self.txns_committed += txns
+
+    def takeover(self, seconds: float) -> None:
+        with self._lock:
+            self.takeovers += 1
+            self.takeover_s.append(round(seconds, 3))
+
+    def refused(self, n: int) -> None:
+        with self._lock:
+            self.zombie_refused += n
 
     def classified(self, text: str) -> None:
         with self._lock:
@@ -157,6 +170,9 @@ def render(r: Results) -> str:
     rec = sorted(r.recovery_s)
     p50 = statistics.median(rec) if rec else 0.0
     mx = max(rec) if rec else 0.0
+    tk = sorted(r.takeover_s)
+    tk50 = statistics.median(tk) if tk else 0.0
+    tkmax = max(tk) if tk else 0.0
     by_case: dict[int, list[tuple[str, str]]] = {}
     for nodeid, outcome in sorted(r.cases.items()):
         c = _case_of(nodeid)
@@ -180,6 +196,9 @@ def render(r: Results) -> str:
         f"| **duplicated** | **{r.duplicated}** |",
         f"| unexpected | {r.unexpected} |",
         f"| recovery time p50 / max ({len(rec)} recoveries) | {p50:.2f} s / {mx:.2f} s |",
+        f"| fleet takeovers / takeover time p50 / max (fault -> streaming elsewhere) | {r.takeovers}"
+        f" / {tk50:.2f} s / {tkmax:.2f} s |",
+        f"| fleet zombie writes refused by the fence | {r.zombie_refused} |",
         f"| peak retained WAL (any slot of the suite) | {_fmt_bytes(r.peak_retained_wal)} |",
         f"| peak retained WAL, idle captured DB next to a busy one | {_fmt_bytes(r.peak_retained_wal_idle_db)} |",
         f"| slot-vs-checkpoint samples / violations | {r.invariant_samples:,} / {r.invariant_violations} |",

@@ -215,6 +215,7 @@ def test_topology_names_and_arguments(task_name: str) -> None:
         assert args["x-dead-letter-exchange"] == topo.dlx
         assert args["x-dead-letter-strategy"] == "at-least-once"
         assert args["x-overflow"] == "reject-publish"
+        assert args["x-single-active-consumer"] is True  # standby consumers wait (the fleet)
         assert queues[topo.dlq]["durable"] is True
     rmq.delete_topology(task_name)
     _assert_no_topology(task_name)
@@ -349,7 +350,17 @@ def _produce_and_peek(task: Task, task_name: str) -> list:
     conn = rmq.connect_blocking()
     try:
         ch = conn.channel()
-        msgs = rmq._peek_all(ch, rmq.topology(task_name).queue)
+        queue = rmq.topology(task_name).queue
+        count = ch.queue_declare(queue, passive=True).method.message_count
+        # basic.get is refused on a single-active-consumer quorum queue: consume without acking,
+        # then close the channel (the broker requeues every message, in order)
+        msgs: list = []
+        for method, props, body in ch.consume(queue, auto_ack=False, inactivity_timeout=2.0):
+            if method is None:
+                break
+            msgs.append((method, props, body))
+            if len(msgs) >= count:
+                break
         ch.close()
     finally:
         conn.close()
@@ -608,3 +619,59 @@ def test_malformed_message_is_dead_lettered_with_reason(
     assert "not a trempy batch" in dl["error"][0]
     assert "unknown batch format version 9" in dl["error"][1]
     assert rmq.queue_depth(task_name) == (0, 2)
+
+
+# -- single active consumer (the fleet: standby consumers on other workers) --------------------------
+
+
+def test_single_active_consumer_standby_takes_over_in_order(task_name: str) -> None:
+    """Two consumers attach to the task's queue: only the first receives; when its connection
+    closes, its unacked messages go, in order, to the standby."""
+    rmq.ensure_topology(task_name)
+    topo = rmq.topology(task_name)
+    got: dict[str, list[bytes]] = {"a": [], "b": []}
+    conns = {k: rmq.connect_blocking() for k in ("a", "b")}
+    try:
+        for key, conn in conns.items():
+            ch = conn.channel()
+            ch.basic_qos(prefetch_count=10)
+            ch.basic_consume(topo.queue, lambda _c, _m, _p, body, k=key: got[k].append(body))
+        pub = rmq.connect_blocking()
+        try:
+            ch = pub.channel()
+            for i in range(5):
+                ch.basic_publish(topo.exchange, topo.routing_key, str(i).encode())
+        finally:
+            pub.close()
+        deadline = time.monotonic() + 10
+        while len(got["a"]) < 5 and time.monotonic() < deadline:
+            for conn in conns.values():
+                conn.process_data_events(time_limit=0.1)
+        assert got == {"a": [b"0", b"1", b"2", b"3", b"4"], "b": []}
+        conns["a"].close()  # the active consumer dies with its 5 messages unacked
+        deadline = time.monotonic() + 10
+        while len(got["b"]) < 5 and time.monotonic() < deadline:
+            conns["b"].process_data_events(time_limit=0.1)
+        assert got["b"] == [b"0", b"1", b"2", b"3", b"4"]
+    finally:
+        for conn in conns.values():
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+def test_a_queue_declared_before_single_active_consumer_is_used_and_flagged(task_name: str) -> None:
+    from trempy_nb.transport.rabbitmq.topology import (
+        LEGACY_QUEUE_HINT,
+        WITHOUT_SAC,
+        queue_arguments,
+    )
+
+    topo = rmq.topology(task_name)
+    conn = rmq.connect_blocking()
+    try:  # what an older trempy_nb declared: the same arguments, no x-single-active-consumer
+        conn.channel().queue_declare(topo.queue, durable=True,
+                                     arguments=queue_arguments(topo, True, True, single_active=False))
+    finally:
+        conn.close()
+    assert rmq.ensure_topology(task_name) == WITHOUT_SAC
+    assert "cannot change in place" in LEGACY_QUEUE_HINT and "trempy-nb drop" in LEGACY_QUEUE_HINT

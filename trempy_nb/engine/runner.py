@@ -75,8 +75,12 @@ class Runner:
     """A task running in a background thread, in a role (see the module docstring)."""
 
     def __init__(self, task: RunnableTask, *, until_caught_up: bool = False, progress: bool = False,
-                 role: Role = "both", transport: Transport | None = None, fence: Fence | None = None) -> None:
+                 role: Role = "both", transport: Transport | None = None, fence: Fence | None = None,
+                 store: MetadataStore | None = None) -> None:
         self.task = task
+        #: the metadata store the run records into (default: `MetadataStore()`); a fleet worker
+        #: passes one that rides out a lost state store (`fleet.outage.OutageTolerantStore`)
+        self._store = store
         #: the lease's fencing token, bound to this task and role's row on the target
         self.fence = (dataclasses.replace(fence, key=fence_key(task.name, role))
                       if fence is not None and not fence.key else fence)
@@ -137,7 +141,7 @@ class Runner:
         return self.counters.frame()
 
     def _main(self) -> None:
-        store = MetadataStore()
+        store = self._store if self._store is not None else MetadataStore()
         t0 = time.perf_counter()
         kind = self.task.settings.task.replication_type
         run_id = self.run_id = store.start_run(self.task.name, kind)

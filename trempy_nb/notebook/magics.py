@@ -148,6 +148,12 @@ def _a_run(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--timeout", type=float, help="with --wait: stop and fail after this many seconds"
     )
+    p.add_argument(
+        "--detach",
+        action="store_true",
+        help="run on a worker, outliving this kernel (starts a local worker if none is alive)",
+    )
+    p.add_argument("--replace", action="store_true", help="with --detach: replace a running task's settings")
 
 
 def _a_status(p: argparse.ArgumentParser) -> None:
@@ -787,7 +793,14 @@ class Trempy(Magics):
         return frame
 
     def _v_run(self, a: Any, cell: Any, raw: list[str], quiet: bool) -> Any:
-        from trempy_nb.notebook.commands.runs import start, wait
+        from trempy_nb.notebook.commands.runs import start, submit, wait
+
+        if a.detach:
+            if a.wait or a.until_caught_up:
+                raise TrempyMagicError("--detach runs on a worker until stopped: no --wait or --until-caught-up")
+            note = submit(a.name, replace=a.replace)
+            self._show(note, quiet)
+            return note
         from trempy_nb.notebook.dashboard import Dashboard
 
         headless = self._is_headless()

@@ -30,6 +30,13 @@ def start(name: str, until_caught_up: bool = False) -> Any:
     return runner
 
 
+def submit(name: str, replace: bool = False) -> Note:
+    """`%trempy run NAME --detach`: the task goes to the state store desired-running; a worker
+    (an existing one, or a local one started now that outlives the kernel) runs it."""
+    placement = get_task(name).submit(replace=replace)
+    return Note(placement.message, "ok")
+
+
 def progress_line(runner: Any) -> str:
     """One line of text with the runner's figures (headless progress)."""
     c = runner.counters

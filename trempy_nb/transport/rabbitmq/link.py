@@ -27,6 +27,8 @@ from trempy_nb.transport.rabbitmq import codec
 from trempy_nb.transport.rabbitmq.confirms import ConfirmTracker
 from trempy_nb.transport.rabbitmq.headers import H
 from trempy_nb.transport.rabbitmq.topology import (
+    LEGACY_QUEUE_HINT,
+    WITHOUT_SAC,
     Topology,
     broker_url,
     describe_error,
@@ -91,6 +93,8 @@ class Link:
     def start(self, timeout: float = 30.0) -> Link:
         # connect once synchronously: a wrong URL or password is a clear error at start
         self.queue_kind = ensure_topology(self.topo.task, self.url)
+        if self.consume and self.queue_kind in (WITHOUT_SAC, "existing"):
+            self.on_log("WARNING", f"queue {self.topo.queue} {LEGACY_QUEUE_HINT}")
         self._thread = threading.Thread(
             target=self._run, name=f"trempy-amqp-{self.topo.task}", daemon=True
         )

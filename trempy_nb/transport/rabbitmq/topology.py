@@ -5,7 +5,9 @@ Topology per task (public names, see docs/rabbitmq.md):
     trempy_exchange_<task>      direct, durable: batches are published here
     trempy_queue_<task>         quorum queue (x-delivery-limit, at-least-once dead-lettering,
                                 reject-publish) where the broker supports it, else a durable
-                                classic queue; dead-letters to the DLX
+                                classic queue; single active consumer (standby consumers of
+                                other workers wait; the broker hands over, in order, when the
+                                active one's connection dies); dead-letters to the DLX
     trempy_dlx_exchange_<task>  direct, durable: the dead-letter exchange
     dlx_queue_<task>            durable: batches given up, with the error and attempts in headers
 """
@@ -28,6 +30,15 @@ DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024  # RabbitMQ 3.8+ default max_message_size
 DELIVERY_LIMIT = 20  # x-delivery-limit: a net for consumers that crash while holding a batch
 HEARTBEAT_S = 30
+#: `declare_topology`'s kind for a main queue declared before single-active-consumer (it cannot
+#: be changed in place: a queue's arguments are fixed at creation)
+WITHOUT_SAC = "existing-without-sac"
+LEGACY_QUEUE_HINT = (
+    "was declared without x-single-active-consumer (by an older trempy_nb): its arguments cannot"
+    " change in place, so a second consumer would share its batches instead of waiting. Run one"
+    " consumer per task (a fleet lease does that), or stop the task, let the queue drain, delete it"
+    " (`trempy-nb drop TASK` removes the task's broker objects) and start again"
+)
 
 
 @dataclass(frozen=True)
@@ -124,11 +135,15 @@ def _server_version(conn: Any) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", text)[:3]) or (0,)
 
 
-def queue_arguments(topo: Topology, quorum: bool, at_least_once: bool) -> dict[str, Any]:
+def queue_arguments(
+    topo: Topology, quorum: bool, at_least_once: bool, single_active: bool = True
+) -> dict[str, Any]:
     args: dict[str, Any] = {
         "x-dead-letter-exchange": topo.dlx,
         "x-dead-letter-routing-key": topo.routing_key,
     }
+    if single_active:  # RabbitMQ 3.8+, classic and quorum queues
+        args["x-single-active-consumer"] = True
     if quorum:
         args |= {"x-queue-type": "quorum", "x-delivery-limit": DELIVERY_LIMIT}
         if at_least_once:
@@ -137,9 +152,9 @@ def queue_arguments(topo: Topology, quorum: bool, at_least_once: bool) -> dict[s
 
 
 def declare_topology(conn: pika.BlockingConnection, topo: Topology) -> str:
-    """Declare exchanges and queues idempotently; returns the main queue's kind ('quorum'/'classic').
-
-    A main queue that already exists with other arguments is used as it is.
+    """Declare exchanges and queues idempotently; returns the main queue's kind: 'quorum' or
+    'classic'; `WITHOUT_SAC` for one declared with today's arguments but no single active consumer
+    (see `LEGACY_QUEUE_HINT`); 'existing' for one with other arguments, used as it is.
     """
     version = _server_version(conn)
     quorum, at_least_once = version >= (3, 8), version >= (3, 10)
@@ -151,14 +166,23 @@ def declare_topology(conn: pika.BlockingConnection, topo: Topology) -> str:
     kind = "quorum" if quorum else "classic"
     try:
         ch_.queue_declare(
-            topo.queue, durable=True, arguments=queue_arguments(topo, quorum, at_least_once)
+            topo.queue, durable=True, arguments=queue_arguments(topo, quorum, at_least_once, quorum)
         )
     except pika.exceptions.ChannelClosedByBroker as exc:
         if exc.reply_code != 406:  # PRECONDITION_FAILED: exists with other arguments
             raise
         ch_ = conn.channel()
-        ch_.queue_declare(topo.queue, passive=True)
-        kind = "existing"
+        try:  # the same arguments without single-active-consumer: a queue from before the fleet
+            ch_.queue_declare(
+                topo.queue, durable=True, arguments=queue_arguments(topo, quorum, at_least_once, False)
+            )
+            kind = WITHOUT_SAC
+        except pika.exceptions.ChannelClosedByBroker as exc2:
+            if exc2.reply_code != 406:
+                raise
+            ch_ = conn.channel()
+            ch_.queue_declare(topo.queue, passive=True)
+            kind = "existing"
     ch_.queue_bind(topo.queue, topo.exchange, routing_key=topo.routing_key)
     with contextlib.suppress(Exception):
         ch_.close()
