@@ -272,6 +272,24 @@ def test_lease_expiry_takeover_and_fencing(store: MetadataStore) -> None:
     assert store.claim("t1", "both", "w1", 30).epoch == 4  # type: ignore[union-attr]  # never reset
 
 
+def test_renew_many_keeps_only_the_leases_still_held(store: MetadataStore) -> None:
+    """A keeper's round renews all its leases in one write; one taken over meanwhile reports False,
+    and a lease of an earlier incarnation of the same worker name is not extended."""
+    for name in ("a", "b", "c"):
+        store.submit(name, settings(name))
+    a = store.claim("a", "both", "w1", 0.5)
+    b = store.claim("b", "both", "w1", 30)
+    old_c = store.claim("c", "both", "w1", 0.5)  # held by an earlier process of the same name
+    assert a and b and old_c
+    assert store.renew_many("w1", []) == {}
+    taken = wait_for(lambda: store.claim("a", "both", "w2", 30))  # a expired: w2 takes it over
+    assert isinstance(taken, Lease) and taken.epoch == a.epoch + 1
+    assert store.renew_many("w1", [a, b]) == {("a", "both"): False, ("b", "both"): True}
+    # c was not in the round: it expires and is free for another worker
+    assert wait_for(lambda: store.claim("c", "both", "w3", 30)) is not None
+    assert store.renew(taken) is True  # the round left w2's lease alone
+
+
 def test_worker_names(store: MetadataStore, location: str) -> None:
     store.register_worker("w1", "host-a", 1, ["both"], 0.5)
     store.register_worker("w1", "host-a", 1, ["both"], 0.5)  # the same process again: fine

@@ -47,7 +47,9 @@ from trempy_nb.fleet.policy import (
     default_worker_name,
     lease_expired_for,
 )
+from trempy_nb.ops.slotwatch import watch_retained
 from trempy_nb.redact import mask
+from trempy_nb.store.fleet import LEASE_TTL_S
 from trempy_nb.writer.fence import Fence
 
 #: builds a runnable task from stored settings (the surface passes `Task.from_settings`)
@@ -55,7 +57,7 @@ MakeTask = Callable[[dict[str, Any]], Any]
 #: builds a (not yet started) runner for a task in a role under a fence, recording into a store
 MakeRunner = Callable[[Any, str, Fence, Any], RunnerLike]
 
-DEFAULT_TTL_S = 15.0
+DEFAULT_TTL_S = LEASE_TTL_S  # 10 s: takeover (expiry + claim + start) lands within 15 s
 DEFAULT_MAX_TASKS = 32
 DRAIN_TIMEOUT_S = 120.0
 #: an unchanged role is reported again after this long (its row's age shows it is alive)
@@ -363,22 +365,34 @@ class Worker:
 
     # the keeper thread ------------------------------------------------------------------------
     def _keep(self) -> None:
+        """Heartbeat, then renew every held lease in one store transaction (`renew_many`), every
+        ttl/3; a lease the store no longer gives this worker at its epoch is lost at once."""
         interval = self.ttl_s / RENEWALS_PER_TTL
         while not self._done.is_set():
             self._call(self.store.worker_heartbeat, self.name, self.ttl_s)
             with self._lock:
-                held = list(self.held.values())
-            for a in held:
-                if a.clock.lost:
-                    continue
-                sent = time.monotonic()
-                ok = self._call(self.store.renew, a.lease)
-                if ok is True:
+                held = [a for a in self.held.values() if not a.clock.lost]
+            sent = time.monotonic()
+            kept = self._call(self.store.renew_many, self.name, [a.lease for a in held]) if held else {}
+            for a in held if kept is not None else ():
+                if kept.get(a.key):
                     a.clock.renewed(sent)
-                elif ok is False:
+                else:
                     a.clock.lose()
                     self.say("WARNING", f"lease of epoch {a.epoch} taken over by another worker", a.task, a.role)
+            self._watch_slots(held)
             self._done.wait(interval)
+
+    def _watch_slots(self, held: list[Assignment]) -> None:
+        """Warn in the logs when a slot this worker reads from retains too much WAL
+        (`ops.slotwatch`; the figure comes from the run's own slot status, no extra query)."""
+        for a in held:
+            runner = a.runner
+            if runner is None or a.role == "consumer" or not a.clock.valid():
+                continue
+            retained = int(getattr(runner.counters, "retained_bytes", 0) or 0)
+            if retained:
+                self._call(watch_retained, self.store, a.task, retained, worker=self.name)
 
     # store calls and output -------------------------------------------------------------------
     def _store_lost(self, exc: BaseException) -> None:

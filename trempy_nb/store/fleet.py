@@ -13,6 +13,7 @@ target. Why a row and not an advisory lock: docs/fleet.md, "Leases and fencing".
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, get_args
@@ -30,7 +31,7 @@ Desired = Literal["running", "stopped"]
 Role = Literal["both", "producer", "consumer"]
 ROLES: tuple[str, ...] = get_args(Role)
 #: default lease time to live: a dead worker's task is free again at most this long after its last renewal
-LEASE_TTL_S = 15.0
+LEASE_TTL_S = 10.0
 #: a reported active state without a live lease still counts as running this long (a runner outside the fleet)
 ACTIVE_REPORT_S = 60.0
 
@@ -306,6 +307,24 @@ class FleetMixin:
                 "WHERE task = ? AND role = ? AND worker = ? AND epoch = ?",
                 (lease.ttl_s, lease.task, lease.role, lease.worker, lease.epoch),
             ).rowcount == 1
+
+    def renew_many(self, worker: str, leases: Sequence[Lease]) -> dict[tuple[str, str], bool]:
+        """Extend several leases of `worker` in one transaction (a keeper's round: one store write
+        however many tasks it holds); per (task, role), whether it is still held at its epoch."""
+        if not leases:
+            return {}
+        after = self._b.dialect.after
+        which = " OR ".join(["(task = ? AND role = ? AND epoch = ?)"] * len(leases))
+        ttl = _check_ttl(max(lease.ttl_s for lease in leases))
+        params: list[Any] = [ttl, worker]
+        for lease in leases:
+            params += [lease.task, lease.role, lease.epoch]
+        with self._b.write() as run:
+            run.execute(f"UPDATE leases SET renewed_at = clock_timestamp(), expires_at = {after} "  # noqa: S608 - placeholders only
+                        f"WHERE worker = ? AND ({which})", tuple(params))
+            held = {(str(t), str(r), int(e)) for t, r, e in
+                    run.execute("SELECT task, role, epoch FROM leases WHERE worker = ?", (worker,)).fetchall()}
+        return {(lease.task, lease.role): (lease.task, lease.role, lease.epoch) in held for lease in leases}
 
     def release(self, lease: Lease) -> None:
         """Give the lease up (the epoch stays: the next claim increments it); no-op if already taken over."""
