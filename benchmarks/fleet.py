@@ -43,6 +43,7 @@ from psycopg import sql
 from trempy_nb.db import connect
 from trempy_nb.embedded import Cluster, start_cluster
 from trempy_nb.metadata import MetadataStore
+from trempy_nb.store import LEASE_TTL_S
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -250,7 +251,7 @@ def main() -> None:
     ap.add_argument("--idle-tasks", type=int, default=20)
     ap.add_argument("--idle-seconds", type=float, default=30)
     ap.add_argument("--kills", type=int, default=20)
-    ap.add_argument("--ttl", type=float, default=15.0, help="lease ttl of the takeover part")
+    ap.add_argument("--ttl", type=float, default=LEASE_TTL_S, help="lease ttl of the takeover part (the default)")
     ap.add_argument("--changes", type=int, default=20_000, help="throughput: backlog per task")
     ap.add_argument("--workers", default="1,2,3", help="throughput: worker counts")
     args = ap.parse_args()
