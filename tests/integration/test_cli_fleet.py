@@ -4,13 +4,18 @@ PostgreSQL state store and on the SQLite default; outputs are compared with what
 from __future__ import annotations
 
 import json
+import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
-from tests.cdc_helpers import run_cli, write_settings
+from tests.cdc_helpers import drop_task, run_cli, write_settings
 from trempy_nb.embedded import Cluster
 from trempy_nb.store import ENV_VAR, MetadataStore
 
@@ -94,3 +99,41 @@ def test_unreachable_store_is_one_masked_line(trempy_home: Path) -> None:
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "state store unreachable" in lines[0] and secret not in res.stderr
     assert "u:***@127.0.0.1:1/db" in lines[0]
+
+
+def test_a_run_outside_the_fleet_shows_in_status(trempy_home: Path, tmp_path: Path, source_uri: str,
+                                                  target_uri: str) -> None:
+    """A plain `trempy-nb run` (no worker, no submit) reports itself: another process's `status`
+    shows it streaming with its host and pid and the changes it applied, then stopped after SIGTERM."""
+    with psycopg.connect(source_uri, autocommit=True) as c:
+        c.execute("CREATE TABLE public.a (id int PRIMARY KEY, v text)")
+        c.execute("INSERT INTO public.a SELECT i, 'x' FROM generate_series(1, 10) i")
+    d = {"task": {"task_name": "solo", "source": source_uri, "target": target_uri,
+                  "replication_type": "full_load_and_cdc", "interval_seconds": 0.1},
+         "tables": [{"schema_name": "public", "table_name": "a"}]}
+    path = write_settings(tmp_path / "solo.json", d)
+    proc = subprocess.Popen([sys.executable, "-m", "trempy_nb.cli", "run", str(path), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def row() -> dict[str, Any] | None:
+            res = run_cli(["status", "solo", "--json"])
+            return json.loads(res.stdout)[0] if res.returncode == 0 else None
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and ((r := row()) is None or r["state"] != "streaming"):
+            time.sleep(0.5)
+        assert r is not None and r["state"] == "streaming", r
+        assert (r["desired"], r["pid"], r["host"]) == ("running", proc.pid, socket.gethostname())
+        assert r["worker"] == f"run@{socket.gethostname()}:{proc.pid}"
+        with psycopg.connect(source_uri, autocommit=True) as c:
+            c.execute("UPDATE public.a SET v = 'y' WHERE id <= 4")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and ((r := row()) is None or r["changes_applied"] != 4):
+            time.sleep(0.5)
+        assert r is not None and r["changes_applied"] == 4, r
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    r = row()
+    assert r is not None and (r["state"], r["desired"], r["worker"]) == ("stopped", "stopped", None), r
+    drop_task(source_uri, "solo")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trempy_nb.fleet.assignment import actual_state
+from trempy_nb.engine.reporting import actual_state
 from trempy_nb.fleet.policy import (
     Backoff,
     Failures,

@@ -9,6 +9,7 @@
     progress  full-load progress (bars / lines)
     pending   frame_of_pending: a stopped task's next changes, without consuming them
     result    RunResult, and RunnableTask (what the engine needs of a task)
+    reporting StateReporter: a run outside the fleet reports its state, lag and changes to the store
 
 The engine imports transports (looked up by name in `transport.registry`),
 capture, fullload, pipeline and writer; none of them imports the engine.

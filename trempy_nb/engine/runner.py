@@ -44,6 +44,7 @@ from trempy_nb.engine import fencing
 from trempy_nb.engine.counters import Counters
 from trempy_nb.engine.lock import task_lock
 from trempy_nb.engine.progress import Progress
+from trempy_nb.engine.reporting import StateReporter
 from trempy_nb.engine.result import RunnableTask, RunResult
 from trempy_nb.errors import Fenced, SettingsError, TerminalError, TrempyError
 from trempy_nb.fullload import TableLoadResult, run_full_load
@@ -148,6 +149,8 @@ class Runner:
         prune_soon(store)  # log retention, on a thread of its own: the run never waits on it
         store.log(self.task.name, run_id, "INFO", f"run started: {kind}, role {self.role}",
                   fields={"event": "run_start", "kind": kind, "role": self.role})
+        # a fleet worker reports its fenced runs itself; any other run reports on its own
+        reporter = StateReporter(store, self.task.name, self.role, self).start() if self.fence is None else None
         try:
             self.status = "running"
             tables, changes = self._run(store, run_id)
@@ -171,6 +174,9 @@ class Runner:
                                   "seconds": round(time.perf_counter() - t0, 3)})
             except Exception:  # noqa: S110 - the original error matters more
                 pass
+        finally:
+            if reporter is not None:
+                reporter.close()
 
     def _fenced(self, error: TrempyError) -> TrempyError:
         """A fenced run that failed for another reason (its connections were evicted, its slot is

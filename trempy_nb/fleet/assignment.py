@@ -67,21 +67,3 @@ class Assignment:
 
     def up_for(self, now: float | None = None) -> float:
         return ((time.monotonic() if now is None else now) - self.started_at) if self.started_at else 0.0
-
-
-def actual_state(runner_status: str, lag_s: float, role: str = "both",
-                 catching_up_after_s: float = 30.0) -> str:
-    """The store's actual state (pending, loading, streaming, catching_up, stopped, failed) of a
-    runner's status; streaming far behind the source is `catching_up`. A consumer has no slot
-    to prepare: once running it is consuming (streaming)."""
-    if runner_status == "running" and role == "consumer":
-        runner_status = "streaming"
-    if runner_status == "full_load":
-        return "loading"
-    if runner_status == "streaming":
-        return "catching_up" if lag_s > catching_up_after_s else "streaming"
-    if runner_status in ("stopped", "succeeded"):
-        return "stopped"
-    if runner_status == "failed":
-        return "failed"
-    return "pending"

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
+from trempy_nb.engine.reporting import actual_state
 from trempy_nb.engine.runner import Runner
 from trempy_nb.errors import Fenced
 from trempy_nb.fleet.assignment import (
@@ -36,7 +37,6 @@ from trempy_nb.fleet.assignment import (
     STOP_LOST,
     Assignment,
     RunnerLike,
-    actual_state,
 )
 from trempy_nb.fleet.outage import OUTAGE_ERRORS, OutageTolerantStore
 from trempy_nb.fleet.policy import (

@@ -347,8 +347,11 @@ class FleetMixin:
         lag_bytes: int | None = None,
         lag_s: float | None = None,
         changes_applied: int | None = None,
+        host: str | None = None,
+        pid: int | None = None,
     ) -> None:
-        """Record what a task role is doing. None keeps a field's last value; error="" clears the error."""
+        """Record what a task role is doing. None keeps a field's last value; error="" clears the error.
+        `host`/`pid`: where a run outside the fleet reports from (a worker's come from its row)."""
         if state not in STATES:
             raise SettingsError(f"task state must be one of {', '.join(STATES)}, not {state!r}")
         if role not in ROLES:
@@ -356,8 +359,9 @@ class FleetMixin:
         text = None if error is None else mask(error).strip()
         with self._b.write() as run:
             run.execute(
-                "INSERT INTO task_state (task, role, state, worker, error, lag_bytes, lag_s, changes_applied, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, clock_timestamp()) ON CONFLICT (task, role) DO UPDATE SET "
+                "INSERT INTO task_state (task, role, state, worker, error, lag_bytes, lag_s, changes_applied, host, pid,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, clock_timestamp()) ON CONFLICT (task, role) DO UPDATE SET "
+                "host = COALESCE(excluded.host, task_state.host), pid = COALESCE(excluded.pid, task_state.pid), "
                 "state = excluded.state, worker = COALESCE(excluded.worker, task_state.worker), "
                 "error = CASE WHEN ? THEN NULL ELSE COALESCE(excluded.error, task_state.error) END, "
                 "lag_bytes = COALESCE(excluded.lag_bytes, task_state.lag_bytes), "
@@ -369,6 +373,7 @@ class FleetMixin:
                     None if lag_bytes is None else int(lag_bytes),
                     None if lag_s is None else float(lag_s),
                     None if changes_applied is None else int(changes_applied),
+                    host, None if pid is None else int(pid),
                     text == "",
                 ),
             )
@@ -391,7 +396,7 @@ class FleetMixin:
             states = {
                 (r[0], r[1]): r
                 for r in run.execute(
-                    "SELECT task, role, state, worker, error, lag_bytes, lag_s, changes_applied, updated_at "  # noqa: S608
+                    "SELECT task, role, state, worker, error, lag_bytes, lag_s, changes_applied, updated_at, host, pid "  # noqa: S608
                     f"FROM task_state {by_task}",
                     params,
                 ).fetchall()
@@ -399,11 +404,18 @@ class FleetMixin:
             workers = {
                 r[0]: r for r in run.execute("SELECT name, host, pid, heartbeat_at FROM workers").fetchall()
             }
+        # a task run outside the store's tasks (a settings file run from the CLI or a notebook)
+        # shows while it reports: wanted running while its last report is active
+        stored = {t[0] for t in tasks}
+        for task in sorted({t for t, _ in states} - stored):
+            active = any(st[2] in ACTIVE_STATES for (t, _), st in states.items() if t == task)
+            tasks.append((task, "running" if active else "stopped", None, 0))
+        tasks.sort(key=lambda t: str(t[0]))
         if name and not tasks:
             raise self._unknown(name)
         out = []
         for task, desired, text, version in tasks:
-            roles = roles_of(json.loads(text))
+            roles = roles_of(json.loads(text)) if text is not None else []
             roles += sorted({r for t, r in (*leases, *states) if t == task and r not in roles})
             for role in roles:
                 lease, st = leases.get((task, role)), states.get((task, role))
@@ -418,8 +430,8 @@ class FleetMixin:
                     "desired": desired,
                     "state": state,
                     "worker": owner,
-                    "host": w[1] if w else None,
-                    "pid": int(w[2]) if w else None,
+                    "host": w[1] if w else (st[9] if st and owner else None),
+                    "pid": int(w[2]) if w else (int(st[10]) if st and owner and st[10] is not None else None),
                     "heartbeat_age_s": _age(now, w[3]) if w else (_age(now, lease[4]) if live and lease else None),
                     "lag_bytes": None if not st or st[5] is None else int(st[5]),
                     "lag_s": None if not st or st[6] is None else float(st[6]),

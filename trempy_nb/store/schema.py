@@ -51,7 +51,7 @@ LOG_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 5
 #: 1: tasks, runs, stats, logs, errors, dead letters, targets; 2: errors."key";
 #: 3: logs "table"/worker/fields, desired state, task_state, workers, leases, takeovers;
 #: 4: per-table lifecycle: table_requests, table_state, table_diffs (`store.lifecycle`)
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -309,6 +309,8 @@ MIGRATIONS: tuple[Step, ...] = (
         ),
     ),
     Step(4, V4),
+    # where a run outside the fleet (a notebook, a CLI process) reports from: its host and pid
+    Step(5, columns=(("task_state", "host", "TEXT"), ("task_state", "pid", "{int}"))),
 )
 
 _S = pl.String
