@@ -135,7 +135,7 @@ def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
 
 
 # subcommands that live with their feature (`add_parser(subparsers)` + `run(args)`)
-PLUGINS = (("ai", "trempy_nb.ai.cli"), ("diff", "trempy_nb.reconcile.cli"), ("notebook", "trempy_nb.notebook.cli"), ("connect", "trempy_nb.connections_cli"),
+PLUGINS = (("ai", "trempy_nb.ai.cli"), ("diff", "trempy_nb.diff_cli"), ("notebook", "trempy_nb.notebook.cli"), ("connect", "trempy_nb.connections_cli"),
            ("worker", "trempy_nb.worker_cli"))
 
 
