@@ -30,7 +30,9 @@ CHILD = """
 import resource, sys
 from trempy_nb.cli import main
 code = main(sys.argv[1:])
-print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+use = resource.getrusage(resource.RUSAGE_SELF)
+print("MAXRSS_KB", use.ru_maxrss, file=sys.stderr)
+print("CPU_S", use.ru_utime + use.ru_stime, file=sys.stderr)
 sys.exit(code)
 """
 
@@ -51,3 +53,15 @@ def run_child(args: list[str], env: dict[str, str]) -> tuple[float, int]:
     """`trempy-nb ARGS` as a whole process: (seconds, peak RSS in KB)."""
     secs, rss, _ = timed([sys.executable, "-c", CHILD, *args], env)
     return secs, rss
+
+
+def run_child_cpu(args: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """`trempy-nb ARGS` as a whole process: (wall seconds, CPU seconds of the process itself:
+    its own time, without the servers' work it waits for)."""
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-c", CHILD, *args], env=env, capture_output=True, text=True)
+    secs = time.perf_counter() - t0
+    if res.returncode != 0:
+        sys.exit(f"command failed ({res.returncode}): {args[:2]}\n{res.stderr[-3000:]}")
+    cpu = next((float(line.split()[1]) for line in res.stderr.splitlines() if line.startswith("CPU_S")), 0.0)
+    return secs, cpu
