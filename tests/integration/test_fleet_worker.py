@@ -203,19 +203,43 @@ def test_stop_drains_the_task_and_submit_resumes_it(fleet: Fleet, tmp_path: Path
     assert w.terminate() == 0
 
 
-def test_metrics_port_serves_the_store_and_a_taken_port_exits_1(fleet: Fleet) -> None:
+def test_metrics_port_serves_the_store_and_a_taken_port_exits_1(fleet: Fleet, tmp_path: Path) -> None:
+    """`worker --metrics-port`: scraped over HTTP while the worker applies a task's changes, the
+    applied-changes counter grows by exactly the updates committed; a taken port exits 1."""
+    import json
     import urllib.request
 
     from trempy_nb.embedded import free_port
 
+    src = fleet.uris["FLEET_SRC"]
+    load = UpdateLoad(src, ["m0"], rows=10)
+    task = f"metrics_{uuid.uuid4().hex[:6]}"
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps(scd2_task(task, "m0")))
+    env = {"TREMPY_METADATA_URL": fleet.store_url, **fleet.uris}
+    assert _cli("submit", str(path), env=env).returncode == 0
     port = free_port()
     w = WorkerProc(fleet, "w_metrics", ttl=5, extra_args=["--metrics-port", str(port)])
     store = fleet.store()
-    wait_for(lambda: "w_metrics" in {x["name"] for x in store.workers() if x["alive"]}, 60, "the worker",
-             fleet.logs)
-    text = wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode(),
-                    30, "/metrics", fleet.logs)
-    assert "trempy_takeovers_total" in text
+    wait_for(lambda: all_streaming(store, [task], {w.name}), 90, "the task streaming", fleet.logs)
+
+    def applied() -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert "trempy_takeovers_total" in text
+        # an SCD2 update closes one version and opens one: count the opened versions
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("trempy_changes_applied_total{") and f'task="{task}"' in line
+                   and 'op="scd2 open"' in line)
+
+    before = wait_for(lambda: (v := applied()) is not None and (v,), 30, "/metrics", fleet.logs)[0]
+    load.start(rate=50)
+    time.sleep(1.5)
+    load.stop()
+    updates = sum(load.committed.values())
+    assert updates > 0
+    seen: list[float] = []
+    wait_for(lambda: seen.append(applied() - before) or seen[-1] == updates, 60,
+             f"the counter grown by {updates}", lambda: f"grown by {seen[-3:]}\n" + fleet.logs())
     res = _cli("worker", "--name", "w_other", "--metrics-port", str(port),
                env={"TREMPY_METADATA_URL": fleet.store_url})
     assert res.returncode == 1 and str(port) in res.stderr and res.stderr.count("\n") == 1, res.stderr

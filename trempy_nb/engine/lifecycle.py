@@ -34,6 +34,7 @@ import contextlib
 import io
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -62,8 +63,12 @@ from trempy_nb.writer.apply import TableApply
 from trempy_nb.writer.dialect import TargetDialect
 from trempy_nb.writer.fence import Fence
 
-#: how often the owner looks for new requests (s): one indexed query each time
+#: how often the owner looks for new requests (s): one indexed query each time. Idle, every
+#: POLL_IDLE_S (a worker holding 20 idle tasks would otherwise query its store 20 times a second);
+#: every POLL_S while a request or a load is under way, and for a minute after one
 POLL_S = 1.0
+POLL_IDLE_S = 5.0
+BUSY_FOR_S = 60.0
 #: held changes are replayed in groups of up to about this many bytes of held frames (one target
 #: transaction each): consecutive parts of one source shape
 DRAIN_BYTES = 32 << 20
@@ -172,19 +177,23 @@ class TableLifecycle:
             self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        while not self._halt.wait(POLL_S):
+        busy_until = 0.0
+        while not self._halt.wait(POLL_S if time.monotonic() < busy_until or self._loads else POLL_IDLE_S):
             try:
-                self.tick()
+                if self.tick():
+                    busy_until = time.monotonic() + BUSY_FOR_S
             except Exception as exc:  # a broken store or target: logged, the next poll retries
                 self._log("WARNING", f"table lifecycle: {type(exc).__name__}: {exc}")
 
-    def tick(self) -> None:
-        """One poll: finish the loads that are done, take up new requests."""
+    def tick(self) -> bool:
+        """One poll: finish the loads that are done, take up new requests; whether there was any."""
+        busy = bool(self._loads)
         for key, load in list(self._loads.items()):
             if load.done.is_set():
                 with self.lock:
                     self._finish_load(key, load)
         for req in self.store.open_table_requests(self.task):
+            busy = True
             key = parse_table(req["table"])
             if key in self._loads:
                 continue  # loading: finished above once its thread is done
@@ -193,6 +202,7 @@ class TableLifecycle:
                     self._process(req, key)
                 except Exception as exc:
                     self._fail(req, key, exc)
+        return busy
 
     # the applier's side --------------------------------------------------------------------
     @contextlib.contextmanager

@@ -62,6 +62,8 @@ DEFAULT_MAX_TASKS = 32
 DRAIN_TIMEOUT_S = 120.0
 #: an unchanged role is reported again after this long (its row's age shows it is alive)
 REPORT_IDLE_S = 15.0
+#: how often the worker asks the store for claimable tasks (s)
+CLAIM_EVERY_S = 1.0
 
 
 def engine_runner(task: Any, role: str, fence: Fence, store: Any) -> RunnerLike:
@@ -107,6 +109,7 @@ class Worker:
         self._status_rows: list[dict[str, Any]] = []
         self._last_report = 0.0
         self._seen_claimable: dict[tuple[str, str], float] = {}
+        self._next_claim = 0.0
         self._applied_before: dict[tuple[str, str], int] = {}
         #: what the runs record into: the store, riding out its outages (fleet.outage)
         self.run_store = OutageTolerantStore(store, on_outage=self._store_lost)
@@ -287,6 +290,10 @@ class Worker:
     def _claim(self) -> None:
         if len(self.held) >= self.max_tasks:
             return
+        now = time.monotonic()
+        if now < self._next_claim:  # at most once a second: idle, the store is asked little
+            return
+        self._next_claim = now + CLAIM_EVERY_S
         pairs = self._call(self.store.claimable, list(self.roles))
         if not pairs:
             self._seen_claimable.clear()

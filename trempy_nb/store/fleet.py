@@ -12,6 +12,7 @@ target. Why a row and not an advisory lock: docs/fleet.md, "Leases and fencing".
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,6 +51,13 @@ class Lease:
     ttl_s: float
     previous_worker: str | None = None
     previous_age_s: float | None = None
+
+
+@functools.lru_cache(maxsize=1024)
+def _roles_of_text(text: str) -> tuple[str, ...]:
+    """`roles_of` a stored settings document, parsed once per distinct text (workers ask every
+    second or so for every desired-running task)."""
+    return tuple(roles_of(json.loads(text)))
 
 
 def roles_of(settings: dict[str, Any]) -> list[str]:
@@ -263,7 +271,7 @@ class FleetMixin:
             }
         out = []
         for name, text in tasks:
-            for role in roles_of(json.loads(text)):
+            for role in _roles_of_text(text):
                 if role in roles and (name, role) not in held:
                     out.append((name, role))
         return out
@@ -415,7 +423,7 @@ class FleetMixin:
             raise self._unknown(name)
         out = []
         for task, desired, text, version in tasks:
-            roles = roles_of(json.loads(text)) if text is not None else []
+            roles = list(_roles_of_text(text)) if text is not None else []
             roles += sorted({r for t, r in (*leases, *states) if t == task and r not in roles})
             for role in roles:
                 lease, st = leases.get((task, role)), states.get((task, role))
