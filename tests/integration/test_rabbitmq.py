@@ -639,17 +639,18 @@ def test_single_active_consumer_standby_takes_over_in_order(task_name: str) -> N
         pub = rmq.connect_blocking()
         try:
             ch = pub.channel()
+            ch.confirm_delivery()  # each publish confirmed: all five are on the queue before we wait
             for i in range(5):
                 ch.basic_publish(topo.exchange, topo.routing_key, str(i).encode())
         finally:
             pub.close()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while len(got["a"]) < 5 and time.monotonic() < deadline:
             for conn in conns.values():
                 conn.process_data_events(time_limit=0.1)
         assert got == {"a": [b"0", b"1", b"2", b"3", b"4"], "b": []}
         conns["a"].close()  # the active consumer dies with its 5 messages unacked
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while len(got["b"]) < 5 and time.monotonic() < deadline:
             conns["b"].process_data_events(time_limit=0.1)
         assert got["b"] == [b"0", b"1", b"2", b"3", b"4"]
