@@ -24,6 +24,7 @@ from trempy_nb.writer import (
     write_checkpoint,
 )
 from trempy_nb.writer.ddl import TargetSpec, ensure_target
+from trempy_nb.writer.state import read_slot_lsn, record_slot_lsn
 
 T0 = datetime(2024, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 STOP = ErrorHandling()
@@ -396,6 +397,22 @@ def test_non_row_error_stops_with_terminal_error(conn: psycopg.Connection) -> No
 
 
 # --- names, size, checkpoint API --------------------------------------------------------------
+
+
+def test_slot_lsn_record_without_waiting_for_a_busy_apply(conn: psycopg.Connection, target_uri: str) -> None:
+    """wait=False: while an apply holds the checkpoint row, nothing is written and False comes
+    back at once (the reader confirms later); otherwise the same as a waiting record."""
+    write_checkpoint(conn, "r", 100)
+    assert record_slot_lsn(conn, "r", 150, wait=False) is True
+    assert read_slot_lsn(conn, "r") == 150
+    with connect(target_uri) as apply_conn:  # an apply's transaction: the row FOR UPDATE
+        assert read_checkpoint(apply_conn, "r", for_update=True) == 100
+        assert record_slot_lsn(conn, "r", 200, wait=False) is False
+        assert read_slot_lsn(conn, "r") == 150
+        apply_conn.rollback()
+    assert record_slot_lsn(conn, "r", 200, wait=False) is True
+    assert record_slot_lsn(conn, "r", 180, wait=False) is True  # never moves back
+    assert read_slot_lsn(conn, "r") == 200
 
 
 @pytest.mark.parametrize("mode", ["upsert", "scd2"])

@@ -51,8 +51,8 @@ class TargetDialect:
     read_checkpoint: Callable[[Any, str], int | None]
     write_checkpoint: Callable[[Any, str, int], None]
     reset_checkpoint: Callable[[Any, str], None]
-    #: (conn, task, lsn, *, fence=None)
-    record_slot_lsn: Callable[..., None]
+    #: (conn, task, lsn, *, fence=None, wait=True) -> recorded (False: wait=False and the row is busy)
+    record_slot_lsn: Callable[..., bool]
     read_slot_lsn: Callable[[Any, str], int]
     record_shapes: Callable[[Any, str, dict[tuple[str, str], Shape]], None]
     read_shapes: Callable[[Any, str], dict[tuple[str, str], Shape]]

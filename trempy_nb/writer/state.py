@@ -265,6 +265,12 @@ def claim_target(conn: psycopg.Connection, key: str, epoch: int) -> None:
 _SLOT_LSN_SET = sql.SQL(
     "UPDATE {}.checkpoints SET slot_lsn = GREATEST(COALESCE(slot_lsn, 0), %s) WHERE task = %s"
 ).format(_S)
+# the same, unless the apply holds the row (its transaction locks it FOR UPDATE): then no row
+# (SKIP LOCKED, not NOWAIT: no ERROR in the target's log for every busy try)
+_SLOT_LSN_SET_NOWAIT = sql.SQL(
+    "UPDATE {0}.checkpoints SET slot_lsn = GREATEST(COALESCE(slot_lsn, 0), %s) WHERE task = %s"
+    " AND task IN (SELECT task FROM {0}.checkpoints WHERE task = %s FOR NO KEY UPDATE SKIP LOCKED)"
+).format(_S)
 _SLOT_LSN_GET = sql.SQL("SELECT slot_lsn FROM {}.checkpoints WHERE task = %s").format(_S)
 _SHAPE_SET = sql.SQL(
     "INSERT INTO {}.source_shapes (task, schema_name, table_name, columns) VALUES (%s, %s, %s, %s)"
@@ -284,15 +290,20 @@ _LOADED = sql.SQL(
 Shape = list[tuple[str, str]]  # [(column, pg_type), ...] in source order
 
 
-def record_slot_lsn(conn: psycopg.Connection, task: str, lsn: int, *, fence: Fence | None = None) -> None:
+def record_slot_lsn(conn: psycopg.Connection, task: str, lsn: int, *, fence: Fence | None = None,
+                    wait: bool = True) -> bool:
     """The slot is about to be confirmed up to `lsn` (never moves back). With a fence, in a
-    transaction of its own that checks it (the connection is in autocommit)."""
+    transaction of its own that checks it (the connection is in autocommit).
+
+    `wait=False`: False, nothing written, when the row is locked, i.e. a batch is being applied
+    (its transaction holds the row until it commits), or missing: the caller confirms later
+    instead of waiting out that whole apply. True once recorded."""
+    stmt, args = (_SLOT_LSN_SET, (int(lsn), task)) if wait else (_SLOT_LSN_SET_NOWAIT, (int(lsn), task, task))
     if fence is None:
-        conn.execute(_SLOT_LSN_SET, (int(lsn), task))
-        return
+        return conn.execute(stmt, args).rowcount > 0 or wait
     with conn.transaction():
         check_fence(conn, fence, task)
-        conn.execute(_SLOT_LSN_SET, (int(lsn), task))
+        return conn.execute(stmt, args).rowcount > 0 or wait
 
 
 def read_slot_lsn(conn: psycopg.Connection, task: str) -> int:

@@ -27,9 +27,10 @@ def _db(conn: Any, database: str | None) -> str:
 
 
 def record_slot_lsn(conn: Any, task: str, lsn: int, *, database: str | None = None,
-                    fence: Fence | None = None) -> None:
+                    fence: Fence | None = None, wait: bool = True) -> bool:
     """The slot is about to be confirmed up to `lsn` (never moves back). With a fence, in a
-    transaction of its own that checks it."""
+    transaction of its own that checks it. Always waits for the row (`wait` is the PostgreSQL
+    dialect's: there a busy apply holds it); True once recorded."""
     if fence is not None:
         conn.begin()
     try:
@@ -39,6 +40,7 @@ def record_slot_lsn(conn: Any, task: str, lsn: int, *, database: str | None = No
                     " SET slot_lsn = GREATEST(COALESCE(slot_lsn, 0), %s) WHERE task = %s", (int(lsn), task))
         if fence is not None:
             conn.commit()
+        return True
     except BaseException:
         if fence is not None:
             with contextlib.suppress(Exception):
