@@ -12,7 +12,7 @@ import pytest
 
 from trempy_nb.errors import TransientError
 from trempy_nb.transport.base import CatchUp
-from trempy_nb.transport.local import _CAUGHT_UP, _STOPPED, _ReadAhead, _ReaderContext
+from trempy_nb.transport.local import _CAUGHT_UP, _ReadAhead, _ReaderContext
 
 
 class FakeReader:
@@ -105,14 +105,3 @@ def test_advance_error_reaches_the_caller_on_close() -> None:
     ahead.confirm(5)
     with pytest.raises(TransientError, match="advance failed"):
         ahead.close(drain=True, raise_errors=True)
-
-
-def test_stop_without_a_bound_is_handed_over() -> None:
-    """The applying thread learns of a stop from the reader thread (it need not poll for it)."""
-    reader = FakeReader([])
-    session = _session(catch_up=None)
-    ahead = _ReadAhead(session, reader, deque())
-    session.stop.set()
-    assert _next(ahead) is _STOPPED
-    ahead.close(drain=True, raise_errors=True)
-    assert reader.closed

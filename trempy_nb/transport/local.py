@@ -42,12 +42,6 @@ from trempy_nb.transport.base import (
 )
 from trempy_nb.writer import errorpolicy as policy
 
-#: how long the applying thread waits for the first item, then for each item while idle (s): it
-#: only marks the run streaming meanwhile; the reader thread hands over a batch, the catch-up end
-#: or the stop as it comes, so a longer wait costs no latency (20 idle tasks woke 40 times a second)
-FIRST_WAIT_S = 0.5
-IDLE_WAIT_S = 2.0
-
 
 class LocalTransport:
     """Both sides in one process; a producer or consumer alone makes no sense here."""
@@ -68,18 +62,16 @@ class LocalTransport:
         applied = 0
         last_stats = 0.0
         failures = 0
-        wait = FIRST_WAIT_S
         try:
             while True:
                 if ctx.stopping():
                     break
                 try:
-                    item = ahead.get(timeout=wait)  # re-raises the reader thread's error
-                    if isinstance(item, _CaughtUp | _Stopped):
+                    item = ahead.get(timeout=0.5)  # re-raises the reader thread's error
+                    if isinstance(item, _CaughtUp):
                         break
                     if item is None:  # idle (or nothing yet): the reader thread heartbeats
                         hooks.status("streaming")
-                        wait = IDLE_WAIT_S
                         continue
                     applied += sink.put(item, _after_commit(ahead))
                     failures = 0
@@ -127,19 +119,12 @@ class _CaughtUp:
 _CAUGHT_UP = _CaughtUp()
 
 
-class _Stopped:
-    """Read-ahead item: the run was asked to stop (no catch-up bound): the reader thread ended."""
-
-
-_STOPPED = _Stopped()
-
-
 @dataclass
 class _Failed:
     error: BaseException
 
 
-_Item = ChangeBatch | _CaughtUp | _Stopped | _Failed
+_Item = ChangeBatch | _CaughtUp | _Failed
 
 
 class _ReadAhead:
@@ -150,8 +135,7 @@ class _ReadAhead:
     the server (a peek decodes the WAL again from the slot's restart_lsn, so
     both are paid once per window), reads the next batch while the current one
     is applied, and hands it over a bounded queue (one batch ahead). Idle, it
-    heartbeats; caught up, it hands over `_CAUGHT_UP`, asked to stop `_STOPPED` (so the
-    applying thread need not poll for a stop). Its error is handed over
+    heartbeats; caught up, it hands over `_CAUGHT_UP`. Its error is handed over
     like an item, so `get` raises it in the applying thread (never swallowed).
     `close` stops and joins it, then makes the last advances from the calling
     thread.
@@ -171,9 +155,8 @@ class _ReadAhead:
         self._thread.start()
 
     # applying thread ------------------------------------------------------------------
-    def get(self, timeout: float) -> ChangeBatch | _CaughtUp | _Stopped | None:
-        """The next batch, `_CAUGHT_UP`, `_STOPPED`, or None (nothing within `timeout`); raises the
-        reader's error."""
+    def get(self, timeout: float) -> ChangeBatch | _CaughtUp | None:
+        """The next batch, `_CAUGHT_UP`, or None (nothing within `timeout`); raises the reader's error."""
         try:
             item = self._items.get(timeout=timeout)
         except queue.Empty:
@@ -242,7 +225,6 @@ class _ReadAhead:
                 if not self.reader.has_buffered(until.target):
                     self._drain()  # the next read peeks: advance first, so it re-reads less
                 if ctx.stop.is_set() and until.target is None:
-                    self._put(_STOPPED)
                     return
                 batch = self.reader.read_batch(upto_lsn=until.target)
                 if batch is not None:
