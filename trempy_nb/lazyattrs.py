@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from types import ModuleType
 
 
 def lazy_getattr(package: str, names: dict[str, str]) -> Callable[[str], object]:
@@ -20,3 +21,18 @@ def lazy_getattr(package: str, names: dict[str, str]) -> Callable[[str], object]
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     return __getattr__
+
+
+def lazy_module(name: str) -> ModuleType:
+    """A stand-in for module `name` that imports it at the first attribute used (then keeps each
+    attribute it looked up): for a heavy module that only some runs reach, e.g. the numpy-backed
+    row framing in a run that receives no row. Type checkers see the real module through an
+    `if TYPE_CHECKING` import."""
+
+    class _Deferred(ModuleType):
+        def __getattr__(self, attr: str) -> object:
+            value = getattr(importlib.import_module(name), attr)
+            setattr(self, attr, value)
+            return value
+
+    return _Deferred(name)

@@ -674,6 +674,14 @@ def test_cli_until_caught_up_and_drop(
     )
     assert res.returncode == 0, res.stderr
     assert_upsert_target(target_uri, "public.t", expected_upsert(source_uri))
+    # nothing left to catch up: the run sees only its beacon, and never loads the row framing
+    idle = subprocess.run(
+        [sys.executable, "-c", "import sys; from trempy_nb.cli import main; code = main(sys.argv[1:]);"
+         " print(sorted({'numpy', 'pyarrow'} & set(sys.modules))); sys.exit(code)",
+         "run", str(path), "--until-caught-up", "-q"],
+        capture_output=True, text=True, env={**os.environ, **env}, timeout=120)
+    assert idle.returncode == 0 and idle.stdout.strip().endswith("[]"), idle.stdout + idle.stderr
+    assert_upsert_target(target_uri, "public.t", expected_upsert(source_uri))
     assert slots(source_uri) == [f"trempy_{task_name}"] and publications(source_uri) == [
         f"trempy_{task_name}"
     ]

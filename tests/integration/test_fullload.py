@@ -382,3 +382,71 @@ def test_cli_exit_codes_and_no_password(source_uri: str, target_uri: str, trempy
     assert pg_cluster.password not in res.stderr + res.stdout
     res = _cli("schema", env_home=trempy_home)
     assert res.returncode == 0 and json.loads(res.stdout)["title"]
+
+
+INDEXED_SQL = """
+CREATE SCHEMA shop;
+CREATE TABLE shop.items (id integer PRIMARY KEY, code text, v integer, note text);
+INSERT INTO shop.items SELECT i, 'c' || i, i % 7, 'n' || i FROM generate_series(1, 500) i;
+"""
+
+TARGET_INDEXES_SQL = """
+CREATE SCHEMA shop;
+CREATE TABLE shop.items (id integer, code text, v integer, note text, parent_note text,
+                         CONSTRAINT items_pk PRIMARY KEY (id) INCLUDE (v),
+                         CONSTRAINT "items ""code""; uq" UNIQUE (code));
+CREATE INDEX items_v_partial ON shop.items (v) WHERE v > 3;
+CREATE INDEX items_lower_note ON shop.items (lower(note));
+CREATE UNIQUE INDEX items_note_uq ON shop.items (note);
+ALTER TABLE shop.items ADD FOREIGN KEY (parent_note) REFERENCES shop.items (note);
+CREATE INDEX items_commented ON shop.items (v, id);
+COMMENT ON INDEX shop.items_commented IS 'kept as it is';
+CREATE INDEX items_clustered ON shop.items (code, v);
+ALTER TABLE shop.items CLUSTER ON items_clustered;
+INSERT INTO shop.items VALUES (9999, 'old', 1, 'old row', NULL);
+"""
+
+INDEX_CATALOG = """
+SELECT ic.relname, ic.oid, pg_get_indexdef(i.indexrelid), pg_get_constraintdef(c.oid), i.indisclustered,
+       obj_description(i.indexrelid, 'pg_class')
+FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.contype IN ('p', 'u')
+WHERE i.indrelid = 'shop.items'::regclass ORDER BY 1
+"""
+
+
+def test_existing_target_gets_its_indexes_back_exactly(source_uri: str, target_uri: str, trempy_home: Path) -> None:
+    """Into an existing table the load empties, the indexes it can rebuild exactly are set aside and
+    rebuilt after the rows are in (one sort): same names and definitions, new relations; those it
+    cannot (a foreign key's, a commented one, the CLUSTER index) stay in place untouched."""
+    _exec(source_uri, INDEXED_SQL)
+    _exec(target_uri, TARGET_INDEXES_SQL)
+    before = {r[0]: r for r in _rows(target_uri, INDEX_CATALOG)}
+    result = Task.from_settings(_settings(source_uri, target_uri, [("shop", "items")])).run(progress=False)
+    assert result.tables[0].path == "passthrough" and result.tables[0].rows_written == 500
+    after = {r[0]: r for r in _rows(target_uri, INDEX_CATALOG)}
+    assert sorted(after) == sorted(before)
+    for name, row in before.items():
+        assert after[name][2:] == row[2:], name  # definition, constraint, CLUSTER mark, comment
+    rebuilt = {n for n in before if after[n][1] != before[n][1]}
+    assert rebuilt == {"items_pk", 'items "code"; uq', "items_v_partial", "items_lower_note"}
+    assert _rows(target_uri, "SELECT count(*), min(id), max(id) FROM shop.items") == [(500, 1, 500)]
+    with pytest.raises(psycopg.errors.UniqueViolation):  # the keys hold again
+        _exec(target_uri, "INSERT INTO shop.items VALUES (1, 'new', 1, 'new', NULL)")
+
+
+def test_a_rebuilt_index_that_finds_a_duplicate_falls_back_to_row_isolation(
+        source_uri: str, target_uri: str, trempy_home: Path) -> None:
+    """The target's unique index refuses a source duplicate only when rebuilt: the table is redone
+    with its indexes in place, where the error policy records the row and the rest lands."""
+    _exec(source_uri, INDEXED_SQL + "UPDATE shop.items SET code = 'c1' WHERE id = 2;")
+    _exec(target_uri, "CREATE SCHEMA shop; CREATE TABLE shop.items (id integer PRIMARY KEY, code text UNIQUE,"
+                      " v integer, note text)")
+    doc = _settings(source_uri, target_uri, [("shop", "items")])
+    doc["error_handling"] = {"stop_if_insert_error": False}
+    task = Task.from_settings(doc)
+    result = task.run(progress=False)
+    assert result.tables[0].rows_failed == 1 and result.tables[0].rows_written == 499
+    assert _rows(target_uri, "SELECT count(*) FROM shop.items") == [(499,)]
+    assert "duplicate key" in task.errors()["error"][0]
+    assert _rows(target_uri, "SELECT count(*) FROM pg_indexes WHERE schemaname = 'shop'") == [(2,)]

@@ -21,6 +21,7 @@ from trempy_nb.capture import tuples as tp
 from trempy_nb.capture import walproto
 from trempy_nb.capture.batching import pick
 from trempy_nb.capture.inbox import Inbox
+from trempy_nb.capture.msgwindow import MessageWindow
 from trempy_nb.capture.peek import PeekWindows
 from trempy_nb.capture.pgoutput import Begin, Commit, LogicalMessage, Relation, decode
 from trempy_nb.capture.positions import Consumed, Ledger
@@ -104,6 +105,23 @@ def test_inbox_notes_whole_units_and_keeps_the_rest() -> None:
     rest = box.take(box.units[-1][0])
     assert [rest.message(i) for i in range(len(rest))] == PAYLOADS[11:]
     assert len(box) == 0 and box.units == []
+
+
+def test_a_window_without_rows_needs_no_numpy() -> None:
+    """Heartbeats alone (what an idle stream delivers) make a `MessageWindow`, whose structure
+    is what a `tuples.Window` of the same bytes would give; a row makes a `tuples.Window`."""
+    box = Inbox()
+    box.add(PAYLOADS[11])  # the heartbeat
+    assert box.units == [(1, HEARTBEAT.lsn)]
+    light = box.take(1)
+    assert isinstance(light, MessageWindow) and len(light) == 1 and light.offs == [0, len(PAYLOADS[11])]
+    assert light.structure == tp.Window([PAYLOADS[11]]).structure == [(0, HEARTBEAT)]
+    picked = pick(light, {}, budget=100)
+    assert not picked.selection.txns and picked.progressed  # consumed as a no-op
+    for p in PAYLOADS[:6]:  # a transaction with rows
+        box.add(p)
+    assert isinstance(box.take(6), tp.Window)
+    assert isinstance(box.take(0), MessageWindow)  # nothing whole yet
 
 
 # -- batching + rowframes -------------------------------------------------------------------------

@@ -20,15 +20,18 @@ row messages are counted, not read. The pass decides, with no I/O:
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from trempy_nb.capture import tuples as tp
+from trempy_nb.capture.msgwindow import MessageWindow
 from trempy_nb.capture.pgoutput import Begin, Commit, LogicalMessage, Message, Relation, Truncate
 from trempy_nb.capture.positions import Consumed
 from trempy_nb.errors import TerminalError
+
+if TYPE_CHECKING:  # no numpy here: an idle run's windows (`MessageWindow`) never load it
+    from trempy_nb.capture import tuples as tp
 
 __all__ = ["Txn", "Selection", "Picked", "Resume", "pick"]
 
@@ -87,7 +90,7 @@ def epoch_us(ts: datetime) -> int:
 
 
 def pick(
-    win: tp.Window,
+    win: tp.Window | MessageWindow,
     rels: dict[int, Relation],
     *,
     start: int = 0,
@@ -188,14 +191,16 @@ def _note_relations(body: list[tuple[int, Message]], rels: dict[int, Relation]) 
 
 
 def _shape_conflict(
-    win: tp.Window, sel: Selection, body: list[tuple[int, Message]], begin: int
+    win: tp.Window | MessageWindow, sel: Selection, body: list[tuple[int, Message]], begin: int
 ) -> bool:
     """A Relation in this transaction gives a table of the batch a new shape."""
+    if isinstance(win, MessageWindow):
+        return False  # no row in the window: no batch to conflict with
     for _, b in body:
         if not isinstance(b, Relation):
             continue
-        a = int(np.searchsorted(win.row_idx, sel.lo))
-        z = int(np.searchsorted(win.row_idx, begin))
+        a = bisect_left(win.row_idx, sel.lo)
+        z = bisect_left(win.row_idx, begin)
         rows = win.row_idx[a:z][win.row_oid[a:z] == b.oid]
         used = [int(rows[-1])] if len(rows) else []
         used += [idx for idx, oids, _ in sel.truncates if b.oid in oids]

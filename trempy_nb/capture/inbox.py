@@ -12,8 +12,15 @@ from __future__ import annotations
 
 import struct
 import time
+from typing import TYPE_CHECKING
 
-from trempy_nb.capture import tuples as tp
+from trempy_nb.capture.msgwindow import MessageWindow
+from trempy_nb.lazyattrs import lazy_module
+
+if TYPE_CHECKING:
+    from trempy_nb.capture import tuples as tp
+else:
+    tp = lazy_module("trempy_nb.capture.tuples")  # numpy: loaded with the first row
 
 __all__ = ["Inbox"]
 
@@ -63,12 +70,14 @@ class Inbox:
         start = self._ends[end - 2] if end > 1 else 0
         return self._buf[start] == 77  # 'M'
 
-    def take(self, n: int) -> tp.Window:
-        """The first `n` messages (the end of a whole unit, or 0) as a window; the rest stays."""
+    def take(self, n: int) -> tp.Window | MessageWindow:
+        """The first `n` messages (the end of a whole unit, or 0) as a window; the rest stays.
+        Without a row among them (idle: heartbeats, a beacon) a `MessageWindow`, no numpy."""
         nbytes = self._ends[n - 1] if n else 0
         buf, self._buf = self._buf, bytearray(memoryview(self._buf)[nbytes:])  # the rest
         del buf[nbytes:]  # the window keeps the received buffer itself: no copy of it
-        win = tp.Window.from_buffer(buf, self._ends[:n])
+        ends = self._ends[:n]
+        win = MessageWindow(buf, ends) if MessageWindow.fits(buf, ends) else tp.Window.from_buffer(buf, ends)
         self._ends = [e - nbytes for e in self._ends[n:]]
         self.units = [(end - n, lsn) for end, lsn in self.units if end > n]
         return win

@@ -10,8 +10,14 @@ returned but not yet confirmed, which the reader skips (`resends`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from trempy_nb.capture import tuples as tp
+from trempy_nb.lazyattrs import lazy_module
+
+if TYPE_CHECKING:
+    from trempy_nb.capture import tuples as tp
+else:
+    tp = lazy_module("trempy_nb.capture.tuples")  # numpy: only once a window is framed
 
 __all__ = ["PeekWindows"]
 

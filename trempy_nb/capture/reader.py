@@ -34,24 +34,31 @@ import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psycopg
 
-from trempy_nb.capture import tuples as tp
 from trempy_nb.capture.batching import Picked, Resume, pick
+from trempy_nb.capture.msgwindow import MessageWindow
 from trempy_nb.capture.peek import PeekWindows
 from trempy_nb.capture.pgoutput import Relation
 from trempy_nb.capture.positions import Ledger
-from trempy_nb.capture.rowframes import FRAME_CHUNK_ROWS, batch_of
 from trempy_nb.capture.slotconn import SlotConnection
 from trempy_nb.capture.source import WindowSource
 from trempy_nb.capture.stream import STREAM_STALL_S, STREAM_WAIT_S, StreamWindows
 from trempy_nb.changes import ChangeBatch
+from trempy_nb.lazyattrs import lazy_module
+
+if TYPE_CHECKING:
+    from trempy_nb.capture import rowframes
+    from trempy_nb.capture import tuples as tp
+else:  # numpy, pyarrow: loaded with the first row (an idle run gets only `MessageWindow`s)
+    rowframes = lazy_module("trempy_nb.capture.rowframes")
+    tp = lazy_module("trempy_nb.capture.tuples")
 
 # ChangeReader, and the tuning constants that lived here before the split (re-exported)
 __all__ = [
     "ChangeReader",
-    "FRAME_CHUNK_ROWS",
     "STREAM_STALL_S",
     "STREAM_WAIT_S",
     "WINDOW_BYTES",
@@ -84,7 +91,7 @@ class _Cached:
     """The last window, served batch by batch until it is used up."""
 
     upto: int | None
-    win: tp.Window
+    win: tp.Window | MessageWindow
     nchanges: int  # messages the fetch asked for
     resume: Resume | None = None
     exhausted: bool = False
@@ -272,8 +279,8 @@ class ChangeReader:
         with _gc_paused():
             if not cache:  # a preview: always a peek, whatever the mode, and nothing is kept
                 nchanges = self._ledger.rows + window
-                win = tp.Window(self._peek(upto_lsn, nchanges))
-                return self._frame(win, nchanges, budget, None, upto_lsn)
+                preview = tp.Window(self._peek(upto_lsn, nchanges))
+                return self._frame(preview, nchanges, budget, None, upto_lsn)
             if c is not None and not c.exhausted and self._serves(c, upto_lsn):
                 got = self._frame(c.win, c.nchanges, budget, c.resume, upto_lsn)
                 if got.picked.progressed or not resends:
@@ -290,7 +297,7 @@ class ChangeReader:
 
     def _frame(
         self,
-        win: tp.Window,
+        win: tp.Window | MessageWindow,
         nchanges: int,
         budget: int,
         resume: Resume | None,
@@ -308,6 +315,6 @@ class ChangeReader:
         )
         batch: ChangeBatch | None = None
         relations: dict[tuple[str, str], Relation] = {}
-        if picked.selection.txns:
-            batch, relations = batch_of(win, picked.selection, self._key_indexes)
+        if picked.selection.txns and not isinstance(win, MessageWindow):  # (a MessageWindow has no row)
+            batch, relations = rowframes.batch_of(win, picked.selection, self._key_indexes)
         return _Read(batch, picked, relations, hit_limit=len(win) >= nchanges)

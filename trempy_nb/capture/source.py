@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 from trempy_nb.changes import ChangeBatch
 
 if TYPE_CHECKING:  # typing only: the protocols stay free of numpy (start-up speed of full loads)
+    from trempy_nb.capture.msgwindow import MessageWindow
     from trempy_nb.capture.tuples import Window
 
 __all__ = ["Checkpoint", "ChangeSource", "WindowSource"]
@@ -72,8 +73,9 @@ class WindowSource(Protocol):
         """The `upto_lsn` the last fetch stopped at because a unit at or past it arrived."""
         ...
 
-    def fetch(self, upto_lsn: int | None, nchanges: int) -> Window:
-        """Whole units, about `nchanges` messages, only those before `upto_lsn`."""
+    def fetch(self, upto_lsn: int | None, nchanges: int) -> Window | MessageWindow:
+        """Whole units, about `nchanges` messages, only those before `upto_lsn` (a
+        `MessageWindow` when none of them is a row)."""
         ...
 
     def advance(self, lsn: int) -> None:

@@ -21,18 +21,22 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import pq, sql
 
 from trempy_nb import pgwait
-from trempy_nb.capture import tuples as tp
 from trempy_nb.capture import walproto
 from trempy_nb.capture.inbox import Inbox
 from trempy_nb.capture.slotconn import SlotConnection
 from trempy_nb.capture.snapshot import replication_connection
 from trempy_nb.changes import int_to_lsn
 from trempy_nb.errors import TransientError, TrempyError
+
+if TYPE_CHECKING:
+    from trempy_nb.capture import tuples as tp
+    from trempy_nb.capture.msgwindow import MessageWindow
 
 __all__ = ["WalStream", "StreamWindows", "FEEDBACK_EVERY_S", "STREAM_WAIT_S", "STREAM_STALL_S"]
 
@@ -225,7 +229,7 @@ class StreamWindows:
         self._link.heartbeat(flush=True)
         self._beacon_for = upto_lsn
 
-    def fetch(self, upto_lsn: int | None, nchanges: int) -> tp.Window:
+    def fetch(self, upto_lsn: int | None, nchanges: int) -> tp.Window | MessageWindow:
         """Whole units: at least `nchanges` messages if they come without waiting, only units
         before `upto_lsn`; what is left stays for the next call."""
         inbox = self._inbox

@@ -47,16 +47,18 @@ class Window(RowBuffer):
 
     def _setup(self, buf: bytes | bytearray, ends: np.ndarray) -> None:
         RowBuffer.__init__(self, buf, ends)
-        n = len(ends)
-        if n and not (np.diff(self.offs) > 0).all():
+        self.structure: list[tuple[int, Message]] = []
+        if not len(ends):  # an idle stream's fetch, once a second per task: no numpy passes over nothing
+            self.tags = np.zeros(0, np.uint8)
+            self.row_idx = self.row_oid = np.zeros(0, np.int64)
+            return
+        if not (np.diff(self.offs) > 0).all():
             raise DecodeError("empty pgoutput message")
-        self.tags = self.arr[self.offs[:-1]] if n else np.zeros(0, np.uint8)
+        self.tags = self.arr[self.offs[:-1]]
         is_row = np.isin(self.tags, ROW_TAGS)
         self.row_idx = np.flatnonzero(is_row)  # indices of Insert/Update/Delete messages
-        self.row_oid = self.u32(self.offs[self.row_idx] + 1) if n else np.zeros(0, np.int64)
-        self.structure: list[tuple[int, Message]] = [
-            (int(i), decode(self.message(int(i)))) for i in np.flatnonzero(~is_row)
-        ]
+        self.row_oid = self.u32(self.offs[self.row_idx] + 1)
+        self.structure = [(int(i), decode(self.message(int(i)))) for i in np.flatnonzero(~is_row)]
 
 
 @dataclass

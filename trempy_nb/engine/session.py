@@ -53,7 +53,7 @@ from trempy_nb.metadata import MetadataStore
 from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.redact import mask
 from trempy_nb.settings import TaskSettings
-from trempy_nb.transport.base import CatchUp, ChangeSource, DeadLetter
+from trempy_nb.transport.base import HEARTBEAT_EVERY_S, CatchUp, ChangeSource, DeadLetter
 from trempy_nb.writer.dialect import POSTGRES, TargetDialect
 from trempy_nb.writer.fence import Fence
 
@@ -78,13 +78,14 @@ class _RecordingReader(ChangeReader):
 
     def __init__(self, uri: str, slot: str, publication: str, max_changes: int, *, application_name: str,
                  target: str, task_name: str, stream: bool, dialect: TargetDialect = POSTGRES,
-                 fence: Fence | None = None) -> None:
+                 fence: Fence | None = None, on_advance: Callable[[int], None] | None = None) -> None:
         super().__init__(uri, slot, publication, max_changes=max_changes, application_name=application_name,
                          stream=stream)
         self._target, self._task_name, self._dialect, self._fence = target, task_name, dialect, fence
         self._rec: Any = None  # a connection of the target's dialect
         self._deferred = 0  # a position not confirmed yet: its record found the row busy
         self._recorded_at = time.monotonic()
+        self._on_advance = on_advance  # told each position the slot moved to (the session's heartbeats)
 
     def _advance(self, lsn: int) -> None:
         wait = not self.stream or time.monotonic() - self._recorded_at >= self.RECORD_DEFER_S
@@ -94,6 +95,8 @@ class _RecordingReader(ChangeReader):
         self._recorded_at = time.monotonic()
         self._deferred = 0
         super()._advance(lsn)
+        if self._on_advance is not None:
+            self._on_advance(lsn)
 
     def _record(self, lsn: int, *, wait: bool = True) -> bool:
         for attempt in (1, 2):
@@ -121,6 +124,8 @@ class _RecordingReader(ChangeReader):
                 lsn, self._deferred = self._deferred, 0
                 self._record(lsn)  # the apply is over: the row is free, or soon
                 super()._advance(lsn)
+                if self._on_advance is not None:
+                    self._on_advance(lsn)
         finally:
             super().close()
             self._close_record()
@@ -157,6 +162,9 @@ class CdcSession:
         self._wal_warned: tuple[str | None, bool] | None = None
         self._control: psycopg.Connection | None = None  # see `_on_source`
         self._control_lock = threading.Lock()
+        #: the furthest position a reader of this session moved the slot to, and when (monotonic)
+        self._advanced_lsn = 0
+        self._advanced_at = float("-inf")
 
     @property
     def catch_up_target(self) -> int | None:
@@ -338,7 +346,12 @@ class CdcSession:
     def new_source(self) -> ChangeSource:
         return _RecordingReader(self.source, self.slot, self.publication, max_changes=batch_size(),
                                 application_name=task_app_name(self.name, "capture"), target=self.target,
-                                task_name=self.name, stream=True, dialect=self.dialect, fence=self.fence)
+                                task_name=self.name, stream=True, dialect=self.dialect, fence=self.fence,
+                                on_advance=self._advanced)
+
+    def _advanced(self, lsn: int) -> None:
+        if lsn > self._advanced_lsn:
+            self._advanced_lsn, self._advanced_at = lsn, time.monotonic()
 
     def status(self, state_: str) -> None:
         if self.on_status:
@@ -372,7 +385,14 @@ class CdcSession:
 
     def heartbeat(self) -> None:
         """Idle: write a heartbeat into the captured database's WAL; the reader's next read
-        moves the slot past it, so a busy neighbour database's WAL is not pinned."""
+        moves the slot past it, so a busy neighbour database's WAL is not pinned.
+
+        Skipped while the slot moved forward within the last HEARTBEAT_EVERY_S: a heartbeat
+        is a non-transactional message, which reaches every slot of the database, so the
+        tasks capturing one database share one (a worker with 20 idle tasks on one database
+        wrote 20 every 10 s, and each task then recorded and confirmed all 20 of them)."""
+        if time.monotonic() - self._advanced_at < HEARTBEAT_EVERY_S:
+            return
         with self._on_source() as src:
             emit_heartbeat(src)
 

@@ -2,7 +2,8 @@
 
 A crash leaves the previous state, and a rerun redoes the table cleanly. A
 table with no filter and no value transformation into an empty target streams
-COPY from source to target with no Python rows (`pgcopy/copyio.stream_copy`);
+COPY from source to target with no Python rows (`pgcopy/copyio.stream_copy`),
+its indexes set aside and rebuilt after the rows are in (`writer/indexes.py`);
 if the target refuses a value it is redone batch by batch. The others go in
 three overlapping stages: COPY out (thread) -> plan + encode (thread) -> COPY
 in (here), through the table's copy route (routes.py, chosen once) and its
@@ -31,7 +32,7 @@ from trempy_nb.fullload.writer import TableWriter
 from trempy_nb.pgcopy.copyio import select_query, stream_copy
 from trempy_nb.pipeline.plan import TablePlan
 from trempy_nb.settings import TaskSettings
-from trempy_nb.writer import state
+from trempy_nb.writer import indexes, state
 from trempy_nb.writer.ddl import TargetSpec, ensure_target, key_sql
 from trempy_nb.writer.fence import Fence
 
@@ -180,13 +181,17 @@ def _load(settings: TaskSettings, plan: TablePlan, spec: TargetSpec, src: psycop
 
             try:
                 with tgt.transaction():
+                    # emptied in this transaction: its indexes are rebuilt once after the rows are in
+                    rebuilds = [] if created else indexes.set_aside(tcur, spec.schema, spec.table)
                     rows = stream_copy(scur, tcur, query, spec.ident, spec.data_columns, binary=same_types,
                                        on_rows=on_rows)
+                    indexes.rebuild(tcur, rebuilds)
                 passed = True
                 result.path = "passthrough"
                 result.rows_read = result.rows_written = rows
             except psycopg.Error:
-                # The target refused something (pump's errors carry no SQLSTATE to classify): redo
+                # The target refused something (pump's errors carry no SQLSTATE to classify), or a
+                # rebuilt index found a duplicate key: the savepoint brought the indexes back; redo
                 # the table batch by batch, where the error policy retries, isolates or stops.
                 if on_progress and told[0]:
                     on_progress(-told[0])

@@ -33,7 +33,33 @@ def _store() -> Any:
     return MetadataStore()
 
 
-class FleetView:
+class _Shown:
+    """What Jupyter, a plain repr and a saved notebook show of a view: its text, its HTML, and (live)
+    its widgets; the text stays for plain outputs."""
+
+    ui: Any = None
+
+    def text(self) -> str:
+        raise NotImplementedError
+
+    def html(self) -> str:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.text()
+
+    def _repr_html_(self) -> str:
+        return self.html()
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        bundle: dict[str, Any] = {"text/plain": self.text(), "text/html": self.html()}
+        if self.ui is not None:
+            bundle.update({k: v for k, v in (self.ui._repr_mimebundle_(include=include, exclude=exclude) or {}).items()
+                           if k != "text/plain"})
+        return bundle
+
+
+class FleetView(_Shown):
     """Every task of the store, one row each; `open(name)` shows that task's panel."""
 
     def __init__(self, use_widgets: bool | None = None, *, interval: float = 2.0, spark_window: timedelta = timedelta(minutes=30),
@@ -102,19 +128,6 @@ class FleetView:
         return mask(f"<div class='trempy-fleet'><b>fleet: {len(self.rows)} task(s)</b>"
                     f"<table style='border-collapse:collapse;font-size:90%'><thead><tr>{head}</tr></thead>"
                     f"<tbody>{''.join(body)}</tbody></table></div>")
-
-    def __repr__(self) -> str:
-        return self.text()
-
-    def _repr_html_(self) -> str:
-        return self.html()
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        bundle: dict[str, Any] = {"text/plain": self.text(), "text/html": self.html()}
-        if self.ui is not None:
-            bundle.update({k: v for k, v in (self.ui._repr_mimebundle_(include=include, exclude=exclude) or {}).items()
-                           if k != "text/plain"})
-        return bundle
 
     # widgets: a table of rows, each with an "open" button; the opened task's panel below
     def _build(self) -> None:
@@ -205,7 +218,7 @@ def _num(value: Any, fmt: str) -> str:
         return html.escape(str(value))
 
 
-class TaskPanel:
+class TaskPanel(_Shown):
     """One task from the store: its state, per-table lifecycle state and last diff, throughput and lag
     over time, logs and slots."""
 
@@ -272,19 +285,6 @@ class TaskPanel:
     def html(self) -> str:
         return (f"<div class='trempy-task-panel'>{self._head_html()}{self.tables.html()}{self.plot}{self.logs.html()}"
                 f"{self.slots.html()}</div>")
-
-    def __repr__(self) -> str:
-        return self.text()
-
-    def _repr_html_(self) -> str:
-        return self.html()
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        bundle: dict[str, Any] = {"text/plain": self.text(), "text/html": self.html()}
-        if self.ui is not None:
-            bundle.update({k: v for k, v in (self.ui._repr_mimebundle_(include=include, exclude=exclude) or {}).items()
-                           if k != "text/plain"})
-        return bundle
 
     def close(self) -> None:
         pass

@@ -115,6 +115,5 @@ class Backend(ABC):
             run.execute(statement)
         for table, column, kind in step.columns:
             if column not in self.columns(run, table):
-                # names and types are the constants of schema.MIGRATIONS, never input
-                run.execute(f'ALTER TABLE {table} ADD COLUMN "{column}" {self.dialect.ddl(kind)[0]}')
+                run.execute(self.dialect.add_column(table, column, kind))
 

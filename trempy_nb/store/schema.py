@@ -72,6 +72,15 @@ class Dialect:
         filled = text.format(id=self.id, ts=self.ts, int=self.int, float=self.float)
         return [s.strip() for s in filled.split(";") if s.strip()]
 
+    def add_column(self, table: str, column: str, kind: str) -> str:
+        """ALTER TABLE ... ADD COLUMN in this dialect; both names quoted (SQL's rule on both backends)."""
+        return f"ALTER TABLE {quote_ident(table)} ADD COLUMN {quote_ident(column)} {self.ddl(kind)[0]}"
+
+
+def quote_ident(name: str) -> str:
+    """A quoted SQL identifier, inner double quotes doubled: the same on SQLite and PostgreSQL."""
+    return '"' + name.replace('"', '""') + '"'
+
 
 SQLITE = Dialect(
     name="sqlite",

@@ -97,7 +97,9 @@ class StreamHooks(Protocol):
     """What a transport may ask of the engine running it."""
 
     def heartbeat(self) -> None:
-        """Idle: write a heartbeat into the source's WAL (the slot can then move past it)."""
+        """Idle: write a heartbeat into the source's WAL (the slot can then move past it). The
+        engine skips it while the slot moved within HEARTBEAT_EVERY_S anyway (another task's
+        heartbeat in the same database reaches this slot too)."""
         ...
 
     def flushed_past(self, lsn: int) -> bool:
