@@ -19,7 +19,7 @@ import polars as pl
 
 from trempy_nb.connections import mask
 from trempy_nb.notebook.panes import LogPane, SlotsPane
-from trempy_nb.notebook.render import frame_text, one_line, sparkline_svg, table_html
+from trempy_nb.notebook.render import Shown, frame_text, one_line, sparkline_svg, table_html
 from trempy_nb.notebook.tablespane import TablesPane
 
 _DONE = ("succeeded", "failed", "stopped")
@@ -36,7 +36,7 @@ def widgets_available() -> bool:
     return ip is not None and getattr(ip, "kernel", None) is not None
 
 
-class Dashboard:
+class Dashboard(Shown):
     """Status, full-load progress, per table/operation counts, throughput, lag, errors, stop."""
 
     def __init__(
@@ -227,21 +227,6 @@ class Dashboard:
             f"<details><summary>logs</summary>{self.log_pane.html()}</details>"
             f"<details><summary>slots</summary>{self.slots_pane.html()}</details></div>"
         )
-
-    def __repr__(self) -> str:
-        return self.text()
-
-    def _repr_html_(self) -> str:
-        return self.html()
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        bundle: dict[str, Any] = {"text/plain": self.text(), "text/html": self.html()}
-        if self.ui is not None:
-            view = self.ui._repr_mimebundle_(include=include, exclude=exclude) or {}
-            for key, value in view.items():
-                if key != "text/plain":
-                    bundle[key] = value
-        return bundle
 
     # ------------------------------------------------------------------ widgets
     def _build(self) -> None:

@@ -19,7 +19,7 @@ import polars as pl
 from trempy_nb.connections import mask
 from trempy_nb.notebook.dashboard import widgets_available
 from trempy_nb.notebook.panes import LogPane, SlotsPane, history_plot, mini_spark
-from trempy_nb.notebook.render import one_line
+from trempy_nb.notebook.render import Shown, one_line
 from trempy_nb.notebook.tablespane import TablesPane
 from trempy_nb.ops import timeseries
 
@@ -33,33 +33,7 @@ def _store() -> Any:
     return MetadataStore()
 
 
-class _Shown:
-    """What Jupyter, a plain repr and a saved notebook show of a view: its text, its HTML, and (live)
-    its widgets; the text stays for plain outputs."""
-
-    ui: Any = None
-
-    def text(self) -> str:
-        raise NotImplementedError
-
-    def html(self) -> str:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return self.text()
-
-    def _repr_html_(self) -> str:
-        return self.html()
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        bundle: dict[str, Any] = {"text/plain": self.text(), "text/html": self.html()}
-        if self.ui is not None:
-            bundle.update({k: v for k, v in (self.ui._repr_mimebundle_(include=include, exclude=exclude) or {}).items()
-                           if k != "text/plain"})
-        return bundle
-
-
-class FleetView(_Shown):
+class FleetView(Shown):
     """Every task of the store, one row each; `open(name)` shows that task's panel."""
 
     def __init__(self, use_widgets: bool | None = None, *, interval: float = 2.0, spark_window: timedelta = timedelta(minutes=30),
@@ -218,7 +192,7 @@ def _num(value: Any, fmt: str) -> str:
         return html.escape(str(value))
 
 
-class TaskPanel(_Shown):
+class TaskPanel(Shown):
     """One task from the store: its state, per-table lifecycle state and last diff, throughput and lag
     over time, logs and slots."""
 

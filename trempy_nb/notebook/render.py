@@ -293,3 +293,29 @@ class RunView:
             if ln.startswith("  changes")
         )
         return f"<div><b>{head}</b>{table_html(stats)}{extra}</div>"
+
+
+class Shown:
+    """What Jupyter, a plain repr and a saved notebook show of a view: its text, its HTML, and (live)
+    its widgets; the text stays for plain outputs."""
+
+    ui: Any = None
+
+    def text(self) -> str:
+        raise NotImplementedError
+
+    def html(self) -> str:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.text()
+
+    def _repr_html_(self) -> str:
+        return self.html()
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        bundle: dict[str, Any] = {"text/plain": self.text(), "text/html": self.html()}
+        if self.ui is not None:
+            bundle.update({k: v for k, v in (self.ui._repr_mimebundle_(include=include, exclude=exclude) or {}).items()
+                           if k != "text/plain"})
+        return bundle
