@@ -10,6 +10,7 @@ loads numpy or pyarrow, a third of its start-up CPU. Pure.
 from __future__ import annotations
 
 from trempy_nb.capture.pgoutput import Message, decode
+from trempy_nb.pgcopy.messages import Messages
 
 __all__ = ["MessageWindow", "LIGHT_TAGS", "LIGHT_MAX"]
 
@@ -19,7 +20,7 @@ LIGHT_TAGS = frozenset(b"BCM")
 LIGHT_MAX = 16
 
 
-class MessageWindow:
+class MessageWindow(Messages):
     """Messages concatenated in `buf` (message i ending at `ends[i]`), none of them a row."""
 
     def __init__(self, buf: bytes | bytearray, ends: list[int]) -> None:
@@ -33,13 +34,3 @@ class MessageWindow:
         if len(ends) > LIGHT_MAX:
             return False
         return all(buf[start] in LIGHT_TAGS for start in [0, *ends[:-1]] if start < len(buf))
-
-    def __len__(self) -> int:
-        return len(self.offs) - 1
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.buf)
-
-    def message(self, i: int) -> bytes:
-        return bytes(self.buf[self.offs[i] : self.offs[i + 1]])

@@ -1,6 +1,8 @@
 """PostgreSQL COPY wire formats and the libpq COPY transfers: no plans, tasks or settings here.
 
 - `textcodec`: COPY text lines <-> String frames of PostgreSQL text values.
+- `messages`: wire messages in one buffer (numpy-free base of `rowbuffer` and capture's
+  `MessageWindow`).
 - `rowbuffer`: many wire messages in one buffer, values sliced out as Polars columns
   (also framing change capture's pgoutput rows).
 - `binarycodec`: COPY binary rows -> frames (`read_copy_binary`, uncut `Tail`), and

@@ -14,8 +14,10 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from trempy_nb.pgcopy.messages import Messages
 
-class RowBuffer:
+
+class RowBuffer(Messages):
     """Messages concatenated in `buf`; message i spans offs[i]:offs[i+1]."""
 
     def __init__(self, buf: bytes | bytearray, ends: np.ndarray) -> None:
@@ -25,16 +27,6 @@ class RowBuffer:
         self.buf = buf
         self.arr = np.frombuffer(self.buf, np.uint8)
         self._series: pl.Series | None = None
-
-    def __len__(self) -> int:
-        return len(self.offs) - 1
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.buf)
-
-    def message(self, i: int) -> bytes:
-        return bytes(self.buf[self.offs[i] : self.offs[i + 1]])
 
     def _words(self, dtype: str) -> np.ndarray:
         """The buffer read as big-endian words of `dtype` starting at every byte (an overlapping
