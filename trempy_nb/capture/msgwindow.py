@@ -33,4 +33,5 @@ class MessageWindow(Messages):
         """Whether the messages of `buf` can go in a `MessageWindow`: few, and none a row."""
         if len(ends) > LIGHT_MAX:
             return False
-        return all(buf[start] in LIGHT_TAGS for start in [0, *ends[:-1]] if start < len(buf))
+        starts = [0, *ends[:-1]] if ends else []
+        return all(buf[start] in LIGHT_TAGS for start in starts)

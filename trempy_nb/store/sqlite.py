@@ -149,8 +149,7 @@ class SqliteBackend(Backend):
         return max(user_version, int(row[0] or 0))
 
     def columns(self, run: Any, table: str) -> set[str]:
-        # PRAGMA takes no parameters; `table` is a constant of schema.MIGRATIONS
-        return {r[1] for r in run.execute(f"PRAGMA table_info({table})").fetchall()}
+        return {r[0] for r in run.execute("SELECT name FROM pragma_table_info(?)", (table,)).fetchall()}
 
     def record_version(self, run: Any, version: int) -> None:
         run.execute("DELETE FROM schema_version")

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from trempy_nb.errors import Fenced
+
 
 def _always() -> bool:
     return True
@@ -43,3 +45,14 @@ def lost_message(key: str, stored: int | None, epoch: int) -> str:
     if stored is not None and stored > epoch:
         return f"{who}: lease lost to epoch {stored}; this copy (epoch {epoch}) stops"
     return f"{who}: lease of epoch {epoch} expired (not renewed within its ttl); this copy stops"
+
+
+def must_claim(fence: Fence, key: str, stored: int | None) -> bool:
+    """The rule every target applies inside the writing transaction, once it holds the lock on the
+    fence row of `key` (`stored`: its epoch, None without a row): `Fenced` when a newer epoch is
+    stored or the lease is no longer valid; True when this fence's epoch is still to be stored."""
+    if stored is not None and stored > fence.epoch:
+        raise Fenced(lost_message(key, stored, fence.epoch))
+    if not fence.valid():
+        raise Fenced(lost_message(key, None, fence.epoch))
+    return stored != fence.epoch

@@ -35,7 +35,7 @@ import psycopg
 from psycopg import sql
 
 from trempy_nb.errors import Fenced
-from trempy_nb.writer.fence import Fence, lost_message
+from trempy_nb.writer.fence import Fence, lost_message, must_claim
 
 STATE_SCHEMA = "trempy"
 CHECKPOINTS = "checkpoints"
@@ -202,12 +202,7 @@ def check_fence(conn: psycopg.Connection, fence: Fence | None, task: str) -> Non
         return
     key = _key(fence, task)
     row = conn.execute(_FENCE_LOCK, (key,)).fetchone()
-    stored = int(row[0]) if row else None
-    if stored is not None and stored > fence.epoch:
-        raise Fenced(lost_message(key, stored, fence.epoch))
-    if not fence.valid():
-        raise Fenced(lost_message(key, None, fence.epoch))
-    if stored != fence.epoch:
+    if must_claim(fence, key, int(row[0]) if row else None):
         claim_fence(conn, key, fence.epoch)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pymysql
 
 from trempy_nb.errors import Fenced
-from trempy_nb.writer.fence import Fence, lost_message
+from trempy_nb.writer.fence import Fence, lost_message, must_claim
 from trempy_nb.writer.mariadb.ddl import FENCES, SESSIONS, ensure_state_tables, sessions_table_sql
 from trempy_nb.writer.mariadb.names import database_of, execute, qualified
 
@@ -40,12 +40,7 @@ def check_fence(conn: Any, fence: Fence | None, task: str, *, database: str | No
     with conn.cursor() as cur:
         execute(cur, f"SELECT epoch FROM {table} WHERE task = %s FOR UPDATE", (key,))
         row = cur.fetchone()
-    stored = int(row[0]) if row else None
-    if stored is not None and stored > fence.epoch:
-        raise Fenced(lost_message(key, stored, fence.epoch))
-    if not fence.valid():
-        raise Fenced(lost_message(key, None, fence.epoch))
-    if stored != fence.epoch:
+    if must_claim(fence, key, int(row[0]) if row else None):
         _claim(conn, table, key, fence.epoch)
 
 
